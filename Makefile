@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create the virtualenv (.venv) and install the project on first use.
+
+# python3.12, found directly or through pyenv (which hides it unless asked).
+PYTHON ?= $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
+VENV ?= .venv
+WORKDIR ?= workdirs/demo
+INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Evaluates the official ResNet-56 on the CIFAR-10 test split.
+demo: install
+	$(VENV)/bin/python -m ekg_jax.main --config=configs/resnet56_cifar.py \
+	  --config.init_checkpoint=$(INIT) --config.phases=evaluate --workdir=$(WORKDIR)
+
+test: install
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""EKG filter pruning in JAX."""

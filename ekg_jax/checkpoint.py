@@ -1,0 +1,157 @@
+"""Loading and saving networks: the authors' TensorFlow weights, our own
+checkpoints (orbax), and atomic JSON files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+# TensorFlow variable -> (collection, Flax variable name).
+_TF_NAMES = {
+    'kernel': ('params', 'kernel'),
+    'biases': ('params', 'bias'),
+    'bias': ('params', 'bias'),
+    'gamma': ('params', 'scale'),
+    'beta': ('params', 'bias'),
+    'moving_mean': ('batch_stats', 'mean'),
+    'moving_variance': ('batch_stats', 'var'),
+}
+
+
+class CheckpointError(ValueError):
+  pass
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temporary file in the same folder, then renames it, so
+  a reader sees the old file or the new one, never half of one."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.json')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=False)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _flatten(v, (*prefix, k))
+    else:
+      yield (*prefix, k), v
+
+
+def _unflatten(items):
+  out: dict = {}
+  for path, v in items:
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+def load_official_pkl(path: str, reference: Mapping[str, Any]) -> dict:
+  """Maps the authors' pickled TensorFlow weights onto Flax variables.
+
+  `reference` holds the target model's variables (or their shapes, from
+  `jax.eval_shape(model.init, ...)`). TF names `scope/layer/var:0` map to
+  module `scope/layer`, so the Flax CIFAR ResNet's names match 1:1. Missing,
+  unexpected or mis-shaped entries raise one CheckpointError listing them.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'init_checkpoint {path!r} does not exist')
+  with open(path, 'rb') as f:
+    raw = pickle.load(f)
+  expected = dict(_flatten(reference))
+  loaded, unknown = {}, []
+  for key, value in raw.items():
+    if key.startswith('__'):
+      continue  # MATLAB-style header entries
+    module, _, var = key.removesuffix(':0').rpartition('/')
+    if var not in _TF_NAMES or not module:
+      unknown.append(key)
+      continue
+    collection, name = _TF_NAMES[var]
+    loaded[(collection, module, name)] = (key, np.asarray(value))
+  unknown += [key for p, (key, _) in loaded.items() if p not in expected]
+  missing = ['/'.join(p) for p in expected if p not in loaded]
+  mismatched = []
+  for p, (key, value) in loaded.items():
+    if p in expected:
+      shape = tuple(expected[p].shape)
+      if value.size == int(np.prod(shape)) and value.ndim != len(shape):
+        value = value.reshape(shape)  # BN vectors are stored as (1,1,1,C)
+      if value.shape != shape:
+        mismatched.append(f'{key}: checkpoint {value.shape} vs model {shape}')
+      loaded[p] = (key, value)
+  if unknown or missing or mismatched:
+    lines = [f'{path} does not fit the model:']
+    for title, items in (('unexpected keys', unknown),
+                         ('missing variables', missing),
+                         ('shape mismatches', mismatched)):
+      if items:
+        lines.append(f'  {len(items)} {title}: ' + ', '.join(items[:12]) +
+                     (' ...' if len(items) > 12 else ''))
+    raise CheckpointError('\n'.join(lines))
+  return _unflatten((p, value.astype(expected[p].dtype))
+                    for p, (_, value) in loaded.items())
+
+
+MODEL_FILE = 'model.json'
+VARIABLES_DIR = 'variables'
+
+
+def save_model(directory: str, model_name: str, model_config: Mapping,
+               variables: Mapping) -> None:
+  """Saves a network with what rebuilds it: `model.json` (name, attributes
+  such as slimmed widths) and the variables through orbax (atomic commit)."""
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, VARIABLES_DIR)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(target, jax.device_get(variables), force=True)
+  write_json_atomic(os.path.join(directory, MODEL_FILE),
+                    {'name': model_name, **dict(model_config)})
+
+
+def read_model_config(directory: str) -> dict:
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{directory!r} is not an ekg_jax checkpoint: no {MODEL_FILE}. '
+        'init_checkpoint takes the official .pkl or a directory written by '
+        'ekg_jax.checkpoint.save_model')
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_model_variables(directory: str, reference: Mapping) -> dict:
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(
+        os.path.join(os.path.abspath(directory), VARIABLES_DIR))
+  got = dict(_flatten(restored))
+  want = dict(_flatten(reference))
+  if set(got) != set(want) or any(got[p].shape != want[p].shape
+                                  for p in want):
+    diff = sorted('/'.join(p) for p in set(got) ^ set(want))
+    diff += ['/'.join(p) + f' {got[p].shape} vs {want[p].shape}'
+             for p in set(got) & set(want) if got[p].shape != want[p].shape]
+    raise CheckpointError(f'{directory} does not fit the model: '
+                          + ', '.join(diff[:12]))
+  return restored

@@ -1,0 +1,107 @@
+"""The default configuration: every hyper-parameter of ekg_algorithm.md.
+
+Config files in `configs/` start from `default_config()` and change what
+their setting needs, big_vision style. Values are the reference code's for
+ResNet-56 on CIFAR-10 unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# The reference code's per-channel statistics, applied to R, G, B in this
+# order (shared README): the official checkpoint was trained with them.
+REFERENCE_MEAN = (113.9, 123.0, 125.3)
+REFERENCE_STD = (66.7, 62.1, 63.0)
+# The usual CIFAR-10 RGB statistics.
+CIFAR10_MEAN = (125.3, 123.0, 113.9)
+CIFAR10_STD = (63.0, 62.1, 66.7)
+
+PHASES = ('evaluate',)  # later phases: pretrain, search, memory_bank, finetune
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Comma-separated phases to run, in pipeline order. 'evaluate' evaluates
+  # the initial network on the test split.
+  c.phases = 'evaluate'
+  # The official `.pkl` or a checkpoint directory written by this project.
+  c.init_checkpoint = ''
+  c.quiet = False  # no progress bars (CI logs)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet56'
+  c.model.renormalize = True  # section 7: rescale pruned kernels' L2 norm
+  c.model.straight_through = True  # section 3: dx = dy through the gates
+  c.model.bn_momentum = 0.9
+  c.model.bn_epsilon = 1e-5  # shared README: BN epsilon of the checkpoint
+  c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cifar10'
+  c.data.data_dir = ''  # '' = $TFDS_DATA_DIR, else TFDS's default
+  c.data.train_split = 'train'
+  c.data.test_split = 'test'
+  c.data.image_size = 32
+  c.data.mean = REFERENCE_MEAN
+  c.data.std = REFERENCE_STD
+  c.data.val_per_class = 32  # search validation: last 32 train images/class
+  c.data.warmup_per_class = 256  # warm-up: first 256 train images/class
+  c.data.subset_seed = 1  # np.random.seed(1); np.random.shuffle(idx)
+  c.data.eval_batch_size = 500
+
+  c.augment = ml_collections.ConfigDict()  # section 8
+  c.augment.pad = 4  # reflect pad, then random crop back to image_size
+  c.augment.color_jitter = True
+  c.augment.contrast = (0.8, 1.2)
+  c.augment.saturation = (0.8, 1.2)
+  c.augment.brightness = 0.1  # fraction of 255; "small brightness shift"
+
+  c.warmup = ml_collections.ConfigDict()  # section 1.2
+  c.warmup.enabled = True
+  c.warmup.batch_size = 256
+  c.warmup.learning_rate = 1e-3
+  c.warmup.momentum = 0.9  # Nesterov
+  c.warmup.weight_decay = 5e-4  # added to every gradient, BN included
+  c.warmup.loss_divisor = 128  # quirk: summed CE / 128 on batches of 256
+
+  c.search = ml_collections.ConfigDict()  # sections 3-5
+  c.search.target_flops_rate = 0.45
+  c.search.step = 0.2  # s in delta = max(1/C, s/u)
+  c.search.teacher = 'ensemble'  # 'ensemble' | 'single' | 'none'
+  c.search.criterion = 'ekg'  # 'ekg' | 'l1' | 'l2' | 'fpgm' | 'bn_gamma' | 'random'
+  c.search.allocation = 'greedy'  # 'greedy' | 'uniform'
+  c.search.batch_size = 256
+  c.search.chunk_size = 4  # candidates per vmapped call (memory bound)
+  c.search.otsu_trim = 0.2  # fraction dropped at each end before Otsu
+  c.search.flops_include_bn = True  # the reference total counts BN
+  c.search.warmup = True  # run the warm-up before the search
+
+  c.memory_bank = ml_collections.ConfigDict()  # section 6
+  c.memory_bank.num_teachers = 5
+  c.memory_bank.batch_size = 256
+  c.memory_bank.dtype = 'bfloat16'
+
+  c.finetune = ml_collections.ConfigDict()  # section 8
+  c.finetune.knowledge = 'ensemble'  # 'ensemble' | 'single' | 'none'
+  c.finetune.epochs = 100
+  c.finetune.batch_size = 128
+  c.finetune.learning_rate = 0.05
+  c.finetune.lr_decay_epochs_fraction = (0.3, 0.6, 0.9)  # x0.1 at each
+  c.finetune.lr_decay_factor = 0.1
+  c.finetune.momentum = 0.9  # Nesterov
+  c.finetune.weight_decay = 1e-4  # added to the gradient
+  c.finetune.temperature = 4.0  # 4 for CIFAR, 10 for ImageNet
+  c.finetune.checkpoint_every_steps = 500
+  return c
+
+
+def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """Supernet attributes from a config."""
+  import jax.numpy as jnp
+  m = config.model
+  return dict(num_classes=num_classes, renormalize=m.renormalize,
+              straight_through=m.straight_through, bn_momentum=m.bn_momentum,
+              bn_epsilon=m.bn_epsilon,
+              dtype=None if m.dtype == 'float32' else jnp.dtype(m.dtype))

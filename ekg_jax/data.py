@@ -1,0 +1,164 @@
+"""Input pipeline: TFDS splits -> uint8 arrays on device -> jitted augmentation.
+
+Splits are read with `tfds.data_source` (random access over ArrayRecord files,
+Pillow decodes; no TensorFlow at read time) and materialised once as uint8
+arrays. CIFAR-sized datasets then live on the device; augmentation and
+normalisation run inside `jit`, per image, with explicit PRNG keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A materialised split: images [N, H, W, C] uint8, labels [N] int32."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def subset(self, indices: Sequence[int]) -> 'Split':
+    indices = np.asarray(indices)
+    return Split(self.images[indices], self.labels[indices])
+
+
+def resolve_data_dir(data_dir: Optional[str]) -> Optional[str]:
+  """Config value first, then $TFDS_DATA_DIR, else TFDS's default."""
+  return data_dir or os.environ.get('TFDS_DATA_DIR') or None
+
+
+def load_split(name: str, split: str, data_dir: Optional[str] = None) -> Split:
+  """Reads a whole TFDS split (slicing such as 'test[:1000]' works).
+
+  Raises DatasetNotFoundError naming the dataset, the directory searched and
+  TFDS_DATA_DIR when the prepared dataset is not there.
+  """
+  import tensorflow_datasets as tfds  # slow import, only when reading data
+
+  data_dir = resolve_data_dir(data_dir)
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir,
+                              download=False)
+  except Exception as e:  # TFDS raises several types for a missing dataset
+    searched = data_dir or '~/tensorflow_datasets (TFDS default)'
+    raise DatasetNotFoundError(
+        f'dataset {name!r} (split {split!r}) is not prepared in {searched}. '
+        f'Set data.data_dir or TFDS_DATA_DIR (now '
+        f'{os.environ.get("TFDS_DATA_DIR")!r}) to a folder holding '
+        f'{name}/<version>/, or prepare it once with TensorFlow installed '
+        f'(pip install "ekg_jax[prepare]"; tfds build {name}). '
+        f'TFDS said: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
+    ) from None
+  try:
+    records = source.__getitems__(list(range(len(source))))  # 2x faster
+  except TypeError:  # tfds.testing.mock_data's sources read one at a time
+    records = [source[i] for i in range(len(source))]
+  images = np.stack([r['image'] for r in records]).astype(np.uint8)
+  labels = np.asarray([r['label'] for r in records], dtype=np.int32)
+  return Split(images, labels)
+
+
+def class_subset_indices(labels: np.ndarray, per_class: int,
+                         from_end: bool, seed: int = 1) -> np.ndarray:
+  """The reference code's fixed subsets (ekg_algorithm.md section 5).
+
+  For each class in label order, take its first `per_class` indices (or its
+  last ones, walking backwards, with `from_end`), concatenate, then permute
+  with NumPy's legacy global-seed shuffle, exactly as the reference does:
+  with BN in batch-statistics mode, batch composition changes the results.
+  """
+  labels = np.asarray(labels)
+  chosen = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    if len(idx) < per_class:
+      raise ValueError(f'class {c} has {len(idx)} images, fewer than the '
+                       f'{per_class} per class asked for')
+    chosen.append(idx[::-1][:per_class] if from_end else idx[:per_class])
+  indices = np.concatenate(chosen)
+  state = np.random.get_state()  # the legacy API is global: leave it intact
+  try:
+    np.random.seed(seed)
+    np.random.shuffle(indices)
+  finally:
+    np.random.set_state(state)
+  return indices
+
+
+def batches(n: int, batch_size: int) -> list[slice]:
+  """Consecutive slices covering 0..n; the last one may be short."""
+  return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+# ---------------------------------------------------------------------------
+# On-device preprocessing.
+
+
+def normalize(images: jax.Array, mean: Sequence[float],
+              std: Sequence[float]) -> jax.Array:
+  """uint8 [..., C] -> float32 (x - mean) / std, per channel on the 0-255
+  scale."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def _color_jitter(key, image, contrast, saturation, brightness):
+  """EKG views' jitter on a [0, 255] float image (section 8).
+
+  Contrast scales around the per-channel mean, saturation blends with the
+  grey image (a linear stand-in for TensorFlow's HSV saturation), brightness
+  adds one shift to every pixel, all with factors drawn per image.
+  """
+  kc, ks, kb = jax.random.split(key, 3)
+  c = jax.random.uniform(kc, (), minval=contrast[0], maxval=contrast[1])
+  mean = image.mean(axis=(0, 1), keepdims=True)
+  image = (image - mean) * c + mean
+  s = jax.random.uniform(ks, (), minval=saturation[0], maxval=saturation[1])
+  grey = image @ jnp.asarray([0.2989, 0.587, 0.114])
+  image = grey[..., None] + (image - grey[..., None]) * s
+  b = jax.random.uniform(kb, (), minval=-brightness, maxval=brightness)
+  return jnp.clip(image + b * 255.0, 0.0, 255.0)
+
+
+def _flip_and_crop(key, image, pad):
+  kf, kx, ky = jax.random.split(key, 3)
+  image = jnp.where(jax.random.bernoulli(kf), image[:, ::-1], image)
+  h, w, _ = image.shape
+  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+  dy = jax.random.randint(ky, (), 0, 2 * pad + 1)
+  dx = jax.random.randint(kx, (), 0, 2 * pad + 1)
+  return jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, image.shape[2]))
+
+
+def augment(key: jax.Array, images: jax.Array, mean: Sequence[float],
+            std: Sequence[float], pad: int = 4, color_jitter: bool = True,
+            contrast=(0.8, 1.2), saturation=(0.8, 1.2),
+            brightness: float = 0.1) -> jax.Array:
+  """One augmented view of a uint8 batch, per image: colour jitter,
+  normalisation, random horizontal flip, `pad`-pixel reflect pad + random crop
+  back to the input size. Pure and jittable; `key` decides every draw."""
+  keys = jax.random.split(key, images.shape[0])
+
+  def one(k, image):
+    kj, kc = jax.random.split(k)
+    image = image.astype(jnp.float32)
+    if color_jitter:
+      image = _color_jitter(kj, image, contrast, saturation, brightness)
+    image = normalize(image, mean, std)
+    return _flip_and_crop(kc, image, pad)
+
+  return jax.vmap(one)(keys, images)

@@ -1,0 +1,47 @@
+"""Test-split evaluation with running BN statistics."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from ekg_jax import data as data_lib
+
+
+def make_eval_step(model, mean: Sequence[float], std: Sequence[float]
+                   ) -> Callable:
+  """A jitted (variables, uint8 images, labels, valid) -> correct count."""
+  @jax.jit
+  def step(variables, images, labels, valid, masks=None):
+    x = data_lib.normalize(images, mean, std)
+    logits = model.apply(variables, x, masks=masks, train=False)
+    hits = (jnp.argmax(logits, -1) == labels) & valid
+    return hits.sum()
+  return step
+
+
+def accuracy(model, variables: Any, split: data_lib.Split,
+             mean: Sequence[float], std: Sequence[float],
+             batch_size: int = 500, masks: Optional[dict] = None,
+             progress: bool = True) -> float:
+  """Top-1 accuracy (in %) over a split. The last batch is padded to the
+  batch size so one compiled program serves every batch."""
+  step = make_eval_step(model, mean, std)
+  n = len(split)
+  correct = 0
+  for sl in tqdm(data_lib.batches(n, batch_size), desc='evaluate',
+                 disable=not progress, leave=False):
+    images, labels = split.images[sl], split.labels[sl]
+    valid = np.ones(batch_size, bool)
+    valid[len(labels):] = False
+    pad = batch_size - len(labels)
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]),
+                                                images.dtype)])
+      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    correct += int(step(variables, images, labels, valid, masks))
+  return 100.0 * correct / n

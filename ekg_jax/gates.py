@@ -1,0 +1,319 @@
+"""The gate protocol: prunable channel groups, gated layers and masks.
+
+A *gate* is a set of channels that must be pruned together (ekg_algorithm.md
+section 2). Models are written with the gated layers below, each naming the gate
+on its input and output channel axes, and call `apply_gate` where the algorithm
+multiplies activations by a mask. Everything else (the gate list, FLOPs,
+slimming, importance) is derived from one trace of the model by `layer_table`,
+so no per-model bookkeeping exists outside the model's own file.
+
+Masks are a dict from gate name to a float vector of that gate's width; a gate
+absent from the dict (or `masks=None`) is dense. Masks are built from kept
+counts and channel ranks, `mask = rank < kept`, so a stack of candidates is a
+leading axis and `jax.vmap` over it needs no Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Masks = Optional[Mapping[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSpec:
+  """One prunable channel group.
+
+  Attributes:
+    name: unique gate name.
+    channels: full width C.
+    writers: u in the algorithm, the number of (non-depthwise) convs whose
+      outputs land in this gate; it sets the search step size max(1/C, s/u).
+  """
+  name: str
+  channels: int
+  writers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One conv, dense or batch-norm layer and the gates on its channel axes.
+
+  `in_gate`/`out_gate` are None where the axis is not prunable (image
+  channels, classes). A depthwise conv has `in_gate == out_gate`: its channels
+  follow one gate. `path` locates the layer's variables in every collection.
+  """
+  path: tuple[str, ...]
+  kind: str  # 'conv' | 'dense' | 'bn'
+  in_gate: Optional[str]
+  out_gate: Optional[str]
+  in_channels: int
+  out_channels: int
+  kernel_size: tuple[int, int] = (1, 1)
+  out_hw: tuple[int, int] = (1, 1)
+  depthwise: bool = False
+  use_bias: bool = False
+
+  @property
+  def name(self) -> str:
+    return '/'.join(self.path)
+
+
+# --------------------------------------------------------------------------
+# Masks on activations and kernels.
+
+
+@jax.custom_vjp
+def _straight_through_gate(x, mask):
+  return x * mask
+
+
+def _st_fwd(x, mask):
+  return x * mask, (x, mask)
+
+
+def _st_bwd(res, dy):
+  x, mask = res
+  # Reference behaviour: the gradient passes the gate untouched (dx = dy), so
+  # upstream gates still see gradients through channels masked here.
+  dmask = jnp.sum(dy * x, axis=tuple(range(dy.ndim - 1)))
+  return dy, dmask.astype(mask.dtype)
+
+
+_straight_through_gate.defvjp(_st_fwd, _st_bwd)
+
+
+def apply_gate(x: jax.Array, masks: Masks, gate: str,
+               straight_through: bool = False) -> jax.Array:
+  """Multiplies the channels (last axis) of `x` by `masks[gate]`, if present.
+
+  With `straight_through=True` the backward pass uses dx = dy as the authors'
+  code does (ekg_algorithm.md section 3); otherwise the true dx = dy * m.
+  The gradient with respect to the mask is sum(dy * x) either way.
+  """
+  if not masks or gate not in masks:
+    return x
+  mask = masks[gate].astype(x.dtype)
+  _check_mask(mask, gate, x.shape[-1])
+  if straight_through:
+    return _straight_through_gate(x, mask)
+  return x * mask
+
+
+def _check_mask(mask, gate, channels):
+  if mask.shape != (channels,):
+    raise ValueError(
+        f'mask for gate {gate!r} has shape {tuple(mask.shape)}, expected '
+        f'({channels},): one entry per channel of the gate')
+
+
+def mask_kernel(kernel: jax.Array, in_mask: Optional[jax.Array],
+                out_mask: Optional[jax.Array], renormalize: bool) -> jax.Array:
+  """Zeros masked input/output channels of a kernel (..., in, out).
+
+  With `renormalize`, the masked kernel is rescaled to the L2 norm of the full
+  kernel, as the reference code does for every sliced kernel (section 7), so a
+  masked supernet computes exactly what its slimmed network computes.
+  """
+  if in_mask is None and out_mask is None:
+    return kernel
+  m = jnp.ones((), kernel.dtype)
+  if in_mask is not None:
+    m = m * in_mask.astype(kernel.dtype)[:, None]
+  if out_mask is not None:
+    m = m * out_mask.astype(kernel.dtype)
+  masked = kernel * m
+  if renormalize:
+    masked = masked * renormalization_factor(kernel, masked)
+  return masked
+
+
+def renormalization_factor(full, kept):
+  """||full|| / ||kept||, the rescaling that keeps a pruned kernel's L2 norm."""
+  full_norm = jnp.sqrt(jnp.sum(jnp.square(full.astype(jnp.float32))))
+  kept_norm = jnp.sqrt(jnp.sum(jnp.square(kept.astype(jnp.float32))))
+  return (full_norm / jnp.maximum(kept_norm, 1e-12)).astype(full.dtype)
+
+
+def _gate_mask(masks: Masks, gate: Optional[str], channels: int):
+  if gate is None or not masks or gate not in masks:
+    return None
+  _check_mask(masks[gate], gate, channels)
+  return masks[gate]
+
+
+# --------------------------------------------------------------------------
+# Gated layers. Models build from these; `layer_table` reads their attributes.
+
+
+class GatedConv(nn.Module):
+  """A bias-free conv ('SAME' padding, as TensorFlow) whose kernel is masked.
+
+  `depthwise=True` makes a depthwise conv whose channels follow `out_gate`
+  (its `in_gate` is the same gate).
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: int = 1
+  in_gate: Optional[str] = None
+  out_gate: Optional[str] = None
+  depthwise: bool = False
+  renormalize: bool = True
+  kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(
+      2.0, 'fan_out', 'normal')
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, masks: Masks = None) -> jax.Array:
+    in_channels = x.shape[-1]
+    if self.depthwise:
+      if in_channels != self.features:
+        raise ValueError(f'{self.name}: depthwise conv needs input width '
+                         f'{self.features}, got {in_channels}')
+      shape = (*self.kernel_size, 1, self.features)
+    else:
+      shape = (*self.kernel_size, in_channels, self.features)
+    kernel = self.param('kernel', self.kernel_init, shape)
+    out_mask = _gate_mask(masks, self.out_gate, self.features)
+    in_mask = None if self.depthwise else _gate_mask(masks, self.in_gate,
+                                                     in_channels)
+    kernel = mask_kernel(kernel, in_mask, out_mask, self.renormalize)
+    dtype = self.dtype or x.dtype
+    return jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype),
+        window_strides=(self.strides, self.strides), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=in_channels if self.depthwise else 1)
+
+
+class GatedDense(nn.Module):
+  """A dense layer whose kernel is masked on its input channels."""
+  features: int
+  in_gate: Optional[str] = None
+  renormalize: bool = True
+  use_bias: bool = True
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, masks: Masks = None) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (x.shape[-1], self.features))
+    in_mask = _gate_mask(masks, self.in_gate, x.shape[-1])
+    kernel = mask_kernel(kernel, in_mask, None, self.renormalize)
+    dtype = self.dtype or x.dtype
+    y = x.astype(dtype) @ kernel.astype(dtype)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros,
+                         (self.features,)).astype(dtype)
+    return y
+
+
+class GatedBatchNorm(nn.BatchNorm):
+  """BatchNorm over the channels of `gate` (sliced with it when slimming)."""
+  gate: Optional[str] = None
+
+
+# --------------------------------------------------------------------------
+# The layer table: one trace of a model gives every gated layer and gate.
+
+
+def layer_table(model: nn.Module, input_shape: Sequence[int],
+                **apply_kwargs) -> list[LayerSpec]:
+  """Traces `model.init` (shapes only, no FLOPs spent) and lists its layers."""
+  records: list[LayerSpec] = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name != '__call__':
+      return out
+    if isinstance(module, GatedConv):
+      records.append(LayerSpec(
+          path=module.path, kind='conv',
+          in_gate=module.out_gate if module.depthwise else module.in_gate,
+          out_gate=module.out_gate, in_channels=args[0].shape[-1],
+          out_channels=module.features,
+          kernel_size=tuple(module.kernel_size), out_hw=tuple(out.shape[1:3]),
+          depthwise=module.depthwise))
+    elif isinstance(module, GatedDense):
+      records.append(LayerSpec(
+          path=module.path, kind='dense', in_gate=module.in_gate,
+          out_gate=None, in_channels=args[0].shape[-1],
+          out_channels=module.features, use_bias=module.use_bias))
+    elif isinstance(module, GatedBatchNorm):
+      channels = args[0].shape[-1]
+      records.append(LayerSpec(
+          path=module.path, kind='bn', in_gate=module.gate,
+          out_gate=module.gate, in_channels=channels, out_channels=channels,
+          out_hw=tuple(args[0].shape[1:3]) if args[0].ndim == 4 else (1, 1)))
+    return out
+
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **apply_kwargs),
+                   x)
+  return records
+
+
+def gate_specs(table: Sequence[LayerSpec]) -> dict[str, GateSpec]:
+  """Gates in first-use order, with widths and writer counts from the table."""
+  channels: dict[str, int] = {}
+  writers: dict[str, int] = {}
+  for layer in table:
+    for gate, width in ((layer.in_gate, layer.in_channels),
+                        (layer.out_gate, layer.out_channels)):
+      if gate is None:
+        continue
+      if channels.setdefault(gate, width) != width:
+        raise ValueError(f'gate {gate!r} has layers of widths '
+                         f'{channels[gate]} and {width} ({layer.name})')
+      writers.setdefault(gate, 0)
+    if layer.kind == 'conv' and layer.out_gate and not layer.depthwise:
+      writers[layer.out_gate] += 1
+  return {g: GateSpec(g, channels[g], max(writers[g], 1)) for g in channels}
+
+
+# --------------------------------------------------------------------------
+# Masks from kept counts and ranks.
+
+
+def validate_gate_names(gates: Mapping[str, GateSpec], names, what: str):
+  unknown = sorted(set(names) - set(gates))
+  if unknown:
+    raise KeyError(f'{what} names unknown gates {unknown}; this model has '
+                   f'{len(gates)} gates, e.g. {list(gates)[:4]}')
+
+
+def identity_ranks(gates: Mapping[str, GateSpec]) -> dict[str, jax.Array]:
+  """Ranks that keep the first channels (rank c = c)."""
+  return {g: jnp.arange(s.channels, dtype=jnp.int32) for g, s in gates.items()}
+
+
+def ranks_from_scores(scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Rank 0 = most important channel (highest score); ties keep index order."""
+  def rank(score):
+    order = jnp.argsort(-score, stable=True)
+    return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+  return {g: rank(s) for g, s in scores.items()}
+
+
+def masks_from_kept(kept: Mapping[str, Any], ranks: Mapping[str, jax.Array],
+                    dtype=jnp.float32) -> dict[str, jax.Array]:
+  """mask[c] = rank[c] < kept; works on stacked (vmapped) kept counts too."""
+  return {g: (ranks[g] < jnp.asarray(k)[..., None]).astype(dtype)
+          for g, k in kept.items()}
+
+
+def kept_from_masks(masks: Mapping[str, Any]) -> dict[str, int]:
+  return {g: int(np.asarray(m).sum()) for g, m in masks.items()}
+
+
+def full_kept(gates: Mapping[str, GateSpec]) -> dict[str, int]:
+  return {g: s.channels for g, s in gates.items()}

@@ -1,0 +1,27 @@
+"""Command line: python -m ekg_jax.main --config=configs/X.py --workdir=DIR.
+
+Any config value can be overridden, e.g. --config.phases=evaluate or
+--config.init_checkpoint=PATH.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ekg_jax import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (a Python file with get_config()).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Folder for results, checkpoints and logs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  pipeline.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

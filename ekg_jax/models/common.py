@@ -1,0 +1,57 @@
+"""Pieces shared by every supernet family."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+
+from ekg_jax import gates as gates_lib
+
+Widths = tuple[tuple[str, int], ...]
+
+
+class Supernet(nn.Module):
+  """Attributes every model has; subclasses define `__call__`.
+
+  `widths` overrides the width of named gates: a slimmed network is the same
+  model class with smaller widths. `renormalize` rescales masked kernels to
+  the full kernel's L2 norm (section 7). `straight_through` makes gates pass
+  gradients through masked channels, as the reference code does (section 3).
+  """
+  num_classes: int = 10
+  widths: Widths = ()
+  renormalize: bool = True
+  straight_through: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = None  # compute dtype; params stay float32
+
+  def width(self, gate: str, default: int) -> int:
+    return dict(self.widths).get(gate, default)
+
+  def conv(self, features, kernel_size, strides=1, in_gate=None,
+           out_gate=None, depthwise=False, name=None):
+    return gates_lib.GatedConv(
+        features=features, kernel_size=(kernel_size, kernel_size),
+        strides=strides, in_gate=in_gate, out_gate=out_gate,
+        depthwise=depthwise, renormalize=self.renormalize, dtype=self.dtype,
+        name=name)
+
+  def bn(self, gate, train: bool, zero_init: bool = False, name=None):
+    return gates_lib.GatedBatchNorm(
+        use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, gate=gate, dtype=self.dtype,
+        scale_init=(nn.initializers.zeros if zero_init
+                    else nn.initializers.ones), name=name)
+
+  def dense(self, in_gate, name='fc'):
+    return gates_lib.GatedDense(self.num_classes, in_gate=in_gate,
+                                renormalize=self.renormalize,
+                                dtype=self.dtype, name=name)
+
+  def gate(self, x: jax.Array, masks: gates_lib.Masks, gate: Optional[str]):
+    if gate is None:
+      return x
+    return gates_lib.apply_gate(x, masks, gate, self.straight_through)

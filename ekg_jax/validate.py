@@ -1,0 +1,86 @@
+"""Whole-config validation, before any data is read or anything compiled.
+
+Each rule names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from ekg_jax import config as config_lib
+from ekg_jax.models import MODELS
+
+
+class ConfigError(ValueError):
+  pass
+
+
+# Datasets the toolkit knows: classes and image size (the input pipeline for
+# ImageNet is another issue; its configs still validate).
+DATASETS = {
+    'cifar10': dict(num_classes=10, image_size=32),
+    'cifar100': dict(num_classes=100, image_size=32),
+    'imagenet2012': dict(num_classes=1000, image_size=224),
+}
+
+CHOICES = {
+    'search.teacher': ('ensemble', 'single', 'none'),
+    'search.criterion': ('ekg', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random'),
+    'search.allocation': ('greedy', 'uniform'),
+    'finetune.knowledge': ('ensemble', 'single', 'none'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'memory_bank.dtype': ('float32', 'bfloat16', 'float16'),
+}
+
+
+def _get(config, dotted):
+  value = config
+  for key in dotted.split('.'):
+    value = value[key]
+  return value
+
+
+def parse_phases(phases: str) -> list[str]:
+  names = [p.strip() for p in phases.split(',') if p.strip()]
+  unknown = [p for p in names if p not in config_lib.PHASES]
+  if unknown or not names:
+    raise ConfigError(f'phases={phases!r}: unknown or empty phases '
+                      f'{unknown}; allowed: {",".join(config_lib.PHASES)}')
+  return names
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad key."""
+  def fail(key, why):
+    raise ConfigError(f'config.{key}={_get(config, key)!r}: {why}')
+
+  if config.model.name not in MODELS:
+    fail('model.name', f'unknown model; allowed: {sorted(MODELS)}')
+  if config.data.name not in DATASETS:
+    fail('data.name', f'unknown dataset; allowed: {sorted(DATASETS)}')
+  parse_phases(config.phases)
+  for key, allowed in CHOICES.items():
+    if _get(config, key) not in allowed:
+      fail(key, f'allowed: {", ".join(allowed)}')
+  if not 0 < config.search.target_flops_rate < 1:
+    fail('search.target_flops_rate', 'must lie in (0, 1)')
+  if not 0 < config.search.step <= 1:
+    fail('search.step', 'must lie in (0, 1]')
+  for key in ('data.eval_batch_size', 'search.batch_size',
+              'search.chunk_size', 'warmup.batch_size',
+              'memory_bank.batch_size', 'finetune.batch_size',
+              'memory_bank.num_teachers', 'data.val_per_class',
+              'data.warmup_per_class'):
+    if int(_get(config, key)) < 1:
+      fail(key, 'must be a positive integer')
+  if config.finetune.epochs < 0:
+    fail('finetune.epochs', 'must be >= 0')
+  for key in ('data.mean', 'data.std'):
+    if len(_get(config, key)) != 3:
+      fail(key, 'needs one value per RGB channel (3 values)')
+  if any(s <= 0 for s in config.data.std):
+    fail('data.std', 'every value must be > 0')
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    fail('init_checkpoint', 'no such file or directory')

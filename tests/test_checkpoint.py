@@ -1,0 +1,105 @@
+import json
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
+from ekg_jax import checkpoint, data, evaluation
+from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
+from ekg_jax.models import create_model
+
+
+def shapes(model):
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, 32, 32, 3)))
+
+
+@needs_official
+def test_official_resnet56_loads_every_variable():
+  model = create_model('resnet56')
+  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+                                           shapes(model))
+  ref = shapes(model)
+  assert jax.tree_util.tree_structure(variables) == \
+      jax.tree_util.tree_structure(ref)
+  raw = pickle.load(open(OFFICIAL_RESNET56, 'rb'))
+  np.testing.assert_array_equal(
+      variables['batch_stats']['BasicBlock1.0/bn3']['var'],
+      raw['BasicBlock1.0/bn3/moving_variance:0'].reshape(-1))
+  np.testing.assert_array_equal(variables['params']['fc']['bias'],
+                                raw['fc/biases:0'].reshape(-1))
+
+
+@needs_official
+@needs_cifar10
+def test_official_resnet56_is_accurate_on_cifar10_subset():
+  model = create_model('resnet56')
+  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+                                           shapes(model))
+  split = data.load_split('cifar10', 'test[:500]', TFDS_DIR)
+  acc = evaluation.accuracy(model, variables, split, REFERENCE_MEAN,
+                            REFERENCE_STD, batch_size=250, progress=False)
+  assert acc > 75.0  # ~84% on the full split; random weights give ~10%
+
+
+@needs_official
+def test_official_checkpoint_for_another_architecture():
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+                                 shapes(create_model('resnet20')))
+  assert 'unexpected keys' in str(e.value)
+  assert 'BasicBlock0.3/conv1/kernel:0' in str(e.value)
+
+
+def test_official_checkpoint_shape_and_missing_errors(tmp_path):
+  model = create_model('resnet20')
+  ref = shapes(model)
+  raw = {'__header__': b'x'}
+  for module, leaves in ref['params'].items():
+    for name, leaf in leaves.items():
+      tf = {'kernel': 'kernel', 'bias': 'biases', 'scale': 'gamma'}[name]
+      if module != 'fc' and name == 'bias':
+        tf = 'beta'
+      raw[f'{module}/{tf}:0'] = np.zeros(leaf.shape, np.float32)
+  raw['conv/kernel:0'] = np.zeros((3, 3, 3, 8), np.float32)
+  path = tmp_path / 'bad.pkl'
+  path.write_bytes(pickle.dumps(raw))
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    checkpoint.load_official_pkl(str(path), ref)
+  message = str(e.value)
+  assert 'conv/kernel:0: checkpoint (3, 3, 3, 8) vs model (3, 3, 3, 16)' in message
+  # Running statistics were not written: every BN's mean and var is missing.
+  assert '42 missing variables' in message and 'batch_stats/' in message
+
+
+def test_missing_checkpoint_file():
+  with pytest.raises(FileNotFoundError, match='nope.pkl'):
+    checkpoint.load_official_pkl('nope.pkl', {})
+
+
+def test_own_checkpoint_round_trip(tmp_path):
+  model = create_model('resnet20')
+  variables = model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
+  checkpoint.save_model(str(tmp_path / 'ck'), 'resnet20', {'widths': []},
+                        variables)
+  assert checkpoint.read_model_config(str(tmp_path / 'ck'))['name'] == \
+      'resnet20'
+  restored = checkpoint.load_model_variables(str(tmp_path / 'ck'),
+                                             shapes(model))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored,
+                         jax.device_get(variables))
+  with pytest.raises(checkpoint.CheckpointError, match='does not fit'):
+    checkpoint.load_model_variables(str(tmp_path / 'ck'),
+                                    shapes(create_model('resnet32')))
+
+
+def test_write_json_atomic_replaces_whole_file(tmp_path):
+  path = tmp_path / 'summary.json'
+  checkpoint.write_json_atomic(str(path), {'a': 1})
+  checkpoint.write_json_atomic(str(path), {'b': 2})
+  assert json.loads(path.read_text()) == {'b': 2}
+  assert os.listdir(tmp_path) == ['summary.json']  # no temp files left

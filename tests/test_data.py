@@ -1,0 +1,90 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TFDS_DIR, needs_cifar10
+from ekg_jax import data
+
+
+def test_class_subset_indices_follow_reference_recipe():
+  labels = np.array([0, 1, 0, 1, 2, 2, 0, 1, 2, 0])
+  idx = data.class_subset_indices(labels, per_class=2, from_end=True)
+  # Last two of each class, walking backwards, then the legacy shuffle.
+  expected = np.array([9, 6, 7, 3, 8, 5])
+  np.random.seed(1)
+  np.random.shuffle(expected)
+  np.testing.assert_array_equal(idx, expected)
+  first = data.class_subset_indices(labels, per_class=2, from_end=False)
+  assert sorted(first.tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_class_subset_leaves_global_numpy_state_alone():
+  np.random.seed(123)
+  before = np.random.get_state()[1].copy()
+  data.class_subset_indices(np.arange(20) % 2, 3, from_end=True)
+  np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_class_subset_too_few_images():
+  with pytest.raises(ValueError, match='class 1 has 1 images'):
+    data.class_subset_indices(np.array([0, 0, 1]), 2, from_end=True)
+
+
+def test_augment_is_deterministic_per_key_and_varies_per_image():
+  images = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (8, 32, 32, 3), dtype=np.uint8))
+  f = jax.jit(lambda k, x: data.augment(k, x, (120.,) * 3, (60.,) * 3))
+  a = f(jax.random.key(0), images)
+  assert a.shape == (8, 32, 32, 3) and a.dtype == jnp.float32
+  np.testing.assert_array_equal(a, f(jax.random.key(0), images))
+  assert not np.allclose(a, f(jax.random.key(1), images))
+
+
+def test_augment_without_jitter_is_a_flipped_crop():
+  image = jnp.arange(4 * 4 * 3, dtype=jnp.uint8).reshape(1, 4, 4, 3)
+  out = data.augment(jax.random.key(3), image, (0.,) * 3, (1.,) * 3, pad=1,
+                     color_jitter=False)
+  padded = np.pad(np.asarray(image[0], np.float32), ((1, 1), (1, 1), (0, 0)),
+                  mode='reflect')
+  crops = [c for dy in range(3) for dx in range(3)
+           for c in (padded[dy:dy + 4, dx:dx + 4],)]
+  # Flip happens before the crop: a crop of the padded (flipped) image.
+  flipped = np.pad(np.asarray(image[0, :, ::-1], np.float32),
+                   ((1, 1), (1, 1), (0, 0)), mode='reflect')
+  crops += [flipped[dy:dy + 4, dx:dx + 4] for dy in range(3)
+            for dx in range(3)]
+  assert any(np.array_equal(out[0], c) for c in crops)
+
+
+def test_normalize_uses_config_statistics():
+  x = jnp.full((1, 2, 2, 3), 100, jnp.uint8)
+  out = data.normalize(x, (100., 50., 0.), (1., 2., 4.))
+  np.testing.assert_allclose(out[0, 0, 0], [0., 25., 25.])
+
+
+@needs_cifar10
+def test_load_split_with_slicing():
+  split = data.load_split('cifar10', 'test[:100]', TFDS_DIR)
+  assert split.images.shape == (100, 32, 32, 3)
+  assert split.images.dtype == np.uint8
+  assert split.labels.dtype == np.int32 and split.labels.max() <= 9
+
+
+def test_missing_dataset_names_dataset_and_directory(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  with pytest.raises(data.DatasetNotFoundError) as e:
+    data.load_split('cifar10', 'test', None)
+  message = str(e.value)
+  assert "'cifar10'" in message and str(tmp_path) in message
+  assert 'TFDS_DATA_DIR' in message
+
+
+def test_mock_dataset_cifar100(tmp_path):
+  """CIFAR-100 has no local copy: read TFDS's mock data through the same
+  path the real data takes."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    split = data.load_split('cifar100', 'train', str(tmp_path))
+  assert split.images.shape == (12, 32, 32, 3)
+  assert split.labels.max() < 100

@@ -1,0 +1,99 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ekg_jax import gates
+from ekg_jax.models import create_model
+
+
+def resnet_gates(depth):
+  model = create_model(f'resnet{depth}')
+  return gates.gate_specs(gates.layer_table(model, (32, 32, 3)))
+
+
+@pytest.mark.parametrize('depth,n', [(20, 3), (32, 5), (56, 9), (110, 18)])
+def test_cifar_resnet_gate_structure(depth, n):
+  specs = resnet_gates(depth)
+  # One inner gate per block plus one residual-stream gate per stage.
+  assert len(specs) == 3 * n + 3
+  for stage, width in enumerate((16, 32, 64)):
+    assert specs[f'stage{stage}'] == gates.GateSpec(f'stage{stage}', width,
+                                                    1 + n)
+    for b in range(n):
+      assert specs[f'stage{stage}/block{b}'].writers == 1
+      assert specs[f'stage{stage}/block{b}'].channels == width
+
+
+def test_layer_table_lists_readers_and_writers():
+  model = create_model('resnet20')
+  table = {l.name: l for l in gates.layer_table(model, (32, 32, 3))}
+  proj = table['BasicBlock1.0/conv3']
+  assert (proj.in_gate, proj.out_gate, proj.kernel_size, proj.out_hw) == (
+      'stage0', 'stage1', (1, 1), (16, 16))
+  assert table['fc'].in_gate == 'stage2' and table['fc'].out_gate is None
+  assert table['conv'].in_gate is None  # image channels are not prunable
+  assert table['BasicBlock2.2/bn1'].out_gate == 'stage2/block2'
+
+
+def test_masks_from_kept_and_ranks():
+  ranks = {'a': jnp.array([2, 0, 3, 1])}
+  masks = gates.masks_from_kept({'a': 2}, ranks)
+  np.testing.assert_array_equal(masks['a'], [0, 1, 0, 1])
+  # A stack of kept counts gives a stack of masks (what vmap sees).
+  stacked = gates.masks_from_kept({'a': jnp.array([1, 4])}, ranks)
+  np.testing.assert_array_equal(stacked['a'], [[0, 1, 0, 0], [1, 1, 1, 1]])
+
+
+def test_ranks_from_scores_most_important_first():
+  ranks = gates.ranks_from_scores({'a': jnp.array([0.1, 5.0, 0.0, 2.0])})
+  np.testing.assert_array_equal(ranks['a'], [2, 0, 3, 1])
+
+
+def test_mask_of_wrong_length_is_rejected():
+  model = create_model('resnet20')
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="gate 'stage0' has shape \\(5,\\)"):
+    model.apply(variables, x, masks={'stage0': jnp.ones(5)})
+
+
+def test_mask_for_unknown_gate_is_rejected():
+  specs = resnet_gates(20)
+  with pytest.raises(KeyError, match="unknown gates \\['nope'\\]"):
+    gates.validate_gate_names(specs, {'nope': 1}, 'masks')
+
+
+def test_all_ones_masks_equal_dense_network():
+  model = create_model('resnet20')
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  specs = resnet_gates(20)
+  ones = gates.masks_from_kept(gates.full_kept(specs),
+                               gates.identity_ranks(specs))
+  chex.assert_trees_all_close(model.apply(variables, x, masks=ones),
+                              model.apply(variables, x), atol=1e-6)
+
+
+@pytest.mark.parametrize('straight_through', [True, False])
+def test_gate_gradients(straight_through):
+  x = jnp.arange(6.0).reshape(1, 2, 3)
+  mask = jnp.array([1.0, 0.0, 1.0])
+  f = lambda x, m: jnp.sum(gates.apply_gate(x, {'g': m}, 'g',
+                                            straight_through) * 2.0)
+  dx, dm = jax.grad(f, argnums=(0, 1))(x, mask)
+  np.testing.assert_allclose(dm, 2.0 * x.sum(axis=(0, 1)))
+  expected_dx = 2.0 * (jnp.ones_like(x) if straight_through
+                       else jnp.broadcast_to(mask, x.shape))
+  np.testing.assert_allclose(dx, expected_dx)
+
+
+def test_renormalized_kernel_keeps_norm():
+  kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 5))
+  masked = gates.mask_kernel(kernel, jnp.array([1., 0, 1, 1]),
+                             jnp.array([0., 1, 1, 0, 1]), renormalize=True)
+  np.testing.assert_allclose(jnp.linalg.norm(masked), jnp.linalg.norm(kernel),
+                             rtol=1e-5)
+  assert float(jnp.abs(masked[:, :, 1]).max()) == 0.0
+  assert float(jnp.abs(masked[..., 0]).max()) == 0.0

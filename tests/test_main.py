@@ -1,0 +1,64 @@
+"""The command line, end to end on small data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10
+from ekg_jax import pipeline, validate
+from ekg_jax.config import default_config
+
+
+def run_cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, '-m', 'ekg_jax.main', *args],
+                        cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@needs_cifar10
+def test_cli_evaluate_writes_summary(tmp_path):
+  result = run_cli('--config=configs/resnet20_cifar.py',
+                   f'--workdir={tmp_path}', '--config.phases=evaluate',
+                   '--config.data.test_split=test[:200]',
+                   f'--config.data.data_dir={TFDS_DIR}', '--config.quiet=True')
+  assert result.returncode == 0, result.stderr[-3000:]
+  base = json.loads((tmp_path / 'summary.json').read_text())['base']
+  assert base['test_images'] == 200
+  assert 0.0 <= base['test_accuracy'] <= 100.0
+  # ResNet-20 MACs: stem, stage 0, stages 1-2 (projection included), fc.
+  stage = 16 * 16 * 9 * 16 * 32 + 16 * 16 * 9 * 32 * 32 + 16 * 16 * 16 * 32 + 4 * 16 * 16 * 9 * 32 * 32
+  assert base['flops'] == 32 * 32 * 27 * 16 + 6 * 32 * 32 * 9 * 16 * 16 + 2 * stage + 640
+  assert base['params'] > 270_000
+  assert '"test_accuracy"' in result.stdout
+
+
+def test_cli_unknown_override_key_is_rejected(tmp_path):
+  result = run_cli('--config=configs/resnet20_cifar.py',
+                   f'--workdir={tmp_path}', '--config.search.nope=1')
+  assert result.returncode != 0
+  assert 'nope' in result.stderr
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('model.name', 'resnet57', "model.name='resnet57': unknown model"),
+    ('data.name', 'mnist', "data.name='mnist': unknown dataset"),
+    ('phases', 'evaluate,dance', "unknown or empty phases \\['dance'\\]"),
+    ('init_checkpoint', '/nonexistent.pkl', 'no such file'),
+])
+def test_bad_config_fails_before_compute(tmp_path, key, value, match):
+  config = default_config()
+  section, _, leaf = key.rpartition('.')
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(validate.ConfigError, match=match):
+    pipeline.run(config, str(tmp_path))
+  assert not (tmp_path / 'summary.json').exists()
+
+
+@pytest.mark.skipif(not OFFICIAL_RESNET56.is_file(), reason='no checkpoint')
+def test_official_checkpoint_into_wrong_model(tmp_path):
+  config = default_config()
+  config.model.name = 'resnet20'
+  config.init_checkpoint = str(OFFICIAL_RESNET56)
+  with pytest.raises(Exception, match='unexpected keys'):
+    pipeline.run(config, str(tmp_path))

@@ -1,0 +1,54 @@
+"""Slimmed networks compute what their masked supernets compute."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import perturb
+from ekg_jax import flops, gates, slim
+from ekg_jax.models import create_model
+
+FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),
+            ('resnet18', 32), ('resnet34', 32), ('resnet50', 32)]
+
+
+@pytest.mark.parametrize('name,size,seed', [
+    *[(name, size, 0) for name, size in FAMILIES], ('resnet20', 32, 1)])
+def test_slimmed_equals_masked(name, size, seed):
+  model = create_model(name, num_classes=10)
+  shape = (size, size, 3)
+  table = gates.layer_table(model, shape)
+  specs = gates.gate_specs(table)
+  x = jax.random.normal(jax.random.key(seed), (3, *shape))
+  variables = perturb(model.init(jax.random.key(0), x), seed)
+  rng = np.random.default_rng(seed)
+  kept = {g: int(rng.integers(1, s.channels + 1)) for g, s in specs.items()}
+  ranks = {g: jnp.asarray(rng.permutation(s.channels))
+           for g, s in specs.items()}
+  masks = gates.masks_from_kept(kept, ranks)
+
+  slim_model, slim_vars = slim.slim(model, variables, masks, table)
+  masked = jax.jit(model.apply)(variables, x, masks=masks)
+  slimmed = jax.jit(slim_model.apply)(slim_vars, x)
+  scale = float(jnp.abs(masked).max())
+  np.testing.assert_allclose(slimmed, masked, rtol=1e-4, atol=1e-5 * scale)
+
+  slim_table = gates.layer_table(slim_model, shape)
+  assert flops.count_flops(slim_table) == flops.count_flops(table, kept)
+  assert flops.count_flops(slim_table, include_bn=True) == flops.count_flops(
+      table, kept, include_bn=True)
+  n_params = sum(a.size for a in jax.tree_util.tree_leaves(
+      slim_vars['params']))
+  assert n_params == flops.count_params(table, kept)
+  assert flops.count_params(slim_table) == n_params
+
+
+def test_slim_rejects_empty_gate():
+  model = create_model('resnet20')
+  table = gates.layer_table(model, (32, 32, 3))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match='keep no channel'):
+    slim.slim(model, variables, {'stage0': jnp.zeros(16)}, table)
+  with pytest.raises(KeyError, match='unknown gates'):
+    slim.slim(model, variables, {'stage7': jnp.ones(16)}, table)
