@@ -59,6 +59,7 @@ class LayerSpec:
   out_hw: tuple[int, int] = (1, 1)
   depthwise: bool = False
   use_bias: bool = False
+  segment: int = 0  # index of the model segment holding the layer
 
   @property
   def name(self) -> str:
@@ -228,8 +229,11 @@ def layer_table(model: nn.Module, input_shape: Sequence[int],
                 **apply_kwargs) -> list[LayerSpec]:
   """Traces `model.init` (shapes only, no FLOPs spent) and lists its layers."""
   records: list[LayerSpec] = []
+  segment = [0]
 
   def record(next_fun, args, kwargs, context):
+    if context.method_name == 'enter_segment':
+      segment[0] = args[0]
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name != '__call__':
@@ -241,18 +245,20 @@ def layer_table(model: nn.Module, input_shape: Sequence[int],
           out_gate=module.out_gate, in_channels=args[0].shape[-1],
           out_channels=module.features,
           kernel_size=tuple(module.kernel_size), out_hw=tuple(out.shape[1:3]),
-          depthwise=module.depthwise))
+          depthwise=module.depthwise, segment=segment[0]))
     elif isinstance(module, GatedDense):
       records.append(LayerSpec(
           path=module.path, kind='dense', in_gate=module.in_gate,
           out_gate=None, in_channels=args[0].shape[-1],
-          out_channels=module.features, use_bias=module.use_bias))
+          out_channels=module.features, use_bias=module.use_bias,
+          segment=segment[0]))
     elif isinstance(module, GatedBatchNorm):
       channels = args[0].shape[-1]
       records.append(LayerSpec(
           path=module.path, kind='bn', in_gate=module.gate,
           out_gate=module.gate, in_channels=channels, out_channels=channels,
-          out_hw=tuple(args[0].shape[1:3]) if args[0].ndim == 4 else (1, 1)))
+          out_hw=tuple(args[0].shape[1:3]) if args[0].ndim == 4 else (1, 1),
+          segment=segment[0]))
     return out
 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
@@ -278,6 +284,23 @@ def gate_specs(table: Sequence[LayerSpec]) -> dict[str, GateSpec]:
     if layer.kind == 'conv' and layer.out_gate and not layer.depthwise:
       writers[layer.out_gate] += 1
   return {g: GateSpec(g, channels[g], max(writers[g], 1)) for g in channels}
+
+
+def first_segments(table: Sequence[LayerSpec]) -> dict[str, int]:
+  """Gate -> the first segment with a layer reading or writing the gate.
+
+  Changing a gate's mask leaves every earlier segment's output unchanged.
+  """
+  first: dict[str, int] = {}
+  for layer in table:
+    for gate in (layer.in_gate, layer.out_gate):
+      if gate is not None:
+        first[gate] = min(first.get(gate, layer.segment), layer.segment)
+  return first
+
+
+def num_segments(table: Sequence[LayerSpec]) -> int:
+  return max(layer.segment for layer in table) + 1
 
 
 # --------------------------------------------------------------------------

@@ -97,3 +97,38 @@ def test_renormalized_kernel_keeps_norm():
                              rtol=1e-5)
   assert float(jnp.abs(masked[:, :, 1]).max()) == 0.0
   assert float(jnp.abs(masked[..., 0]).max()) == 0.0
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'resnet18'])
+def test_segments_compose_to_the_whole_network(name):
+  """Running segments [0, k) then [k, end) equals one full pass, with masks
+  and BN in batch-statistics mode, for every split point k."""
+  model = create_model(name, num_classes=10)
+  table = gates.layer_table(model, (32, 32, 3))
+  specs = gates.gate_specs(table)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  rng = np.random.default_rng(0)
+  masks = gates.masks_from_kept(
+      {g: int(rng.integers(1, s.channels + 1)) for g, s in specs.items()},
+      gates.identity_ranks(specs))
+
+  def run(x, start=0, stop=None):
+    return model.apply(variables, x, masks=masks, train=True, start=start,
+                       stop=stop, mutable=['batch_stats'])[0]
+
+  split_runs = jax.jit(lambda x: [
+      run(run(x, 0, k), k) for k in range(1, gates.num_segments(table))])
+  full = jax.jit(run)(x)
+  for out in split_runs(x):
+    np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
+
+
+def test_first_segments_of_resnet20():
+  table = gates.layer_table(create_model('resnet20'), (32, 32, 3))
+  first = gates.first_segments(table)
+  assert gates.num_segments(table) == 1 + 9 + 1
+  assert first['stage0'] == 0  # the stem writes it
+  assert first['stage0/block1'] == 2  # block 0.1 is segment 2
+  assert first['stage1'] == 4  # created at block 1.0's projection
+  assert first['stage2/block2'] == 9

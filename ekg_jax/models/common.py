@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -50,6 +50,25 @@ class Supernet(nn.Module):
     return gates_lib.GatedDense(self.num_classes, in_gate=in_gate,
                                 renormalize=self.renormalize,
                                 dtype=self.dtype, name=name)
+
+  def run_segments(self, segments: Sequence[Callable[[jax.Array], jax.Array]],
+                   x: jax.Array, start: int = 0,
+                   stop: Optional[int] = None) -> jax.Array:
+    """Runs segments[start:stop] in order.
+
+    A model is a chain of segments (stem, blocks, head) passing one tensor.
+    Running part of the chain lets the search share the computation before
+    the first layer a candidate's gate touches (`LayerSpec.segment`).
+    """
+    stop = len(segments) if stop is None else stop
+    for index in range(start, stop):
+      self.enter_segment(index)
+      x = segments[index](x)
+    return x
+
+  def enter_segment(self, index: int) -> None:
+    """Marks the start of segment `index`; `gates.layer_table` listens."""
+    del index
 
   def gate(self, x: jax.Array, masks: gates_lib.Masks, gate: Optional[str]):
     if gate is None:

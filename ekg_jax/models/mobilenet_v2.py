@@ -15,6 +15,9 @@ Gates (the reference code has none for this model; ekg_algorithm.md section 2):
 
 from __future__ import annotations
 
+import functools
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
@@ -33,21 +36,29 @@ class MobileNetV2(Supernet):
   stem_stride: int = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array, masks: Masks = None,
-               train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, masks: Masks = None, train: bool = False,
+               start: int = 0, stop: Optional[int] = None) -> jax.Array:
+    segments = [functools.partial(self._stem, masks=masks, train=train)]
     gate = 'stem'
-    x = self.conv(self.width(gate, STEM_WIDTH), 3, self.stem_stride,
-                  out_gate=gate, name='stem/conv')(x, masks)
-    x = self.gate(nn.relu6(self.bn(gate, train, name='stem/bn')(x)), masks,
-                  gate)
-    index = 0
     for group, (t, c, n, s) in enumerate(self.settings):
       for i in range(n):
         in_gate, gate = gate, f'stream{group}'
-        x = self._block(x, masks, train, index, t, c, s if i == 0 else 1,
-                        in_gate, gate, residual=i > 0)
-        index += 1
-    x = self.conv(self.width('head', HEAD_WIDTH), 1, in_gate=gate,
+        segments.append(functools.partial(
+            self._block, masks=masks, train=train, index=len(segments) - 1,
+            expansion=t, features=c, stride=s if i == 0 else 1,
+            in_gate=in_gate, out_gate=gate, residual=i > 0))
+    segments.append(functools.partial(self._head, masks=masks, train=train,
+                                      in_gate=gate))
+    return self.run_segments(segments, x, start, stop)
+
+  def _stem(self, x, masks, train):
+    x = self.conv(self.width('stem', STEM_WIDTH), 3, self.stem_stride,
+                  out_gate='stem', name='stem/conv')(x, masks)
+    return self.gate(nn.relu6(self.bn('stem', train, name='stem/bn')(x)),
+                     masks, 'stem')
+
+  def _head(self, x, masks, train, in_gate):
+    x = self.conv(self.width('head', HEAD_WIDTH), 1, in_gate=in_gate,
                   out_gate='head', name='head/conv')(x, masks)
     x = nn.relu6(self.bn('head', train, name='head/bn')(x))
     x = self.gate(x, masks, 'head').mean(axis=(1, 2))

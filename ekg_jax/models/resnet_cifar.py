@@ -8,9 +8,14 @@ Gates (ekg_algorithm.md section 2):
   the projection shortcut (s=1, 2); masks the stem output and every block
   output (after add + ReLU) of the stage.
 - `stage{s}/block{b}` — the inner channels of a block (conv1 after BN + ReLU).
+
+Segments: the stem, each block, the head (pool + classifier).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -40,27 +45,29 @@ class CifarResNet(Supernet):
     return (self.depth - 2) // 6
 
   @nn.compact
-  def __call__(self, x: jax.Array, masks: Masks = None,
-               train: bool = False) -> jax.Array:
-    gate = stream_gate(0)
-    width = self.width(gate, STAGE_WIDTHS[0])
-    x = self.conv(width, 3, out_gate=gate, name='conv')(x, masks)
-    x = nn.relu(self.bn(gate, train, name='bn')(x))
-    x = self.gate(x, masks, gate)
-    for stage, (full, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
+  def __call__(self, x: jax.Array, masks: Masks = None, train: bool = False,
+               start: int = 0, stop: Optional[int] = None) -> jax.Array:
+    segments = [functools.partial(self._stem, masks=masks, train=train)]
+    for stage, stride in enumerate(STAGE_STRIDES):
       for block in range(self.blocks_per_stage):
-        in_gate = gate
-        projection = block == 0 and stage > 0
-        gate = stream_gate(stage)
-        x = self._block(x, masks, train, stage, block, in_gate, gate,
-                        stride if block == 0 else 1, projection)
-    x = x.mean(axis=(1, 2))
-    return self.dense(in_gate=gate)(x, masks)
+        segments.append(functools.partial(
+            self._block, masks=masks, train=train, stage=stage, block=block,
+            stride=stride if block == 0 else 1))
+    segments.append(functools.partial(self._head, masks=masks))
+    return self.run_segments(segments, x, start, stop)
 
-  def _block(self, x, masks, train, stage, block, in_gate, out_gate, stride,
-             projection):
+  def _stem(self, x, masks, train):
+    gate = stream_gate(0)
+    x = self.conv(self.width(gate, STAGE_WIDTHS[0]), 3, out_gate=gate,
+                  name='conv')(x, masks)
+    x = nn.relu(self.bn(gate, train, name='bn')(x))
+    return self.gate(x, masks, gate)
+
+  def _block(self, x, masks, train, stage, block, stride):
     name = f'BasicBlock{stage}.{block}'
-    inner = inner_gate(stage, block)
+    projection = block == 0 and stage > 0
+    in_gate = stream_gate(stage - 1 if projection else stage)
+    out_gate, inner = stream_gate(stage), inner_gate(stage, block)
     width = self.width(out_gate, STAGE_WIDTHS[stage])
     h = self.conv(self.width(inner, STAGE_WIDTHS[stage]), 3, stride, in_gate,
                   inner, name=f'{name}/conv1')(x, masks)
@@ -73,3 +80,6 @@ class CifarResNet(Supernet):
                     name=f'{name}/conv3')(x, masks)
       x = self.bn(out_gate, train, name=f'{name}/bn3')(x)
     return self.gate(nn.relu(h + x), masks, out_gate)
+
+  def _head(self, x, masks):
+    return self.dense(in_gate=stream_gate(2))(x.mean(axis=(1, 2)), masks)

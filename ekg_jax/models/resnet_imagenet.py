@@ -10,6 +10,9 @@ Gates (ekg_algorithm.md section 2):
 
 from __future__ import annotations
 
+import functools
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
@@ -29,28 +32,34 @@ class ImageNetResNet(Supernet):
     return self.depth >= 50
 
   @nn.compact
-  def __call__(self, x: jax.Array, masks: Masks = None,
-               train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, masks: Masks = None, train: bool = False,
+               start: int = 0, stop: Optional[int] = None) -> jax.Array:
     if self.depth not in BLOCKS:
       raise ValueError(f'ImageNet ResNet depth must be one of '
                        f'{sorted(BLOCKS)}, got {self.depth}')
     expansion = 4 if self.bottleneck else 1
     gate = 'stem' if self.bottleneck else 'stage0'
+    segments = [functools.partial(self._stem, masks=masks, train=train,
+                                  gate=gate)]
+    for stage, blocks in enumerate(BLOCKS[self.depth]):
+      for block in range(blocks):
+        in_gate, gate = gate, f'stage{stage}'
+        segments.append(functools.partial(
+            self._block, masks=masks, train=train, stage=stage, block=block,
+            in_gate=in_gate, out_gate=gate,
+            stride=2 if stage > 0 and block == 0 else 1,
+            projection=block == 0 and (stage > 0 or self.bottleneck),
+            full=STAGE_WIDTHS[stage] * expansion))
+    segments.append(lambda x: self.dense(in_gate=gate)(x.mean(axis=(1, 2)),
+                                                       masks))
+    return self.run_segments(segments, x, start, stop)
+
+  def _stem(self, x, masks, train, gate):
     x = self.conv(self.width(gate, 64), 7, 2, out_gate=gate,
                   name='stem/conv')(x, masks)
     x = self.gate(nn.relu(self.bn(gate, train, name='stem/bn')(x)), masks,
                   gate)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    for stage, blocks in enumerate(BLOCKS[self.depth]):
-      full = STAGE_WIDTHS[stage] * expansion
-      for block in range(blocks):
-        in_gate, gate = gate, f'stage{stage}'
-        stride = 2 if stage > 0 and block == 0 else 1
-        projection = block == 0 and (stage > 0 or self.bottleneck)
-        x = self._block(x, masks, train, stage, block, in_gate, gate, stride,
-                        projection, full)
-    x = x.mean(axis=(1, 2))
-    return self.dense(in_gate=gate)(x, masks)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
 
   def _block(self, x, masks, train, stage, block, in_gate, out_gate, stride,
              projection, full):
