@@ -39,6 +39,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
       json.dump(obj, f, indent=2, sort_keys=False)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -17,7 +17,7 @@ REFERENCE_STD = (66.7, 62.1, 63.0)
 CIFAR10_MEAN = (125.3, 123.0, 113.9)
 CIFAR10_STD = (63.0, 62.1, 66.7)
 
-PHASES = ('evaluate',)  # later phases: pretrain, search, memory_bank, finetune
+PHASES = ('evaluate', 'search')  # later: pretrain, memory_bank, finetune
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -74,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.search.allocation = 'greedy'  # 'greedy' | 'uniform'
   c.search.batch_size = 256
   c.search.chunk_size = 4  # candidates per vmapped call (memory bound)
+  # How candidates are evaluated (same numbers each way): 'vmap' (stacked
+  # masks, chunks; best on GPU/TPU), 'prefix' (shares the segments before
+  # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
+  c.search.evaluation = 'auto'
   c.search.otsu_trim = 0.2  # fraction dropped at each end before Otsu
   c.search.flops_include_bn = True  # the reference total counts BN
   c.search.warmup = True  # run the warm-up before the search

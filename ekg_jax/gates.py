@@ -142,11 +142,18 @@ def renormalization_factor(full, kept):
   return (full_norm / jnp.maximum(kept_norm, 1e-12)).astype(full.dtype)
 
 
-def _gate_mask(masks: Masks, gate: Optional[str], channels: int):
+def _kernel_mask(masks: Masks, gate: Optional[str], channels: int):
+  """The 0/1 pattern of a gate's mask, for kernels.
+
+  Kernels see only which channels are kept: the continuous mask value (and
+  its gradient, the importance score of section 3) belongs to the activation
+  gate alone. Binarising also keeps weight gradients out of the importance
+  pass, which would otherwise cost a second backward conv per layer.
+  """
   if gate is None or not masks or gate not in masks:
     return None
   _check_mask(masks[gate], gate, channels)
-  return masks[gate]
+  return (jax.lax.stop_gradient(masks[gate]) != 0).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------
@@ -181,8 +188,8 @@ class GatedConv(nn.Module):
     else:
       shape = (*self.kernel_size, in_channels, self.features)
     kernel = self.param('kernel', self.kernel_init, shape)
-    out_mask = _gate_mask(masks, self.out_gate, self.features)
-    in_mask = None if self.depthwise else _gate_mask(masks, self.in_gate,
+    out_mask = _kernel_mask(masks, self.out_gate, self.features)
+    in_mask = None if self.depthwise else _kernel_mask(masks, self.in_gate,
                                                      in_channels)
     kernel = mask_kernel(kernel, in_mask, out_mask, self.renormalize)
     dtype = self.dtype or x.dtype
@@ -206,7 +213,7 @@ class GatedDense(nn.Module):
   def __call__(self, x: jax.Array, masks: Masks = None) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (x.shape[-1], self.features))
-    in_mask = _gate_mask(masks, self.in_gate, x.shape[-1])
+    in_mask = _kernel_mask(masks, self.in_gate, x.shape[-1])
     kernel = mask_kernel(kernel, in_mask, None, self.renormalize)
     dtype = self.dtype or x.dtype
     y = x.astype(dtype) @ kernel.astype(dtype)
@@ -319,11 +326,14 @@ def identity_ranks(gates: Mapping[str, GateSpec]) -> dict[str, jax.Array]:
   return {g: jnp.arange(s.channels, dtype=jnp.int32) for g, s in gates.items()}
 
 
-def ranks_from_scores(scores: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """Rank 0 = most important channel (highest score); ties keep index order."""
+def ranks_from_scores(scores: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Rank 0 = most important channel (highest score); ties keep index order.
+  Host-side NumPy: a few dozen small sorts per search step."""
   def rank(score):
-    order = jnp.argsort(-score, stable=True)
-    return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    order = np.argsort(-np.asarray(score, np.float64), kind='stable')
+    ranks = np.empty(len(order), np.int32)
+    ranks[order] = np.arange(len(order), dtype=np.int32)
+    return ranks
   return {g: rank(s) for g, s in scores.items()}
 
 

@@ -23,7 +23,10 @@ from ekg_jax import data as data_lib
 from ekg_jax import evaluation
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
+from ekg_jax import plots
+from ekg_jax import search as search_lib
 from ekg_jax import validate
+from ekg_jax import warmup as warmup_lib
 from ekg_jax.models import common, create_model
 
 SUMMARY = 'summary.json'
@@ -79,6 +82,7 @@ def init_variables(config, model) -> Any:
 def make_setup(config, workdir) -> Setup:
   model = build_model(config)
   table = gates_lib.layer_table(model, input_shape(config))
+  validate.validate_against_model(config, table)
   return Setup(config, workdir, model, table, gates_lib.gate_specs(table),
                init_variables(config, model))
 
@@ -117,8 +121,85 @@ def evaluate_phase(setup: Setup) -> dict:
           'seconds': round(time.time() - start, 2)}
 
 
+def search_phase(setup: Setup) -> dict:
+  """Warm-up, then the greedy search to the FLOPs target (resumable: the
+  state is checkpointed after every accepted step)."""
+  c = setup.config
+  folder = os.path.join(setup.workdir, 'search')
+  os.makedirs(folder, exist_ok=True)
+  train = data_lib.load_split(c.data.name, c.data.train_split,
+                              c.data.data_dir)
+  variables, warmup_seconds = _warmed_up(setup, train, folder)
+  val = train.subset(data_lib.class_subset_indices(
+      train.labels, c.data.val_per_class, from_end=True,
+      seed=c.data.subset_seed))
+  batches = search_lib.Batches(
+      images=tuple(data_lib.normalize(val.images[sl], c.data.mean,
+                                      c.data.std)
+                   for sl in data_lib.batches(len(val), c.search.batch_size)),
+      labels=tuple(jnp.asarray(val.labels[sl]) for sl in
+                   data_lib.batches(len(val), c.search.batch_size)))
+  config = search_lib.SearchConfig.from_config(c.search, seed=c.seed)
+  problem = search_lib.SearchProblem(
+      search_lib.Evaluator(setup.model, setup.table, config), variables,
+      batches, config)
+  state_path = os.path.join(folder, 'state.npz')
+  names = list(setup.gates)
+
+  def save(state):
+    search_lib.save_state(state_path, state, names)
+    ckpt_lib.write_json_atomic(os.path.join(folder, 'history.json'),
+                               state.history)
+
+  if os.path.exists(state_path):
+    state = search_lib.load_state(state_path, setup.gates)
+    logging.info('search: resuming after step %d', state.step)
+  else:
+    state = search_lib.init_state(problem)
+    save(state)
+  state = search_lib.run_search(problem, state, on_step=save,
+                                progress=setup.progress)
+  final = state.history[-1]
+  kept = final['kept']
+  plots.search_plot(os.path.join(folder, 'search.png'), state.history,
+                    {g: s.channels for g, s in setup.gates.items()},
+                    config.target_flops_rate)
+  return {'flops': flops_lib.count_flops(setup.table, kept),
+          'params': flops_lib.count_params(setup.table, kept),
+          'flops_rate': final['flops_rate'],
+          'flops_rate_without_bn': flops_lib.flops_rate(setup.table, kept),
+          'steps': state.step,
+          'seconds': round(warmup_seconds +
+                           sum(e['seconds'] for e in state.history), 2),
+          'val_loss': final['val_loss'],
+          'kept_channels': kept}
+
+
+def _warmed_up(setup: Setup, train, folder) -> tuple[Any, float]:
+  """The network the search starts from, warmed up once and saved."""
+  c = setup.config
+  if not (c.warmup.enabled and c.search.warmup):
+    return setup.variables, 0.0
+  path = os.path.join(folder, 'warmup')
+  if os.path.exists(os.path.join(path, ckpt_lib.MODEL_FILE)):
+    saved = ckpt_lib.read_model_config(path)
+    return (ckpt_lib.load_model_variables(path, setup.variables),
+            saved['seconds'])
+  start = time.time()
+  subset = train.subset(data_lib.class_subset_indices(
+      train.labels, c.data.warmup_per_class, from_end=False,
+      seed=c.data.subset_seed))
+  variables = warmup_lib.warmup(setup.model, setup.variables, subset,
+                                c.data.mean, c.data.std, c.warmup)
+  seconds = round(time.time() - start, 2)
+  ckpt_lib.save_model(path, c.model.name, {'seconds': seconds}, variables)
+  logging.info('warm-up: %d images in %.1fs', len(subset), seconds)
+  return variables, seconds
+
+
 PHASES: dict[str, tuple[str, Callable[[Setup], dict]]] = {
     'evaluate': ('base', evaluate_phase),
+    'search': ('search', search_phase),
 }
 
 

@@ -30,6 +30,7 @@ CHOICES = {
     'search.criterion': ('ekg', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random'),
     'search.allocation': ('greedy', 'uniform'),
     'finetune.knowledge': ('ensemble', 'single', 'none'),
+    'search.evaluation': ('auto', 'vmap', 'prefix', 'loop'),
     'model.dtype': ('float32', 'bfloat16'),
     'memory_bank.dtype': ('float32', 'bfloat16', 'float16'),
 }
@@ -84,3 +85,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('data.std', 'every value must be > 0')
   if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
     fail('init_checkpoint', 'no such file or directory')
+  num_classes = DATASETS[config.data.name]['num_classes']
+  val_size = config.data.val_per_class * num_classes
+  if val_size < config.search.batch_size:
+    fail('data.val_per_class', f'the validation set ({val_size} images) is '
+         f'smaller than one search batch (search.batch_size='
+         f'{config.search.batch_size})')
+
+
+def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
+  """Checks that need the model's layer table (a shape-only trace)."""
+  from ekg_jax import flops, gates
+  specs = gates.gate_specs(table)
+  smallest = flops.flops_rate(table, flops.min_kept(specs),
+                              config.search.flops_include_bn)
+  if config.search.target_flops_rate < smallest:
+    raise ConfigError(
+        f'config.search.target_flops_rate={config.search.target_flops_rate}'
+        f': {config.model.name} cannot get below a FLOPs rate of '
+        f'{smallest:.4f} even with every gate at one channel')

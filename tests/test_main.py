@@ -62,3 +62,30 @@ def test_official_checkpoint_into_wrong_model(tmp_path):
   config.init_checkpoint = str(OFFICIAL_RESNET56)
   with pytest.raises(Exception, match='unexpected keys'):
     pipeline.run(config, str(tmp_path))
+
+
+SMALL_SEARCH = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
+                '--config.data.train_split=train[:2000]',
+                '--config.data.warmup_per_class=64',
+                f'--config.data.data_dir={TFDS_DIR}',
+                '--config.search.target_flops_rate=0.85']
+
+
+@needs_cifar10
+@pytest.mark.parametrize('extra', [
+    [],
+    ['--config.search.criterion=l1', '--config.search.allocation=uniform'],
+    ['--config.search.teacher=none', '--config.search.warmup=False'],
+])
+def test_cli_search_variants_reach_target(tmp_path, extra):
+  result = run_cli(*SMALL_SEARCH, f'--workdir={tmp_path}',
+                   '--config.phases=search', *extra)
+  assert result.returncode == 0, result.stderr[-3000:]
+  s = json.loads((tmp_path / 'summary.json').read_text())['search']
+  assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
+                    'val_loss', 'kept_channels'}
+  assert s['flops_rate'] <= 0.85 and s['steps'] >= 1
+  assert len(s['kept_channels']) == 12
+  history = json.loads((tmp_path / 'search' / 'history.json').read_text())
+  assert len(history) == s['steps'] + 1
+  assert (tmp_path / 'search' / 'search.png').stat().st_size > 10_000

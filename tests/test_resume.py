@@ -1,0 +1,61 @@
+"""A search killed with SIGKILL resumes from its last step and ends where an
+uninterrupted run ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TFDS_DIR, needs_cifar10
+
+ARGS = ['-m', 'ekg_jax.main', '--config=configs/resnet20_cifar.py',
+        '--config.quiet=True', '--config.phases=search',
+        '--config.data.train_split=train[:2000]',
+        '--config.data.warmup_per_class=64',
+        f'--config.data.data_dir={TFDS_DIR}',
+        '--config.search.target_flops_rate=0.8']
+
+
+def run(workdir):
+  result = subprocess.run([sys.executable, *ARGS, f'--workdir={workdir}'],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads((workdir / 'summary.json').read_text())['search']
+
+
+def steps_done(workdir):
+  try:
+    return len(json.loads((workdir / 'search' / 'history.json').read_text()))
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_killed_search_resumes_to_the_same_result(tmp_path):
+  reference = run(tmp_path / 'straight')
+
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen([sys.executable, *ARGS, f'--workdir={killed}'],
+                          cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 300
+  while steps_done(killed) < 3 and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)  # mid-search, after step >= 2
+  proc.wait()
+  interrupted_at = steps_done(killed)
+  assert interrupted_at < reference['steps'] + 1, 'finished before the kill'
+
+  resumed = run(killed)
+  assert resumed['kept_channels'] == reference['kept_channels']
+  assert resumed['steps'] == reference['steps']
+  assert resumed['flops_rate'] == reference['flops_rate']
+  assert resumed['val_loss'] == pytest.approx(reference['val_loss'],
+                                              rel=1e-6)

@@ -1,0 +1,215 @@
+"""The search: marking arithmetic, importance, candidate evaluation paths,
+compile-once, resume."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import perturb
+from ekg_jax import gates, importance, search, teacher
+from ekg_jax.models import create_model
+
+
+# --- host-side arithmetic ----------------------------------------------------
+
+def test_kept_count_rounds_before_ceil():
+  assert search.kept_count(16, round(1.0 - 0.2, 5)) == 13  # 12.8 -> 13
+  assert search.kept_count(10, 0.3) == 3  # 3.0000000000000004 -> 3
+  assert search.kept_count(16, 0.0) == 1
+
+
+def test_step_size():
+  spec = gates.GateSpec('g', 16, 10)
+  assert search.step_size(spec, 0.2) == 1 / 16  # max(1/C, s/u)
+  assert search.step_size(gates.GateSpec('h', 64, 1), 0.2) == 0.2
+
+
+def test_removal_cost_sums_next_slice_of_sorted_scores():
+  scores = np.array([5., 0., 0., 1., 3., 2., 4., 0.])
+  # rate 0.625: 3 channels gone (the zeros); delta 0.25 removes the next 2.
+  assert search.removal_cost(scores, 0.625, 0.25) == 1. + 2.
+
+
+def test_otsu_threshold_splits_two_clusters():
+  costs = [0.1, 0.12, 0.11, 0.13, 5.0, 5.2, 5.1, 4.9, 100.0, -50.0]
+  threshold = search.otsu_threshold(costs, trim=0.2)
+  # Trimmed: drop ceil(2) at each end -> [0.11, 0.12, 0.13, 4.9, 5.0, 5.1];
+  # split between 0.13 and 4.9.
+  assert threshold == pytest.approx((0.13 + 4.9) / 2)
+  assert search.otsu_threshold([1.0]) == math.inf
+
+
+def test_candidate_rate_fine_search_stops_at_target():
+  spec = gates.GateSpec('g', 10, 1)
+  # FLOPs rate proportional to the rate: the target 0.45 lies inside a step.
+  rate_of = lambda r: r
+  cfg = search.SearchConfig(target_flops_rate=0.45, step=0.5)
+  assert search.candidate_rate(spec, 0.8, rate_of, cfg) == pytest.approx(0.4)
+  cfg = search.SearchConfig(target_flops_rate=0.45, step=0.2)
+  # 0.6 is above the target: no fine search.
+  assert search.candidate_rate(spec, 0.8, rate_of, cfg) == pytest.approx(0.6)
+
+
+def test_teacher_is_running_mean_of_logits():
+  t = teacher.init(jnp.ones((2, 3)))
+  logits = [jnp.full((2, 3), v) for v in (2.0, 6.0)]
+  for z in logits:
+    t = teacher.update(t, z, 'ensemble')
+  np.testing.assert_allclose(t.logits, jnp.full((2, 3), 3.0))
+  assert int(t.count) == 3
+  single = teacher.update(teacher.init(jnp.ones((2, 3))), logits[0], 'single')
+  np.testing.assert_allclose(single.logits, jnp.ones((2, 3)))
+
+
+# --- a tiny problem on ResNet-20 ---------------------------------------------
+
+@pytest.fixture(scope='module')
+def problem():
+  model = create_model('resnet20')
+  table = gates.layer_table(model, (32, 32, 3))
+  x = jax.random.normal(jax.random.key(0), (40, 32, 32, 3))
+  variables = perturb(model.init(jax.random.key(1), x[:1]), seed=2)
+  labels = jnp.asarray(np.arange(40) % 10, jnp.int32)
+  batches = search.Batches(images=(x[:32], x[32:]),
+                           labels=(labels[:32], labels[32:]))
+  config = search.SearchConfig(target_flops_rate=0.9, chunk_size=4)
+  return search.SearchProblem(search.Evaluator(model, table, config),
+                              variables, batches, config)
+
+
+def random_network(problem, seed):
+  rng = np.random.default_rng(seed)
+  specs = problem.specs
+  kept = {g: int(rng.integers(2, s.channels + 1)) for g, s in specs.items()}
+  ranks = {g: jnp.asarray(rng.permutation(s.channels), jnp.int32)
+           for g, s in specs.items()}
+  return kept, ranks
+
+
+@pytest.mark.parametrize('mode', ['vmap', 'prefix'])
+def test_fast_candidate_evaluation_equals_loop(problem, mode):
+  kept, ranks = random_network(problem, 0)
+  rng = np.random.default_rng(1)
+  names = list(problem.specs)
+  chosen = [names[i] for i in rng.choice(len(names), 6, replace=False)]
+  candidates = {g: kept[g] - 1 for g in chosen}
+  ev = problem.evaluator
+  teacher_logits = jax.random.normal(jax.random.key(5), (40, 10))
+  args = (problem.variables, problem.batches, teacher_logits, ranks, kept,
+          candidates)
+  plain = ev.evaluate_candidates('loop', *args)
+  fast = ev.evaluate_candidates(mode, *args)
+  assert set(fast) == set(chosen)
+  for g in chosen:
+    for key in ('objective', 'loss', 'accuracy', 'logits'):
+      np.testing.assert_allclose(fast[g][key], plain[g][key], rtol=2e-5,
+                                 atol=2e-5, err_msg=f'{mode} {g} {key}')
+  # Candidates really differ from each other (the test can fail).
+  objectives = [float(plain[g]['objective']) for g in chosen]
+  assert len(set(np.round(objectives, 6))) > 1
+
+
+def finite_difference_scores(problem, masks, teacher_logits, gate, eps=1e-2):
+  """m_c * dObj/dm_c by central differences, per batch, |.| summed."""
+  ev = problem.evaluator
+
+  @jax.jit
+  def obj(m, x, y, t):
+    logits = ev._apply(problem.variables, x, {**masks, gate: m})
+    return ev._terms(logits, y, t)[1].mean()
+
+  total = np.zeros(masks[gate].shape[0])
+  for x, y, t in zip(problem.batches.images, problem.batches.labels,
+                     problem.batches.split(teacher_logits)):
+    for c in range(masks[gate].shape[0]):
+      up = masks[gate].at[c].multiply(1 + eps)
+      down = masks[gate].at[c].multiply(1 - eps)
+      total[c] += abs(float(obj(up, x, y, t) - obj(down, x, y, t)) / (2 * eps))
+  return total
+
+
+def test_ekg_importance_matches_finite_differences(problem):
+  kept, ranks = random_network(problem, 3)
+  masks = gates.masks_from_kept(kept, ranks)
+  teacher_logits = jax.random.normal(jax.random.key(7), (40, 10))
+  scores = problem.evaluator.importance(problem.variables, problem.batches,
+                                        teacher_logits, masks)
+  gate = 'stage2/block1'
+  expected = finite_difference_scores(problem, masks, teacher_logits, gate)
+  np.testing.assert_allclose(scores[gate], expected, rtol=2e-2, atol=1e-4)
+  # Masked channels score exactly 0 (and so stay last).
+  assert float(jnp.abs(scores[gate] * (1 - masks[gate])).max()) == 0.0
+
+
+def test_weight_criteria(problem):
+  table, variables = problem.evaluator.table, problem.variables
+  l1 = importance.weight_scores('l1', table, variables)
+  kernel = variables['params']['BasicBlock0.1/conv1']['kernel']
+  np.testing.assert_allclose(l1['stage0/block1'],
+                             np.abs(kernel).sum(axis=(0, 1, 2)), rtol=1e-5)
+  # A stream gate sums over all its writers (stem + conv2 of each block).
+  writers = ['conv'] + [f'BasicBlock0.{b}/conv2' for b in range(3)]
+  expected = sum(np.sqrt((variables['params'][w]['kernel'] ** 2).sum(
+      axis=(0, 1, 2))) for w in writers)
+  np.testing.assert_allclose(importance.weight_scores(
+      'l2', table, variables)['stage0'], expected, rtol=1e-5)
+  for criterion in ('fpgm', 'bn_gamma', 'random'):
+    scores = importance.weight_scores(criterion, table, variables, seed=0)
+    assert scores['stage1'].shape == (32,)
+  np.testing.assert_array_equal(
+      importance.weight_scores('random', table, variables, seed=0)['stage1'],
+      importance.weight_scores('random', table, variables, seed=0)['stage1'])
+
+
+def test_search_compiles_once_and_resumes_identically(problem, tmp_path):
+  mode = 'prefix'
+  names = list(problem.specs)
+  state = search.init_state(problem)
+  # Uninterrupted: three steps.
+  straight = state
+  for _ in range(3):
+    straight = search.search_step(problem, straight, mode)
+  ev = problem.evaluator
+  assert ev.importance._cache_size() == 1
+  assert ev.evaluate_prefix._cache_size() == 1
+  # Interrupted after one step: save, load, continue.
+  path = str(tmp_path / 'state.npz')
+  resumed = search.search_step(problem, state, mode)
+  search.save_state(path, resumed, names)
+  resumed = search.load_state(path, problem.specs)
+  for _ in range(2):
+    resumed = search.search_step(problem, resumed, mode)
+  assert [e['kept'] for e in resumed.history] == \
+      [e['kept'] for e in straight.history]
+  assert [e['gate'] for e in resumed.history] == \
+      [e['gate'] for e in straight.history]
+  np.testing.assert_allclose(resumed.teacher.logits, straight.teacher.logits,
+                             rtol=1e-6)
+  assert straight.history[-1]['flops_rate'] < 1.0
+
+
+def test_vmap_search_compiles_once(problem):
+  state = search.init_state(problem)
+  for _ in range(2):
+    state = search.search_step(problem, state, 'vmap')
+  assert problem.evaluator.evaluate_vmap._cache_size() == 1
+
+
+def test_run_search_reaches_target_and_uniform_allocation(problem):
+  state = search.run_search(problem, search.init_state(problem),
+                            progress=False)
+  last = state.history[-1]['flops_rate']
+  assert last <= 0.9
+  # Fine search: one more channel on the last gate would overshoot.
+  uniform = search.SearchProblem(
+      problem.evaluator, problem.variables, problem.batches,
+      search.SearchConfig(target_flops_rate=0.9, allocation='uniform',
+                          criterion='l1'))
+  state = search.run_search(uniform, search.init_state(uniform),
+                            progress=False)
+  assert state.step == 1 and state.history[-1]['flops_rate'] <= 0.9
+  rates = set(state.rates.values())
+  assert len(rates) == 1
