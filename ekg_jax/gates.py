@@ -114,25 +114,42 @@ def _check_mask(mask, gate, channels):
         f'({channels},): one entry per channel of the gate')
 
 
-def mask_kernel(kernel: jax.Array, in_mask: Optional[jax.Array],
-                out_mask: Optional[jax.Array], renormalize: bool) -> jax.Array:
-  """Zeros masked input/output channels of a kernel (..., in, out).
+def masked_apply(op: Callable[[jax.Array, jax.Array], jax.Array],
+                 x: jax.Array, kernel: jax.Array,
+                 in_mask: Optional[jax.Array], out_mask: Optional[jax.Array],
+                 renormalize: bool) -> jax.Array:
+  """`op(x, kernel)` with the kernel's masked input/output channels zeroed.
 
   With `renormalize`, the masked kernel is rescaled to the L2 norm of the full
   kernel, as the reference code does for every sliced kernel (section 7), so a
   masked supernet computes exactly what its slimmed network computes.
+
+  Computed as op(x * in_mask, kernel) * out_mask * factor, which equals op
+  with the masked kernel for any op linear in channels. The kernel itself is
+  never masked, so under `vmap` over candidates' masks it stays shared and a
+  batched conv stays one conv over a bigger batch (masked kernels would make
+  XLA emit a grouped conv per candidate, several times slower).
   """
   if in_mask is None and out_mask is None:
-    return kernel
-  m = jnp.ones((), kernel.dtype)
+    return op(x, kernel)
   if in_mask is not None:
-    m = m * in_mask.astype(kernel.dtype)[:, None]
+    x = x * in_mask.astype(x.dtype)
+  y = op(x, kernel)
+  scale = jnp.ones((), y.dtype)
   if out_mask is not None:
-    m = m * out_mask.astype(kernel.dtype)
-  masked = kernel * m
+    scale = scale * out_mask.astype(y.dtype)
   if renormalize:
-    masked = masked * renormalization_factor(kernel, masked)
-  return masked
+    # ||K * m||^2 from per-(in, out) sums of squares, without masking K.
+    sq = jnp.sum(jnp.square(kernel.astype(jnp.float32)),
+                 axis=tuple(range(kernel.ndim - 2)))
+    kept = sq
+    if in_mask is not None:
+      kept = kept * in_mask.astype(jnp.float32)[:, None]
+    if out_mask is not None:
+      kept = kept * out_mask.astype(jnp.float32)
+    factor = jnp.sqrt(jnp.sum(sq) / jnp.maximum(jnp.sum(kept), 1e-24))
+    scale = scale * factor.astype(y.dtype)
+  return y * scale
 
 
 def renormalization_factor(full, kept):
@@ -191,13 +208,16 @@ class GatedConv(nn.Module):
     out_mask = _kernel_mask(masks, self.out_gate, self.features)
     in_mask = None if self.depthwise else _kernel_mask(masks, self.in_gate,
                                                      in_channels)
-    kernel = mask_kernel(kernel, in_mask, out_mask, self.renormalize)
     dtype = self.dtype or x.dtype
-    return jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype),
-        window_strides=(self.strides, self.strides), padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=in_channels if self.depthwise else 1)
+
+    def conv(x, kernel):
+      return jax.lax.conv_general_dilated(
+          x.astype(dtype), kernel.astype(dtype),
+          window_strides=(self.strides, self.strides), padding='SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=in_channels if self.depthwise else 1)
+
+    return masked_apply(conv, x, kernel, in_mask, out_mask, self.renormalize)
 
 
 class GatedDense(nn.Module):
@@ -214,9 +234,9 @@ class GatedDense(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (x.shape[-1], self.features))
     in_mask = _kernel_mask(masks, self.in_gate, x.shape[-1])
-    kernel = mask_kernel(kernel, in_mask, None, self.renormalize)
     dtype = self.dtype or x.dtype
-    y = x.astype(dtype) @ kernel.astype(dtype)
+    y = masked_apply(lambda x, k: x.astype(dtype) @ k.astype(dtype), x,
+                     kernel, in_mask, None, self.renormalize)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros,
                          (self.features,)).astype(dtype)

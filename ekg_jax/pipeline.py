@@ -159,6 +159,7 @@ def search_phase(setup: Setup) -> dict:
     save(state)
   state = search_lib.run_search(problem, state, on_step=save,
                                 progress=setup.progress)
+  save(state)  # a kill between the two files of the last save left one stale
   final = state.history[-1]
   kept = final['kept']
   plots.search_plot(os.path.join(folder, 'search.png'), state.history,

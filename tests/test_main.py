@@ -68,14 +68,16 @@ SMALL_SEARCH = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
                 '--config.data.train_split=train[:2000]',
                 '--config.data.warmup_per_class=64',
                 f'--config.data.data_dir={TFDS_DIR}',
-                '--config.search.target_flops_rate=0.85']
+                '--config.search.target_flops_rate=0.9']
 
 
 @needs_cifar10
 @pytest.mark.parametrize('extra', [
-    [],
+    [],  # the defaults: EKG criterion, ensemble teacher, 'auto' evaluation
     ['--config.search.criterion=l1', '--config.search.allocation=uniform'],
-    ['--config.search.teacher=none', '--config.search.warmup=False'],
+    # The loop path compiles fastest; the others are tested equal to it.
+    ['--config.search.teacher=none', '--config.search.warmup=False',
+     '--config.search.evaluation=loop'],
 ])
 def test_cli_search_variants_reach_target(tmp_path, extra):
   result = run_cli(*SMALL_SEARCH, f'--workdir={tmp_path}',
@@ -84,7 +86,7 @@ def test_cli_search_variants_reach_target(tmp_path, extra):
   s = json.loads((tmp_path / 'summary.json').read_text())['search']
   assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
                     'val_loss', 'kept_channels'}
-  assert s['flops_rate'] <= 0.85 and s['steps'] >= 1
+  assert s['flops_rate'] <= 0.9 and s['steps'] >= 1
   assert len(s['kept_channels']) == 12
   history = json.loads((tmp_path / 'search' / 'history.json').read_text())
   assert len(history) == s['steps'] + 1
