@@ -5,6 +5,8 @@
 PYTHON ?= $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null || \
 	PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null)
 VENV ?= .venv
+# Prepared TFDS datasets: $TFDS_DATA_DIR, else ../shared/tfds where it exists.
+export TFDS_DATA_DIR ?= $(if $(wildcard ../shared/tfds),$(abspath ../shared/tfds),)
 WORKDIR ?= workdirs/demo
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
