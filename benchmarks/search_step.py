@@ -42,11 +42,8 @@ def build(chunk_size: int):
                           os.environ.get('TFDS_DATA_DIR',
                                          os.path.join(SHARED, 'tfds')))
   val = train.subset(data.class_subset_indices(train.labels, 32, True))
-  slices = data.batches(len(val), 256)
-  batches = search.Batches(
-      tuple(data.normalize(val.images[s], REFERENCE_MEAN, REFERENCE_STD)
-            for s in slices), tuple(jnp.asarray(val.labels[s])
-                                    for s in slices))
+  batches = search.Batches.from_split(val, 256, REFERENCE_MEAN,
+                                      REFERENCE_STD)
   config = search.SearchConfig(chunk_size=chunk_size)
   return search.SearchProblem(search.Evaluator(model, table, config),
                               variables, batches, config)

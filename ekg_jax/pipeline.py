@@ -133,12 +133,8 @@ def search_phase(setup: Setup) -> dict:
   val = train.subset(data_lib.class_subset_indices(
       train.labels, c.data.val_per_class, from_end=True,
       seed=c.data.subset_seed))
-  batches = search_lib.Batches(
-      images=tuple(data_lib.normalize(val.images[sl], c.data.mean,
-                                      c.data.std)
-                   for sl in data_lib.batches(len(val), c.search.batch_size)),
-      labels=tuple(jnp.asarray(val.labels[sl]) for sl in
-                   data_lib.batches(len(val), c.search.batch_size)))
+  batches = search_lib.Batches.from_split(val, c.search.batch_size,
+                                         c.data.mean, c.data.std)
   config = search_lib.SearchConfig.from_config(c.search, seed=c.seed)
   problem = search_lib.SearchProblem(
       search_lib.Evaluator(setup.model, setup.table, config), variables,

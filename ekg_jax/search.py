@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import data as data_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import importance as importance_lib
@@ -164,6 +165,14 @@ class Batches(NamedTuple):
   A pytree, so jitted functions take it as an argument."""
   images: tuple[jax.Array, ...]
   labels: tuple[jax.Array, ...]
+
+  @classmethod
+  def from_split(cls, split, batch_size: int, mean, std) -> 'Batches':
+    """Consecutive batches of a `data.Split`, normalised, on device."""
+    slices = data_lib.batches(len(split), batch_size)
+    return cls(tuple(data_lib.normalize(split.images[s], mean, std)
+                     for s in slices),
+               tuple(jnp.asarray(split.labels[s]) for s in slices))
 
   @property
   def sizes(self) -> list[int]:
