@@ -58,8 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.augment.saturation = (0.8, 1.2)
   c.augment.brightness = 0.1  # fraction of 255; "small brightness shift"
 
-  c.warmup = ml_collections.ConfigDict()  # section 1.2
-  c.warmup.enabled = True
+  c.warmup = ml_collections.ConfigDict()  # section 1.2 (on: search.warmup)
   c.warmup.batch_size = 256
   c.warmup.learning_rate = 1e-3
   c.warmup.momentum = 0.9  # Nesterov

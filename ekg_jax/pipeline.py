@@ -175,7 +175,7 @@ def search_phase(setup: Setup) -> dict:
 def _warmed_up(setup: Setup, train, folder) -> tuple[Any, float]:
   """The network the search starts from, warmed up once and saved."""
   c = setup.config
-  if not (c.warmup.enabled and c.search.warmup):
+  if not c.search.warmup:
     return setup.variables, 0.0
   path = os.path.join(folder, 'warmup')
   if os.path.exists(os.path.join(path, ckpt_lib.MODEL_FILE)):
