@@ -295,6 +295,13 @@ def layer_table(model: nn.Module, input_shape: Sequence[int],
   return records
 
 
+def layer_variables(tree: Mapping, path: Sequence[str]) -> Mapping:
+  """The variables of the layer at `path` in one collection's tree."""
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
 def gate_specs(table: Sequence[LayerSpec]) -> dict[str, GateSpec]:
   """Gates in first-use order, with widths and writer counts from the table."""
   channels: dict[str, int] = {}

@@ -42,16 +42,12 @@ def _writer_kernels(table, params, gate):
   """Each writer's kernel of `gate` reshaped to [filters, fan_in]."""
   out = []
   for layer in table:
-    if layer.kind == 'conv' and layer.out_gate == gate and not layer.depthwise:
-      kernel = np.asarray(_get(params, layer.path)['kernel'])
+    if (layer.kind == 'conv' and layer.out_gate == gate
+        and not layer.depthwise):
+      kernel = np.asarray(
+          gates_lib.layer_variables(params, layer.path)['kernel'])
       out.append(np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1))
   return out
-
-
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def _fpgm(filters: np.ndarray) -> np.ndarray:
@@ -73,8 +69,9 @@ def weight_scores(criterion: str, table: Sequence[gates_lib.LayerSpec],
       scores[gate] = rng.random(spec.channels)
       continue
     if criterion == 'bn_gamma':
-      scores[gate] = sum(np.abs(np.asarray(_get(params, l.path)['scale']))
-                         for l in table if l.kind == 'bn' and l.out_gate == gate)
+      scores[gate] = sum(
+          np.abs(np.asarray(gates_lib.layer_variables(params, l.path)['scale']))
+          for l in table if l.kind == 'bn' and l.out_gate == gate)
       continue
     per_filter = {
         'l1': lambda f: np.abs(f).sum(1),

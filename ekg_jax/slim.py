@@ -17,12 +17,6 @@ from ekg_jax import gates as gates_lib
 from ekg_jax.models.common import Supernet
 
 
-def _get(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def _set(tree, path, value):
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -69,7 +63,8 @@ def slim(model: Supernet, variables: Mapping[str, Any],
   for layer in table:
     for collection in variables:
       try:
-        leaves = _get(variables[collection], layer.path)
+        leaves = gates_lib.layer_variables(variables[collection],
+                                          layer.path)
       except KeyError:
         continue
       for name, value in leaves.items():

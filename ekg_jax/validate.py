@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from ekg_jax import config as config_lib
+from ekg_jax import importance, search, teacher
 from ekg_jax.models import MODELS
 
 
@@ -26,11 +27,11 @@ DATASETS = {
 }
 
 CHOICES = {
-    'search.teacher': ('ensemble', 'single', 'none'),
-    'search.criterion': ('ekg', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random'),
+    'search.teacher': teacher.MODES,
+    'search.criterion': importance.CRITERIA,
     'search.allocation': ('greedy', 'uniform'),
-    'finetune.knowledge': ('ensemble', 'single', 'none'),
-    'search.evaluation': ('auto', 'vmap', 'prefix', 'loop'),
+    'finetune.knowledge': ('ensemble', 'single', 'none'),  # issue 4
+    'search.evaluation': search.EVALUATIONS,
     'model.dtype': ('float32', 'bfloat16'),
     'memory_bank.dtype': ('float32', 'bfloat16', 'float16'),
 }
