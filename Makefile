@@ -7,11 +7,11 @@ PYTHON ?= $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null 
 VENV ?= .venv
 # Prepared TFDS datasets: $TFDS_DATA_DIR, else ../shared/tfds where it exists.
 export TFDS_DATA_DIR ?= $(if $(wildcard ../shared/tfds),$(abspath ../shared/tfds),)
-WORKDIR ?= workdirs/demo
+WORKDIR ?= workdirs/quickstart
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test
+.PHONY: install demo evaluate test
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
@@ -22,10 +22,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# Evaluates the official ResNet-56 on the CIFAR-10 test split.
+# The quickstart: the whole pipeline (pretrain, search, memory bank,
+# fine-tuning) on a CIFAR-10 subset with ResNet-20, minutes on a laptop CPU.
 demo: install
+	$(VENV)/bin/python -m ekg_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
+
+# Evaluates the official ResNet-56 on the CIFAR-10 test split.
+evaluate: install
 	$(VENV)/bin/python -m ekg_jax.main --config=configs/resnet56_cifar.py \
-	  --config.init_checkpoint=$(INIT) --config.phases=evaluate --workdir=$(WORKDIR)
+	  --config.init_checkpoint=$(INIT) --config.phases=evaluate --workdir=workdirs/evaluate
 
 test: install
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -1,1 +1,25 @@
-"""EKG filter pruning in JAX."""
+"""EKG filter pruning in JAX: the library API.
+
+  (a) gates of a model:        layer_table, gate_specs
+  (b) masks:                   masks_from_kept, ranks_from_scores
+  (c) cost:                    count_flops, count_params, flops_rate
+  (d) search with your data:   prune (any model following the gate protocol)
+  (e) physical pruning:        slim
+The pipeline (pretrain, search, memory bank, fine-tuning) is `ekg_jax.main`.
+"""
+
+from ekg_jax.flops import count_flops, count_params, flops_rate
+from ekg_jax.gates import (GateSpec, GatedBatchNorm, GatedConv, GatedDense,
+                           LayerSpec, gate_specs, layer_table, masks_from_kept,
+                           ranks_from_scores)
+from ekg_jax.models import create_model
+from ekg_jax.models.common import Supernet
+from ekg_jax.search import Batches, SearchState, prune
+from ekg_jax.slimming import slim
+
+__all__ = [
+    'Batches', 'GateSpec', 'GatedBatchNorm', 'GatedConv', 'GatedDense',
+    'LayerSpec', 'SearchState', 'Supernet', 'count_flops', 'count_params',
+    'create_model', 'flops_rate', 'gate_specs', 'layer_table',
+    'masks_from_kept', 'prune', 'ranks_from_scores', 'slim',
+]

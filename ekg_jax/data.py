@@ -145,13 +145,21 @@ def _flip_and_crop(key, image, pad):
 
 
 def augment(key: jax.Array, images: jax.Array, mean: Sequence[float],
-            std: Sequence[float], pad: int = 4, color_jitter: bool = True,
-            contrast=(0.8, 1.2), saturation=(0.8, 1.2),
-            brightness: float = 0.1) -> jax.Array:
+            std: Sequence[float], **options) -> jax.Array:
+  """One augmented view of a uint8 batch; `key` decides every draw (see
+  `augment_each`, which takes one key per image)."""
+  return augment_each(jax.random.split(key, images.shape[0]), images, mean,
+                      std, **options)
+
+
+def augment_each(keys: jax.Array, images: jax.Array, mean: Sequence[float],
+                 std: Sequence[float], pad: int = 4, color_jitter: bool = True,
+                 contrast=(0.8, 1.2), saturation=(0.8, 1.2),
+                 brightness: float = 0.1) -> jax.Array:
   """One augmented view of a uint8 batch, per image: colour jitter,
   normalisation, random horizontal flip, `pad`-pixel reflect pad + random crop
-  back to the input size. Pure and jittable; `key` decides every draw."""
-  keys = jax.random.split(key, images.shape[0])
+  back to the input size. Pure and jittable; image i's draws come from
+  keys[i] alone, so a batch sharded over devices augments as a whole one."""
 
   def one(k, image):
     kj, kc = jax.random.split(k)

@@ -20,6 +20,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CONFIG.value.distributed:
+    import jax
+    jax.distributed.initialize()
   pipeline.run(_CONFIG.value, _WORKDIR.value)
 
 

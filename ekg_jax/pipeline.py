@@ -16,20 +16,27 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
+from ekg_jax import finetune as finetune_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
+from ekg_jax import memory_bank as bank_lib
 from ekg_jax import plots
+from ekg_jax import report as report_lib
 from ekg_jax import search as search_lib
+from ekg_jax import slimming
 from ekg_jax import validate
 from ekg_jax import warmup as warmup_lib
+from ekg_jax import workdir as workdir_lib
 from ekg_jax.models import common, create_model
 
 SUMMARY = 'summary.json'
+PRETRAINED = os.path.join('pretrain', 'final')
 
 
 @dataclasses.dataclass
@@ -52,17 +59,30 @@ def input_shape(config) -> tuple[int, int, int]:
 
 
 def build_model(config) -> common.Supernet:
+  """The configured network; a slimmed `init_checkpoint` (one written by the
+  finetune phase) brings its widths."""
   num_classes = validate.DATASETS[config.data.name]['num_classes']
-  return create_model(config.model.name,
-                      **config_lib.model_kwargs(config, num_classes))
+  model = create_model(config.model.name,
+                       **config_lib.model_kwargs(config, num_classes))
+  path = config.init_checkpoint
+  if path and not path.endswith('.pkl'):
+    widths = ckpt_lib.read_model_config(path).get('widths')
+    if widths:
+      model = model.clone(widths=tuple((g, int(w)) for g, w in widths))
+  return model
 
 
-def init_variables(config, model) -> Any:
-  """Random init, or the init checkpoint (official .pkl or our own)."""
+def init_variables(config, model, workdir: str) -> Any:
+  """The init checkpoint (official .pkl or our own), else the pretrain
+  phase's network when it finished, else a random init."""
   shape = (1, *input_shape(config))
   init = lambda: model.init(jax.random.key(config.seed),
                             jnp.zeros(shape, jnp.float32))
   path = config.init_checkpoint
+  pretrained = os.path.join(workdir, PRETRAINED)
+  if not path and os.path.exists(os.path.join(pretrained,
+                                              ckpt_lib.MODEL_FILE)):
+    path = pretrained
   if not path:
     # Eager on purpose: jitting threefry init of a deep net compiles for
     # tens of seconds on CPU; op-by-op init compiles each op kind once.
@@ -71,11 +91,10 @@ def init_variables(config, model) -> Any:
   if path.endswith('.pkl'):
     return ckpt_lib.load_official_pkl(path, reference)
   saved = ckpt_lib.read_model_config(path)
-  if saved['name'] != config.model.name or saved.get('widths'):
+  if saved['name'] != config.model.name:
     raise ckpt_lib.CheckpointError(
-        f'init_checkpoint {path} holds a {saved["name"]} network'
-        f'{" (slimmed)" if saved.get("widths") else ""}; config.model.name '
-        f'is {config.model.name!r}')
+        f'init_checkpoint {path} holds a {saved["name"]} network; '
+        f'config.model.name is {config.model.name!r}')
   return ckpt_lib.load_model_variables(path, reference)
 
 
@@ -84,7 +103,7 @@ def make_setup(config, workdir) -> Setup:
   table = gates_lib.layer_table(model, input_shape(config))
   validate.validate_against_model(config, table)
   return Setup(config, workdir, model, table, gates_lib.gate_specs(table),
-               init_variables(config, model))
+               init_variables(config, model, workdir))
 
 
 def load_summary(workdir: str) -> dict:
@@ -106,19 +125,64 @@ def record(workdir: str, key: str, results: dict) -> dict:
 # Phases.
 
 
+def load_train(config) -> data_lib.Split:
+  return data_lib.load_split(config.data.name, config.data.train_split,
+                             config.data.data_dir)
+
+
+def load_test(config) -> data_lib.Split:
+  return data_lib.load_split(config.data.name, config.data.test_split,
+                             config.data.data_dir)
+
+
+def _training_summary(result: finetune_lib.FinetuneResult, epochs: int,
+                      seconds: float, accuracy: float) -> dict:
+  return {'test_accuracy': accuracy, 'epochs': epochs,
+          'seconds': round(seconds, 2),
+          'train_seconds': round(result.train_seconds, 2),
+          'compile_seconds': round(result.compile_seconds, 2),
+          'images_per_second': round(
+              result.images_trained / result.train_seconds, 2)
+          if result.train_seconds else None,
+          'devices': jax.device_count()}
+
+
+def pretrain_phase(setup: Setup) -> dict:
+  """Supervised training of the dense network from its random init (the
+  recipe in config.pretrain); later phases start from it."""
+  c = setup.config
+  folder = os.path.join(setup.workdir, 'pretrain')
+  train, test = load_train(c), load_test(c)
+  start = time.time()
+  result = finetune_lib.finetune(setup.model, setup.variables, train, None,
+                                 test, c, folder, progress=setup.progress,
+                                 section='pretrain')
+  ckpt_lib.save_model(os.path.join(setup.workdir, PRETRAINED), c.model.name,
+                      {}, result.variables)
+  setup.variables = result.variables
+  accuracy = (result.history[-1]['test_accuracy'] if result.history else
+              _accuracy(setup.model, result.variables, test, setup))
+  return {'pretrain': _training_summary(result, c.pretrain.epochs,
+                                        time.time() - start, accuracy)}
+
+
+def _accuracy(model, variables, test, setup) -> float:
+  c = setup.config
+  return evaluation.accuracy(model, variables, test, c.data.mean, c.data.std,
+                             c.data.eval_batch_size, progress=setup.progress)
+
+
 def evaluate_phase(setup: Setup) -> dict:
   """Test accuracy (running BN statistics), FLOPs and params of the initial
   network."""
   c = setup.config
   start = time.time()
-  test = data_lib.load_split(c.data.name, c.data.test_split, c.data.data_dir)
-  acc = evaluation.accuracy(setup.model, setup.variables, test, c.data.mean,
-                            c.data.std, c.data.eval_batch_size,
-                            progress=setup.progress)
-  return {'test_accuracy': acc, 'test_images': len(test),
-          'flops': flops_lib.count_flops(setup.table),
-          'params': flops_lib.count_params(setup.table),
-          'seconds': round(time.time() - start, 2)}
+  test = load_test(c)
+  acc = _accuracy(setup.model, setup.variables, test, setup)
+  return {'base': {'test_accuracy': acc, 'test_images': len(test),
+                   'flops': flops_lib.count_flops(setup.table),
+                   'params': flops_lib.count_params(setup.table),
+                   'seconds': round(time.time() - start, 2)}}
 
 
 def search_phase(setup: Setup) -> dict:
@@ -127,9 +191,8 @@ def search_phase(setup: Setup) -> dict:
   c = setup.config
   folder = os.path.join(setup.workdir, 'search')
   os.makedirs(folder, exist_ok=True)
-  train = data_lib.load_split(c.data.name, c.data.train_split,
-                              c.data.data_dir)
-  variables, warmup_seconds = _warmed_up(setup, train, folder)
+  train = load_train(c)
+  variables, warmup_seconds = _warmed_up(setup, train)
   val = train.subset(data_lib.class_subset_indices(
       train.labels, c.data.val_per_class, from_end=True,
       seed=c.data.subset_seed))
@@ -161,23 +224,25 @@ def search_phase(setup: Setup) -> dict:
   plots.search_plot(os.path.join(folder, 'search.png'), state.history,
                     {g: s.channels for g, s in setup.gates.items()},
                     config.target_flops_rate)
-  return {'flops': flops_lib.count_flops(setup.table, kept),
-          'params': flops_lib.count_params(setup.table, kept),
-          'flops_rate': final['flops_rate'],
-          'flops_rate_without_bn': flops_lib.flops_rate(setup.table, kept),
-          'steps': state.step,
-          'seconds': round(warmup_seconds +
-                           sum(e['seconds'] for e in state.history), 2),
-          'val_loss': final['val_loss'],
-          'kept_channels': kept}
+  return {'search': {
+      'flops': flops_lib.count_flops(setup.table, kept),
+      'params': flops_lib.count_params(setup.table, kept),
+      'flops_rate': final['flops_rate'],
+      'flops_rate_without_bn': flops_lib.flops_rate(setup.table, kept),
+      'steps': state.step,
+      'seconds': round(warmup_seconds +
+                       sum(e['seconds'] for e in state.history), 2),
+      'val_loss': final['val_loss'],
+      'kept_channels': kept}}
 
 
-def _warmed_up(setup: Setup, train, folder) -> tuple[Any, float]:
-  """The network the search starts from, warmed up once and saved."""
+def _warmed_up(setup: Setup, train) -> tuple[Any, float]:
+  """The supernet's weights during the search (and for the memory bank and
+  slimming): the init weights, warmed up once and saved."""
   c = setup.config
   if not c.search.warmup:
     return setup.variables, 0.0
-  path = os.path.join(folder, 'warmup')
+  path = os.path.join(setup.workdir, 'search', 'warmup')
   if os.path.exists(os.path.join(path, ckpt_lib.MODEL_FILE)):
     saved = ckpt_lib.read_model_config(path)
     return (ckpt_lib.load_model_variables(path, setup.variables),
@@ -194,24 +259,132 @@ def _warmed_up(setup: Setup, train, folder) -> tuple[Any, float]:
   return variables, seconds
 
 
+def _finished_search(setup: Setup) -> search_lib.SearchState:
+  path = os.path.join(setup.workdir, 'search', 'state.npz')
+  if not os.path.exists(path) or 'search' not in load_summary(setup.workdir):
+    raise validate.ConfigError(
+        f'no finished search in {setup.workdir}: run --config.phases=search '
+        'first')
+  return search_lib.load_state(path, setup.gates)
+
+
+def memory_bank_phase(setup: Setup) -> dict:
+  """Logits of K teachers from the search history on every train image
+  (section 6), checkpointed every few batches."""
+  c = setup.config
+  state = _finished_search(setup)
+  folder = os.path.join(setup.workdir, 'memory_bank')
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, 'bank.npz')
+  train = load_train(c)
+  variables, _ = _warmed_up(setup, train)
+  if os.path.exists(path):
+    bank = bank_lib.MemoryBank.load(path)
+    logging.info('memory bank: resuming at image %d', bank.done)
+  else:
+    losses = [e['val_loss'] for e in state.history]
+    try:
+      teachers = bank_lib.select_teachers(losses, c.memory_bank.num_teachers)
+    except ValueError as e:
+      raise validate.ConfigError(f'config.memory_bank.{e}') from None
+    bank = bank_lib.MemoryBank(
+        np.zeros((len(train), len(teachers), setup.model.num_classes),
+                 jnp.dtype(c.memory_bank.dtype)),
+        teachers, [losses[i] for i in teachers], done=0)
+  masks = bank_lib.teacher_masks(state.history, state.ranks_history,
+                                 bank.teachers)
+  bank = bank_lib.build(setup.model, variables, train, masks,
+                        c.memory_bank.batch_size, c.data.mean, c.data.std,
+                        bank, on_checkpoint=lambda b: b.save(path),
+                        checkpoint_every=c.memory_bank.checkpoint_every_batches,
+                        progress=setup.progress)
+  return {'memory_bank': {
+      'teachers': bank.teachers, 'teacher_val_loss': bank.teacher_val_loss,
+      'images': len(train), 'dtype': c.memory_bank.dtype,
+      'bytes': int(bank.logits.nbytes), 'seconds': round(bank.seconds, 2)}}
+
+
+def finetune_phase(setup: Setup) -> dict:
+  """Slims the searched network and fine-tunes it with the memory bank's
+  knowledge (sections 7-8); saves the final model in finetune/final."""
+  c = setup.config
+  state = _finished_search(setup)
+  folder = os.path.join(setup.workdir, 'finetune')
+  os.makedirs(folder, exist_ok=True)
+  train, test = load_train(c), load_test(c)
+  variables, _ = _warmed_up(setup, train)
+  model, variables = slimming.slim(setup.model, variables,
+                                   state.masks(), setup.table)
+  table = gates_lib.layer_table(model, input_shape(c))
+  flops, params = flops_lib.count_flops(table), flops_lib.count_params(table)
+  searched = load_summary(setup.workdir)['search']
+  if flops != searched['flops']:
+    raise RuntimeError(f'slimmed network has {flops} FLOPs, the search '
+                       f'reported {searched["flops"]}')
+  bank_logits = None
+  if c.finetune.knowledge != 'none':
+    bank = bank_lib.MemoryBank.load(
+        os.path.join(setup.workdir, 'memory_bank', 'bank.npz'))
+    if not bank.complete or len(bank.logits) != len(train):
+      raise validate.ConfigError(
+          'the memory bank does not cover the train split '
+          f'({bank.done} of {len(train)} images): rerun '
+          '--config.phases=memory_bank')
+    bank_logits = bank.logits
+  start = time.time()
+  result = finetune_lib.finetune(model, variables, train, bank_logits, test,
+                                 c, folder, progress=setup.progress)
+  final = os.path.join(folder, 'final')
+  ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
+                      result.variables)
+  # Zero epochs: the slimmed network as it is.
+  accuracy = (result.history[-1]['test_accuracy'] if result.history else
+              _accuracy(model, result.variables, test, setup))
+  dense = flops_lib.count_flops(setup.table)
+  return {
+      'finetune': {**_training_summary(result, c.finetune.epochs,
+                                       time.time() - start, accuracy),
+                   'knowledge': c.finetune.knowledge, 'checkpoint': final},
+      'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
+                'flops_reduction': round(1.0 - flops / dense, 4)}}
+
+
+# Phase name -> (the summary key that marks it finished, the phase).
 PHASES: dict[str, tuple[str, Callable[[Setup], dict]]] = {
+    'pretrain': ('pretrain', pretrain_phase),
     'evaluate': ('base', evaluate_phase),
     'search': ('search', search_phase),
+    'memory_bank': ('memory_bank', memory_bank_phase),
+    'finetune': ('finetune', finetune_phase),
 }
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the configured phases in order; returns the summary."""
+  """Runs the configured phases in order, skipping finished ones (a rerun
+  resumes an interrupted phase); returns the summary."""
   validate.validate_config(config)
   phases = validate.parse_phases(config.phases)
-  os.makedirs(workdir, exist_ok=True)
-  setup = make_setup(config, workdir)
+  workdir_lib.check_config(config, workdir)
   summary = load_summary(workdir)
-  for name in config_lib.PHASES:
-    if name not in phases:
-      continue
-    key, phase = PHASES[name]
-    logging.info('phase %s', name)
-    summary = record(workdir, key, phase(setup))
-    print(json.dumps({key: summary[key]}, indent=2), flush=True)
+  validate.validate_workdir(config, phases, summary)
+  validate.validate_devices(config, jax.device_count())
+  with workdir_lib.lock(workdir):
+    workdir_lib.save_config(config, workdir)
+    setup = make_setup(config, workdir)
+    for name in config_lib.PHASES:
+      key, phase = PHASES[name]
+      if name not in phases:
+        continue
+      if key in summary:
+        logging.info('phase %s: finished earlier, skipped', name)
+        continue
+      if name == 'pretrain' and config.init_checkpoint:
+        logging.info('phase pretrain: skipped, init_checkpoint given')
+        continue
+      logging.info('phase %s', name)
+      results = phase(setup)
+      for k, value in results.items():
+        summary = record(workdir, k, value)
+      print(json.dumps(results, indent=2), flush=True)
+    report_lib.write_report(workdir, summary, setup.gates)
   return summary

@@ -37,3 +37,38 @@ def search_plot(path: str, history: Sequence[Mapping],
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def kept_channels_plot(path: str, channels: Mapping[str, int],
+                       kept: Mapping[str, int]) -> None:
+  """Dense vs pruned width of every gate, as bars."""
+  names = list(channels)
+  x = range(len(names))
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2))
+  ax.bar(x, [channels[g] for g in names], color='#c8d3e0', label='dense')
+  ax.bar(x, [kept[g] for g in names], color='#2f6db3', label='kept')
+  ax.set_xticks(x, names, rotation=90, fontsize=7)
+  ax.set(ylabel='channels', title='channels per gate')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def training_plot(path: str, curves: Mapping[str, Sequence[Mapping]]) -> None:
+  """Train loss and test accuracy per epoch, one line per phase."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for phase, history in curves.items():
+    epochs = [e['epoch'] for e in history]
+    axes[0].plot(epochs, [e['train_loss'] for e in history], marker='.',
+                 label=phase)
+    axes[1].plot(epochs, [e['test_accuracy'] for e in history], marker='.',
+                 label=phase)
+  axes[0].set(xlabel='epoch', ylabel='train loss', title='train loss')
+  axes[1].set(xlabel='epoch', ylabel='test accuracy (%)',
+              title='test accuracy')
+  for ax in axes:
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

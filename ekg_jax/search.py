@@ -82,6 +82,16 @@ class SearchState:
   history: list[dict]
   ranks_history: list[dict[str, np.ndarray]]
 
+  @property
+  def kept(self) -> dict[str, int]:
+    """Kept channels per gate of the current network."""
+    return dict(self.history[-1]['kept'])
+
+  def masks(self, index: int = -1) -> dict[str, jax.Array]:
+    """0/1 masks of history entry `index` (default: the current network)."""
+    return gates_lib.masks_from_kept(self.history[index]['kept'],
+                                     self.ranks_history[index])
+
 
 # ---------------------------------------------------------------------------
 # Rates, kept counts and candidate marking (host-side, exact arithmetic).
@@ -191,8 +201,12 @@ class Evaluator:
   arguments (not constants), so compiles stay small and happen once.
   """
 
-  def __init__(self, model, table, config: SearchConfig):
+  def __init__(self, model, table, config: SearchConfig,
+               objective: Optional[Callable] = None):
+    """`objective(logits, labels, teacher_logits) -> per-sample values`
+    replaces the EKG objective (CE + soft CE against the teacher)."""
     self.model = model
+    self.objective = objective
     self.table = table
     self.specs = gates_lib.gate_specs(table)
     self.gate_names = list(self.specs)
@@ -219,6 +233,8 @@ class Evaluator:
   def _terms(self, logits, labels, teacher_logits):
     """Per-sample CE and objective (CE + soft CE against the teacher)."""
     ce = losses.cross_entropy(logits, labels)
+    if self.objective is not None:
+      return ce, self.objective(logits, labels, teacher_logits)
     if not self.use_teacher:
       return ce, ce
     return ce, ce + losses.soft_cross_entropy(logits, teacher_logits)
@@ -562,3 +578,26 @@ def run_search(problem: SearchProblem, state: SearchState,
       on_step(state)
   bar.close()
   return state
+
+
+def prune(model, variables: Any, batches: Batches, target_flops_rate: float,
+          *, objective: Optional[Callable] = None, progress: bool = False,
+          **options: Any) -> SearchState:
+  """The EKG search on any model that follows the gate protocol.
+
+  Args:
+    model: a Flax module taking `masks=` and `train=` (see `gates.py`).
+    variables: its variables ({'params': ..., 'batch_stats': ...}).
+    batches: the validation data the search scores sub-networks on.
+    target_flops_rate: stop at FLOPs(sub-network) / FLOPs(dense) <= this.
+    objective: optional `(logits, labels, teacher_logits) -> per-sample`
+      loss replacing CE + soft CE against the ensemble teacher.
+    **options: any other `SearchConfig` field (criterion, teacher, ...).
+  Returns:
+    The final `SearchState`: `.kept`, `.masks()`, `.history`.
+  """
+  table = gates_lib.layer_table(model, batches.images[0].shape[1:])
+  config = SearchConfig(target_flops_rate=target_flops_rate, **options)
+  problem = SearchProblem(Evaluator(model, table, config, objective),
+                          variables, batches, config)
+  return run_search(problem, init_state(problem), progress=progress)

@@ -10,7 +10,7 @@ import os
 import ml_collections
 
 from ekg_jax import config as config_lib
-from ekg_jax import importance, search, teacher
+from ekg_jax import finetune, importance, search, teacher
 from ekg_jax.models import MODELS
 
 
@@ -30,11 +30,15 @@ CHOICES = {
     'search.teacher': teacher.MODES,
     'search.criterion': importance.CRITERIA,
     'search.allocation': ('greedy', 'uniform'),
-    'finetune.knowledge': ('ensemble', 'single', 'none'),  # issue 4
+    'finetune.knowledge': finetune.KNOWLEDGE,
     'search.evaluation': search.EVALUATIONS,
     'model.dtype': ('float32', 'bfloat16'),
     'memory_bank.dtype': ('float32', 'bfloat16', 'float16'),
 }
+TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe
+for _section in TRAINING:
+  CHOICES[f'{_section}.dtype'] = ('float32', 'bfloat16')
+  CHOICES[f'{_section}.program'] = finetune.PROGRAMS
 
 
 def _get(config, dotted):
@@ -70,15 +74,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('search.target_flops_rate', 'must lie in (0, 1)')
   if not 0 < config.search.step <= 1:
     fail('search.step', 'must lie in (0, 1]')
-  for key in ('data.eval_batch_size', 'search.batch_size',
+  positive = ['data.eval_batch_size', 'search.batch_size',
               'search.chunk_size', 'warmup.batch_size',
-              'memory_bank.batch_size', 'finetune.batch_size',
+              'memory_bank.batch_size', 'memory_bank.checkpoint_every_batches',
               'memory_bank.num_teachers', 'data.val_per_class',
-              'data.warmup_per_class'):
+              'data.warmup_per_class']
+  for section in TRAINING:
+    positive += [f'{section}.batch_size', f'{section}.checkpoint_every_steps']
+  for key in positive:
     if int(_get(config, key)) < 1:
       fail(key, 'must be a positive integer')
-  if config.finetune.epochs < 0:
-    fail('finetune.epochs', 'must be >= 0')
+  for section in TRAINING:
+    if config[section].epochs < 0:
+      fail(f'{section}.epochs', 'must be >= 0')
+    if config[section].learning_rate <= 0:
+      fail(f'{section}.learning_rate', 'must be > 0')
   for key in ('data.mean', 'data.std'):
     if len(_get(config, key)) != 3:
       fail(key, 'needs one value per RGB channel (3 values)')
@@ -92,6 +102,44 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
+
+
+def validate_devices(config: ml_collections.ConfigDict,
+                     device_count: int) -> None:
+  """Training batches are sharded over every device."""
+  for section in TRAINING:
+    batch = config[section].batch_size
+    if batch % device_count:
+      raise ConfigError(
+          f'config.{section}.batch_size={batch}: does not divide over the '
+          f'{device_count} devices; use a multiple of {device_count}')
+
+
+def validate_workdir(config: ml_collections.ConfigDict, phases, summary
+                     ) -> None:
+  """Phases need what earlier phases leave in the workdir (`summary` holds
+  the finished ones): refuse before any compute, naming what to run."""
+  ready = set(summary) | set(phases)  # phase names are their summary keys
+  knowledge = config.finetune.knowledge != 'none'
+  needs = {'memory_bank': ['search'],
+           'finetune': ['search'] + (['memory_bank'] if knowledge else [])}
+  for phase in phases:
+    for before in needs.get(phase, []):
+      if before not in ready:
+        why = (f' (finetune.knowledge={config.finetune.knowledge!r} '
+               'distils from it; finetune.knowledge=none needs none)'
+               if before == 'memory_bank' else '')
+        raise ConfigError(
+            f'phase {phase!r} needs a finished {before!r} phase in this '
+            f'workdir{why}: run --config.phases={before} first, or add it '
+            f'to config.phases')
+  if 'search' in summary and 'search' not in phases:
+    networks = summary['search']['steps'] + 1
+    if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
+      raise ConfigError(
+          f'config.memory_bank.num_teachers='
+          f'{config.memory_bank.num_teachers}: the search in this workdir '
+          f'has {networks} networks in its history; choose 1..{networks}')
 
 
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:

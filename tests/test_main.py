@@ -91,3 +91,47 @@ def test_cli_search_variants_reach_target(tmp_path, extra):
   history = json.loads((tmp_path / 'search' / 'history.json').read_text())
   assert len(history) == s['steps'] + 1
   assert (tmp_path / 'search' / 'search.png').stat().st_size > 10_000
+
+
+PIPELINE = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
+            '--config.data.train_split=train[:1000]',
+            '--config.data.test_split=test[:200]',
+            '--config.data.warmup_per_class=32',
+            f'--config.data.data_dir={TFDS_DIR}',
+            '--config.search.target_flops_rate=0.9',
+            '--config.search.evaluation=loop',
+            '--config.memory_bank.num_teachers=3',
+            '--config.finetune.epochs=1']
+
+
+@needs_cifar10
+def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
+  result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
+                   '--config.phases=search,memory_bank,finetune')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  bank = summary['memory_bank']
+  assert len(bank['teachers']) == 3 and len(set(bank['teachers'])) == 3
+  assert bank['teacher_val_loss'][0] == min(bank['teacher_val_loss'])
+  assert bank['bytes'] == 1000 * 3 * 10 * 2  # bfloat16
+  ft = summary['finetune']
+  assert ft['epochs'] == 1 and ft['images_per_second'] > 0
+  final = summary['final']
+  assert final['flops'] == summary['search']['flops']
+  assert final['params'] == summary['search']['params']
+  assert 0 < final['flops_reduction'] < 1
+  assert final['test_accuracy'] == ft['test_accuracy']
+  metrics = (tmp_path / 'finetune' / 'metrics.jsonl').read_text().splitlines()
+  assert set(json.loads(metrics[0])) >= {
+      'train_loss', 'kd_loss', 'teachers_used', 'test_accuracy',
+      'learning_rate'}
+
+  # The saved slimmed model loads as an init checkpoint: same accuracy.
+  evaluated = tmp_path / 'evaluate'
+  result = run_cli(*PIPELINE, f'--workdir={evaluated}',
+                   '--config.phases=evaluate',
+                   f'--config.init_checkpoint={tmp_path}/finetune/final')
+  assert result.returncode == 0, result.stderr[-3000:]
+  base = json.loads((evaluated / 'summary.json').read_text())['base']
+  assert base['flops'] == final['flops']
+  assert base['test_accuracy'] == final['test_accuracy']

@@ -32,6 +32,11 @@ BAD = [
     ('data.name', 'mnist', 'unknown dataset'),
     ('finetune.knowledge', 'all', 'allowed: ensemble, single, none'),
     ('data.std', (1.0, 0.0, 1.0), 'every value must be > 0'),
+    ('memory_bank.num_teachers', 0, 'positive integer'),
+    ('finetune.epochs', -1, 'must be >= 0'),
+    ('finetune.dtype', 'float16', 'allowed: float32, bfloat16'),
+    ('finetune.program', 'while', 'allowed: auto, scan, loop'),
+    ('memory_bank.dtype', 'int8', 'allowed: float32, bfloat16, float16'),
 ]
 
 
@@ -60,3 +65,49 @@ def test_pipeline_refuses_before_reading_data(tmp_path, monkeypatch):
   config.phases = 'search'
   with pytest.raises(validate.ConfigError):
     pipeline.run(config, str(tmp_path))
+
+
+SEARCHED = {'search': {'steps': 9}}  # a workdir whose search has 10 networks
+
+
+@pytest.mark.parametrize('phases,summary,overrides,match', [
+    (['memory_bank'], {}, {}, "'memory_bank' needs a finished 'search'"),
+    (['finetune'], {}, {}, "'finetune' needs a finished 'search'"),
+    (['finetune'], SEARCHED, {},
+     "needs a finished 'memory_bank'.*knowledge='ensemble'"),
+    (['finetune'], SEARCHED, {'finetune.knowledge': 'single'},
+     "needs a finished 'memory_bank'"),
+    (['memory_bank'], {'search': {'steps': 3}}, {},
+     'num_teachers=5: the search in this workdir has 4 networks'),
+])
+def test_phase_prerequisites_are_named(phases, summary, overrides, match):
+  config = default_config()
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    config[section][leaf] = value
+  with pytest.raises(validate.ConfigError, match=match) as e:
+    validate.validate_workdir(config, phases, summary)
+  assert 'run --config.phases=' in str(e.value) or 'choose 1..4' in str(
+      e.value)
+
+
+@pytest.mark.parametrize('phases,summary,knowledge', [
+    (['search', 'memory_bank', 'finetune'], {}, 'ensemble'),
+    (['memory_bank'], SEARCHED, 'ensemble'),
+    (['finetune'], SEARCHED, 'none'),  # plain fine-tuning needs no bank
+    (['finetune'], {**SEARCHED, 'memory_bank': {}}, 'ensemble'),
+])
+def test_phase_prerequisites_met(phases, summary, knowledge):
+  config = with_value('finetune.knowledge', knowledge)
+  validate.validate_workdir(config, phases, summary)
+
+
+@pytest.mark.parametrize('section,other', [('finetune', 'pretrain'),
+                                           ('pretrain', 'finetune')])
+def test_batch_must_divide_over_the_devices(section, other):
+  config = with_value(f'{other}.batch_size', 96)
+  validate.validate_devices(config, 4)
+  with pytest.raises(validate.ConfigError,
+                     match=f'{section}.batch_size=128: does not divide over '
+                     'the 3 devices; use a multiple of 3'):
+    validate.validate_devices(config, 3)

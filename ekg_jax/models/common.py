@@ -27,6 +27,9 @@ class Supernet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = None  # compute dtype; params stay float32
+  # Mesh axis over which BN averages batch statistics (cross-device BN when
+  # the model runs inside `shard_map`); None: per-device statistics.
+  bn_axis_name: Optional[str] = None
 
   def width(self, gate: str, default: int) -> int:
     return dict(self.widths).get(gate, default)
@@ -43,6 +46,7 @@ class Supernet(nn.Module):
     return gates_lib.GatedBatchNorm(
         use_running_average=not train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, gate=gate, dtype=self.dtype,
+        axis_name=self.bn_axis_name,
         scale_init=(nn.initializers.zeros if zero_init
                     else nn.initializers.ones), name=name)
 

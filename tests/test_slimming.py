@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import perturb
-from ekg_jax import flops, gates, slim
+from ekg_jax import flops, gates, slimming
 from ekg_jax.models import create_model
 
 FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),
@@ -28,7 +28,7 @@ def test_slimmed_equals_masked(name, size, seed):
            for g, s in specs.items()}
   masks = gates.masks_from_kept(kept, ranks)
 
-  slim_model, slim_vars = slim.slim(model, variables, masks, table)
+  slim_model, slim_vars = slimming.slim(model, variables, masks, table)
   masked = jax.jit(model.apply)(variables, x, masks=masks)
   slimmed = jax.jit(slim_model.apply)(slim_vars, x)
   scale = float(jnp.abs(masked).max())
@@ -49,6 +49,6 @@ def test_slim_rejects_empty_gate():
   table = gates.layer_table(model, (32, 32, 3))
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   with pytest.raises(ValueError, match='keep no channel'):
-    slim.slim(model, variables, {'stage0': jnp.zeros(16)}, table)
+    slimming.slim(model, variables, {'stage0': jnp.zeros(16)}, table)
   with pytest.raises(KeyError, match='unknown gates'):
-    slim.slim(model, variables, {'stage7': jnp.ones(16)}, table)
+    slimming.slim(model, variables, {'stage7': jnp.ones(16)}, table)

@@ -1,0 +1,207 @@
+"""Fine-tuning: the distillation filter, the loss, the step runners, resume
+and numerical faults. The 4-device equivalence runs in a subprocess
+(`data_parallel_check.py`)."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from ekg_jax import config as config_lib
+from ekg_jax import data as data_lib
+from ekg_jax import finetune as ft
+from ekg_jax import gates as gates_lib
+from ekg_jax import losses
+from ekg_jax.models import create_model
+
+
+def tiny_model(width=4):
+  """ResNet-20 with every gate `width` channels wide: fast, still real."""
+  model = create_model('resnet20', num_classes=10)
+  specs = gates_lib.gate_specs(gates_lib.layer_table(model, (32, 32, 3)))
+  model = model.clone(widths=tuple((g, width) for g in specs))
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def tiny_config(**finetune):
+  c = config_lib.default_config()
+  c.data.mean, c.data.std = (120.0,) * 3, (60.0,) * 3
+  c.data.eval_batch_size = 8
+  c.finetune.epochs = 2
+  c.finetune.batch_size = 8
+  c.finetune.checkpoint_every_steps = 2
+  for k, v in finetune.items():
+    c.finetune[k] = v
+  return c
+
+
+def random_split(n, seed):
+  rng = np.random.default_rng(seed)
+  return data_lib.Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                        rng.integers(0, 10, n).astype(np.int32))
+
+
+def test_distillation_target_uses_teachers_closer_than_the_student():
+  rng = np.random.default_rng(0)
+  top = rng.normal(size=(6, 5)) * 3
+  near = top + 0.1 * rng.normal(size=top.shape)
+  far = -top
+  bank = jnp.asarray(np.stack([top, near, far], axis=1), jnp.float32)
+  student = top + 1.0 * rng.normal(size=top.shape)
+  target, used = ft.distillation_target(bank, student, 4.0)
+  np.testing.assert_array_equal(used, [True, True, False])
+  np.testing.assert_allclose(target, (top + near) / 2, rtol=1e-6)
+  # A student that matches teacher 0 exactly: only teacher 0 remains.
+  target, used = ft.distillation_target(bank, top, 4.0)
+  np.testing.assert_array_equal(used, [True, False, False])
+  np.testing.assert_allclose(target, top, rtol=1e-6)
+
+
+def test_learning_rate_steps_down_at_the_configured_epochs():
+  c = tiny_config(epochs=10)
+  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=5)
+  lr = [float(schedule(s)) for s in (0, 14, 15, 29, 30, 45, 49)]
+  np.testing.assert_allclose(lr, [.05, .05, .005, .005, 5e-4, 5e-5, 5e-5],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('knowledge', ft.KNOWLEDGE)
+def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
+  model, variables = tiny_model()
+  c = tiny_config(knowledge=knowledge)
+  sc = ft.StepConfig.from_config(c)
+  tx = ft.make_optimizer(c.finetune, 10)
+  split = random_split(8, 1)
+  bank = jnp.asarray(np.random.default_rng(2).normal(size=(8, 3, 10)),
+                     jnp.float32)
+  keys = jax.random.split(jax.random.key(3), 8)
+  _, metrics = jax.jit(ft.make_step(model, tx, sc))(
+      ft.TrainState.create(variables, tx), keys, split.images, split.labels,
+      bank)
+
+  stats, total, kd_total = variables['batch_stats'], 0.0, 0.0
+  logits = []
+  for v in range(sc.views):
+    x = data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(keys, v),
+                              split.images, sc.mean, sc.std, **dict(sc.augment))
+    z, upd = model.apply({'params': variables['params'], 'batch_stats': stats},
+                         x, train=True, mutable=['batch_stats'])
+    stats = upd['batch_stats']
+    logits.append(z)
+  target = {'single': bank[:, 0], 'none': None,
+            'ensemble': ft.distillation_target(
+                bank, sum(logits) / len(logits), 4.0)[0]}[knowledge]
+  for z in logits:
+    ce = losses.cross_entropy(z, split.labels).mean()
+    kd = 0.0 if target is None else losses.kl_divergence(target, z, 4.0).mean()
+    total += (ce + kd) / len(logits)
+    kd_total += kd / len(logits)
+  assert sc.views == (1 if knowledge == 'none' else 2)
+  np.testing.assert_allclose(metrics['loss'], total, rtol=1e-5)
+  np.testing.assert_allclose(metrics['kd'], kd_total, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('program', ['loop', 'scan'])
+def test_step_runner_equals_plain_steps(program):
+  model, variables = tiny_model()
+  c = tiny_config()
+  sc = ft.StepConfig.from_config(c)
+  tx = ft.make_optimizer(c.finetune, 10)
+  split = random_split(24, 4)
+  bank = np.random.default_rng(5).normal(size=(24, 3, 10)).astype(np.float32)
+  key = jax.random.key(6)
+  indices = np.arange(24, dtype=np.int32)[::-1].reshape(3, 8)
+
+  plain_step = jax.jit(ft.make_step(model, tx, sc))
+  plain = ft.TrainState.create(variables, tx)
+  for i, idx in enumerate(indices):
+    keys = jax.random.split(jax.random.fold_in(key, i), 8)
+    plain, _ = plain_step(plain, keys, split.images[idx], split.labels[idx],
+                          bank[idx])
+
+  runner = ft.StepRunner(ft.data_parallel(
+      ft.make_step(model, tx, sc, ft.DATA_AXIS), ft.data_mesh()), program)
+  data = ft.TrainData(jnp.asarray(split.images), jnp.asarray(split.labels),
+                      jnp.asarray(bank))
+  state, metrics = runner(ft.TrainState.create(variables, tx), data, indices,
+                          key)
+  assert metrics['loss'].shape == (3,) and int(state.step) == 3
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      state.variables, plain.variables)
+
+
+def _run(folder, config, train, bank, test):
+  model, variables = tiny_model()
+  return ft.finetune(model, variables, train, bank, test, config, str(folder),
+                     progress=False)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_ends_where_a_straight_run_ends(
+    tmp_path):
+  config = tiny_config()  # 4 steps per epoch, checkpoints every 2 steps
+  train, test = random_split(32, 7), random_split(16, 8)
+  bank = np.random.default_rng(9).normal(size=(32, 3, 10)).astype(
+      jnp.bfloat16)
+  straight = _run(tmp_path / 'a', config, train, bank, test)
+  assert [e['epoch'] for e in straight.history] == [1, 2]
+  lines = (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()
+  assert len(lines) == 2 and '"teachers_used"' in lines[0]
+  assert list((tmp_path / 'a' / 'tensorboard').iterdir())
+
+  # The run killed after step 6 (mid-epoch 2): its last checkpoint is 6.
+  shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '8')
+  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['6']
+  resumed = _run(tmp_path / 'b', config, train, bank, test)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.variables,
+                         straight.variables)
+  assert resumed.history == straight.history
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    tmp_path):
+  config = tiny_config(knowledge='none', learning_rate=1e30,
+                       checkpoint_every_steps=1)
+  with pytest.raises(ft.NonFiniteError, match=r'at step \d+.*lower'):
+    _run(tmp_path, config, random_split(32, 7), None, random_split(8, 8))
+  kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
+  assert kept, 'no checkpoint before the fault'
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  model, variables = tiny_model()
+  c = tiny_config(knowledge='none')
+  sc = ft.StepConfig.from_config(c)
+  tx = ft.make_optimizer(c.finetune, 10)
+  split = random_split(8, 1)
+  keys = jax.random.split(jax.random.key(3), 8)
+  state = ft.TrainState.create(variables, tx)
+  out = {}
+  for dtype in (None, jnp.bfloat16):
+    step = jax.jit(ft.make_step(model.clone(dtype=dtype), tx, sc))
+    new, metrics = step(state, keys, split.images, split.labels, None)
+    out[dtype] = metrics['loss']
+    assert all(a.dtype == jnp.float32
+               for a in jax.tree_util.tree_leaves(new.variables))
+  np.testing.assert_allclose(out[jnp.bfloat16], out[None], rtol=5e-2)
+
+
+def test_data_parallel_step_equals_single_device_on_4_fake_devices():
+  env = dict(os.environ,
+             XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, str(pathlib.Path(__file__).with_name(
+          'data_parallel_check.py'))], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert 'sync BN: equal' in result.stdout
+  assert 'per-device BN: equal' in result.stdout
