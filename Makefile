@@ -11,7 +11,7 @@ WORKDIR ?= workdirs/quickstart
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo evaluate test
+.PHONY: install demo evaluate test test-slow
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
@@ -32,5 +32,11 @@ evaluate: install
 	$(VENV)/bin/python -m ekg_jax.main --config=configs/resnet56_cifar.py \
 	  --config.init_checkpoint=$(INIT) --config.phases=evaluate --workdir=workdirs/evaluate
 
+# The test suite without the slow integration checks (under 10 minutes on
+# 2 cores) ...
 test: install
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) -m 'not slow'
+
+# ... and the slow ones: kill-and-resume, fault injection, the notebook.
+test-slow: install
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) -m slow

@@ -4,6 +4,7 @@ checkpoints (orbax), and atomic JSON files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -45,6 +46,51 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def previous_npz(path: str) -> str:
+  return path.removesuffix('.npz') + '.prev.npz'
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  """Writes an .npz to a temp file, keeps the current file as
+  `previous_npz(path)`, then renames the new one into place: whatever
+  instant a kill (or a full disk) hits, a complete file remains."""
+  tmp = f'{path}.tmp.npz'
+  try:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  if os.path.exists(path):
+    os.replace(path, previous_npz(path))
+  os.replace(tmp, path)
+
+
+def npz_exists(path: str) -> bool:
+  return os.path.exists(path) or os.path.exists(previous_npz(path))
+
+
+def read_npz_with_fallback(path: str, read):
+  """`read(path)`; when the newest file is missing or unreadable (truncated,
+  corrupted), reports it and reads the previous one."""
+  failures = []
+  for candidate in (path, previous_npz(path)):
+    if not os.path.exists(candidate):
+      continue
+    try:
+      return read(candidate)
+    except Exception as e:  # zipfile, pickle and numpy raise many kinds
+      failures.append(f'{candidate}: {type(e).__name__}: {e}')
+      logging.warning('%s is unreadable (%s: %s); trying the previous copy',
+                      candidate, type(e).__name__, e)
+  if failures:
+    raise CheckpointError('no readable copy: ' + '; '.join(failures))
+  raise FileNotFoundError(path)
 
 
 def _flatten(tree, prefix=()):

@@ -15,9 +15,9 @@ with `knowledge='none'` and the `pretrain` recipe, pretrains dense networks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
 from ekg_jax import losses
+from ekg_jax import metrics as metrics_lib
 
 KNOWLEDGE = ('ensemble', 'single', 'none')
 DATA_AXIS = 'data'
@@ -349,50 +350,33 @@ class Checkpoints:
 
   def restore(self, template: TrainState
               ) -> Optional[tuple[TrainState, Progress]]:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+    """The newest readable checkpoint; an unreadable one (truncated or
+    corrupted files) is reported and the one before it used."""
     ocp = self._ocp
     target = serialization.to_state_dict(jax.device_get(template))
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target),
-        progress=ocp.args.JsonRestore()))
-    return (serialization.from_state_dict(template, out['state']),
-            Progress(**out['progress']))
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            progress=ocp.args.JsonRestore()))
+        return (serialization.from_state_dict(template, out['state']),
+                Progress(**out['progress']))
+      except Exception as e:  # orbax/tensorstore raise many kinds
+        # Moved aside (kept for inspection) so the step can be saved again.
+        aside = os.path.join(f'{self.manager.directory}_unreadable',
+                             str(step))
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s); moved '
+                        'to %s, trying the previous one', step,
+                        self.manager.directory, type(e).__name__,
+                        str(e)[:200], aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(self.manager.directory, str(step)), aside)
+        self.manager.reload()
+    return None
 
   def close(self):
     self.manager.close()
-
-
-class MetricsWriter:
-  """metrics.jsonl (rewritten atomically from the history, so a resumed run
-  never duplicates a line) and TensorBoard scalars."""
-
-  def __init__(self, folder: str, tensorboard_dir: Optional[str],
-               prefix: str):
-    self.prefix = prefix
-    self.path = os.path.join(folder, 'metrics.jsonl')
-    self.tensorboard = None
-    if tensorboard_dir:
-      from tensorboardX import SummaryWriter
-      self.tensorboard = SummaryWriter(tensorboard_dir)
-
-  def write(self, history: list[dict]) -> None:
-    tmp = f'{self.path}.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(e) + '\n' for e in history)
-    os.replace(tmp, self.path)
-    if self.tensorboard and history:
-      entry = history[-1]
-      for k, v in entry.items():
-        if k != 'epoch' and isinstance(v, (int, float)):
-          self.tensorboard.add_scalar(f'{self.prefix}/{k}', v,
-                                      entry['epoch'])
-      self.tensorboard.flush()
-
-  def close(self):
-    if self.tensorboard:
-      self.tensorboard.close()
 
 
 @dataclasses.dataclass
@@ -446,8 +430,7 @@ def finetune(model, variables: Any, train: data_lib.Split,
   key = put(jax.random.key(config.seed))
 
   checkpoints = Checkpoints(os.path.join(folder, 'checkpoints'))
-  writer = MetricsWriter(folder, os.path.join(folder, 'tensorboard'),
-                         section)
+  writer = metrics_lib.MetricsWriter(folder, section, step_key='epoch')
   state = TrainState.create(variables, tx)
   restored = checkpoints.restore(state)
   if restored:

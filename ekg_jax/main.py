@@ -4,6 +4,8 @@ Any config value can be overridden, e.g. --config.phases=evaluate or
 --config.init_checkpoint=PATH.
 """
 
+import errno
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,7 +25,18 @@ def main(argv):
   if _CONFIG.value.distributed:
     import jax
     jax.distributed.initialize()
-  pipeline.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    # Every checkpoint is written to a temp name and renamed (or committed
+    # by orbax), so the last complete one survived the failed write.
+    raise SystemExit(
+        f'ekg_jax: no space left on device while writing '
+        f'{e.filename or "a checkpoint"} in {_WORKDIR.value}. The last '
+        'complete checkpoint is intact: free some space and rerun the same '
+        'command to resume.') from e
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ekg_jax import checkpoint
 from ekg_jax import data as data_lib
 from ekg_jax import gates as gates_lib
 
@@ -89,23 +89,24 @@ class MemoryBank:
     return self.done == len(self.logits)
 
   def save(self, path: str) -> None:
-    """Atomic: a temp file renamed over the old one."""
-    tmp = f'{path}.tmp.npz'
-    with open(tmp, 'wb') as f:
-      # float16/bfloat16 are stored as their raw 16 bits (npz has no bf16).
-      np.savez(f, logits=self.logits.view(np.uint16)
-               if self.logits.dtype.itemsize == 2 else self.logits,
-               dtype=np.asarray(str(self.logits.dtype)),
-               meta=np.asarray(json.dumps(
-                   {'teachers': self.teachers,
-                    'teacher_val_loss': self.teacher_val_loss,
-                    'done': self.done, 'seconds': self.seconds})))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomic, the previous file kept (`checkpoint.write_npz_atomic`)."""
+    # float16/bfloat16 are stored as their raw 16 bits (npz has no bf16).
+    logits = (self.logits.view(np.uint16) if self.logits.dtype.itemsize == 2
+              else self.logits)
+    checkpoint.write_npz_atomic(
+        path, logits=logits, dtype=np.asarray(str(self.logits.dtype)),
+        meta=np.asarray(json.dumps(
+            {'teachers': self.teachers,
+             'teacher_val_loss': self.teacher_val_loss,
+             'done': self.done, 'seconds': self.seconds})))
 
   @classmethod
   def load(cls, path: str) -> 'MemoryBank':
+    """The newest readable bank (the previous one if it is damaged)."""
+    return checkpoint.read_npz_with_fallback(path, cls._read)
+
+  @classmethod
+  def _read(cls, path: str) -> 'MemoryBank':
     with np.load(path) as z:
       dtype = jnp.dtype(str(z['dtype']))
       logits = z['logits'].view(dtype)

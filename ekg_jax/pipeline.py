@@ -26,6 +26,7 @@ from ekg_jax import finetune as finetune_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import memory_bank as bank_lib
+from ekg_jax import metrics as metrics_lib
 from ekg_jax import plots
 from ekg_jax import report as report_lib
 from ekg_jax import search as search_lib
@@ -205,20 +206,25 @@ def search_phase(setup: Setup) -> dict:
   state_path = os.path.join(folder, 'state.npz')
   names = list(setup.gates)
 
+  writer = metrics_lib.MetricsWriter(folder, 'search', step_key='step')
+
   def save(state):
     search_lib.save_state(state_path, state, names)
     ckpt_lib.write_json_atomic(os.path.join(folder, 'history.json'),
                                state.history)
+    writer.write([{k: v for k, v in e.items() if k != 'kept'}
+                  for e in state.history])
 
-  if os.path.exists(state_path):
+  if ckpt_lib.npz_exists(state_path):
     state = search_lib.load_state(state_path, setup.gates)
     logging.info('search: resuming after step %d', state.step)
   else:
     state = search_lib.init_state(problem)
     save(state)
-  state = search_lib.run_search(problem, state, on_step=save,
-                                progress=setup.progress)
-  save(state)  # a kill between the two files of the last save left one stale
+  with writer:
+    state = search_lib.run_search(problem, state, on_step=save,
+                                  progress=setup.progress)
+    save(state)  # a kill between the files of the last save left one stale
   final = state.history[-1]
   kept = final['kept']
   plots.search_plot(os.path.join(folder, 'search.png'), state.history,
@@ -261,7 +267,8 @@ def _warmed_up(setup: Setup, train) -> tuple[Any, float]:
 
 def _finished_search(setup: Setup) -> search_lib.SearchState:
   path = os.path.join(setup.workdir, 'search', 'state.npz')
-  if not os.path.exists(path) or 'search' not in load_summary(setup.workdir):
+  if not ckpt_lib.npz_exists(path) or 'search' not in load_summary(
+      setup.workdir):
     raise validate.ConfigError(
         f'no finished search in {setup.workdir}: run --config.phases=search '
         'first')
@@ -278,7 +285,7 @@ def memory_bank_phase(setup: Setup) -> dict:
   path = os.path.join(folder, 'bank.npz')
   train = load_train(c)
   variables, _ = _warmed_up(setup, train)
-  if os.path.exists(path):
+  if ckpt_lib.npz_exists(path):
     bank = bank_lib.MemoryBank.load(path)
     logging.info('memory bank: resuming at image %d', bank.done)
   else:
@@ -293,11 +300,19 @@ def memory_bank_phase(setup: Setup) -> dict:
         teachers, [losses[i] for i in teachers], done=0)
   masks = bank_lib.teacher_masks(state.history, state.ranks_history,
                                  bank.teachers)
-  bank = bank_lib.build(setup.model, variables, train, masks,
-                        c.memory_bank.batch_size, c.data.mean, c.data.std,
-                        bank, on_checkpoint=lambda b: b.save(path),
-                        checkpoint_every=c.memory_bank.checkpoint_every_batches,
-                        progress=setup.progress)
+
+  def save(bank):
+    bank.save(path)
+    writer.write([{'images': bank.done, 'seconds': round(bank.seconds, 2),
+                   'images_per_second': round(bank.done / bank.seconds, 2)}])
+
+  with metrics_lib.MetricsWriter(folder, 'memory_bank',
+                                 step_key='images') as writer:
+    bank = bank_lib.build(
+        setup.model, variables, train, masks, c.memory_bank.batch_size,
+        c.data.mean, c.data.std, bank, on_checkpoint=save,
+        checkpoint_every=c.memory_bank.checkpoint_every_batches,
+        progress=setup.progress)
   return {'memory_bank': {
       'teachers': bank.teachers, 'teacher_val_loss': bank.teacher_val_loss,
       'images': len(train), 'dtype': c.memory_bank.dtype,

@@ -33,7 +33,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import checkpoint
 from ekg_jax import data as data_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
@@ -506,7 +506,7 @@ def uniform_allocation(problem: SearchProblem,
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints of the search state (atomic: temp file + rename).
+# Checkpoints of the search state (atomic, previous copy kept).
 
 
 def save_state(path: str, state: SearchState,
@@ -518,15 +518,17 @@ def save_state(path: str, state: SearchState,
             'history': np.asarray(json.dumps(state.history))}
   for i, ranks in enumerate(state.ranks_history):
     arrays[f'ranks_{i}'] = np.concatenate([ranks[g] for g in gate_names])
-  tmp = f'{path}.tmp.npz'
-  with open(tmp, 'wb') as f:
-    np.savez(f, **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  checkpoint.write_npz_atomic(path, **arrays)
 
 
 def load_state(path: str, specs) -> SearchState:
+  """The newest readable state (the previous one if the newest is
+  damaged)."""
+  return checkpoint.read_npz_with_fallback(
+      path, lambda p: _read_state(p, specs))
+
+
+def _read_state(path: str, specs) -> SearchState:
   names = list(specs)
   with np.load(path) as z:
     history = json.loads(str(z['history']))

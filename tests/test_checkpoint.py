@@ -103,3 +103,37 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
   checkpoint.write_json_atomic(str(path), {'b': 2})
   assert json.loads(path.read_text()) == {'b': 2}
   assert os.listdir(tmp_path) == ['summary.json']  # no temp files left
+
+
+def test_damaged_or_missing_newest_npz_falls_back_to_the_previous(tmp_path):
+  path = str(tmp_path / 'state.npz')
+  checkpoint.write_npz_atomic(path, step=np.asarray(1))
+  checkpoint.write_npz_atomic(path, step=np.asarray(2))
+  read = lambda p: int(np.load(p)['step'])
+  assert checkpoint.read_npz_with_fallback(path, read) == 2
+  with open(path, 'r+b') as f:  # truncated mid-file
+    f.truncate(40)
+  assert checkpoint.read_npz_with_fallback(path, read) == 1
+  os.unlink(path)  # killed between the two renames
+  assert checkpoint.npz_exists(path)
+  assert checkpoint.read_npz_with_fallback(path, read) == 1
+
+
+def test_disk_full_keeps_the_previous_files(tmp_path, monkeypatch):
+  import errno
+  path = str(tmp_path / 'state.npz')
+  checkpoint.write_npz_atomic(path, step=np.asarray(1))
+  checkpoint.write_json_atomic(str(tmp_path / 's.json'), {'step': 1})
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(os, 'fsync', full)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoint.write_npz_atomic(path, step=np.asarray(2))
+  with pytest.raises(OSError, match='No space left'):
+    checkpoint.write_json_atomic(str(tmp_path / 's.json'), {'step': 2})
+  monkeypatch.undo()
+  assert int(np.load(path)['step']) == 1
+  assert json.loads((tmp_path / 's.json').read_text()) == {'step': 1}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['s.json',
+                                                       'state.npz']

@@ -165,6 +165,15 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_where_a_straight_run_ends(
                          straight.variables)
   assert resumed.history == straight.history
 
+  # A damaged newest checkpoint (8) is reported; the run resumes from 6.
+  shutil.copytree(tmp_path / 'a', tmp_path / 'c')
+  for f in (tmp_path / 'c' / 'checkpoints' / '8' / 'state').rglob('*'):
+    if f.is_file() and f.stat().st_size > 100:
+      f.write_bytes(f.read_bytes()[:50])
+  resumed = _run(tmp_path / 'c', config, train, bank, test)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.variables,
+                         straight.variables)
+
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
     tmp_path):
