@@ -378,6 +378,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured phases in order, skipping finished ones (a rerun
   resumes an interrupted phase); returns the summary."""
   validate.validate_config(config)
+  validate.validate_workdir_path(workdir)
   phases = validate.parse_phases(config.phases)
   workdir_lib.check_config(config, workdir)
   summary = load_summary(workdir)

@@ -52,7 +52,7 @@ def parse_phases(phases: str) -> list[str]:
   names = [p.strip() for p in phases.split(',') if p.strip()]
   unknown = [p for p in names if p not in config_lib.PHASES]
   if unknown or not names:
-    raise ConfigError(f'phases={phases!r}: unknown or empty phases '
+    raise ConfigError(f'config.phases={phases!r}: unknown or empty phases '
                       f'{unknown}; allowed: {",".join(config_lib.PHASES)}')
   return names
 
@@ -102,6 +102,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
+
+
+def validate_workdir_path(workdir: str) -> None:
+  """The workdir must exist as a writable folder or be creatable."""
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is a file, so the '
+                      'workdir cannot be created; choose another folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is not writable; '
+                      'choose a folder you can write to')
 
 
 def validate_devices(config: ml_collections.ConfigDict,

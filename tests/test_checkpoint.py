@@ -137,3 +137,39 @@ def test_disk_full_keeps_the_previous_files(tmp_path, monkeypatch):
   assert json.loads((tmp_path / 's.json').read_text()) == {'step': 1}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['s.json',
                                                        'state.npz']
+
+
+KILLED_WHILE_RENAMING = r'''
+import os, signal, sys
+import numpy as np
+from ekg_jax import checkpoint
+path = sys.argv[1]
+checkpoint.write_npz_atomic(path, step=np.asarray(1))
+checkpoint.write_npz_atomic(path, step=np.asarray(2))
+real_replace = os.replace
+calls = []
+def dying_replace(src, dst):
+  calls.append(src)
+  if len(calls) == int(sys.argv[2]):  # SIGKILL just before this rename
+    os.kill(os.getpid(), signal.SIGKILL)
+  real_replace(src, dst)
+os.replace = dying_replace
+checkpoint.write_npz_atomic(path, step=np.asarray(3))
+'''
+
+
+@pytest.mark.parametrize('rename', [1, 2])
+def test_killed_inside_an_npz_write_leaves_a_readable_state(tmp_path, rename):
+  """SIGKILL before the first rename (new file written, old untouched) or
+  between the two (old moved to .prev, new not in place yet)."""
+  import signal
+  import subprocess
+  import sys
+  path = str(tmp_path / 'state.npz')
+  proc = subprocess.run([sys.executable, '-c', KILLED_WHILE_RENAMING, path,
+                         str(rename)], capture_output=True)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+  read = lambda p: int(np.load(p)['step'])
+  assert checkpoint.read_npz_with_fallback(path, read) == 2
+  checkpoint.write_npz_atomic(path, step=np.asarray(4))  # the rerun's write
+  assert checkpoint.read_npz_with_fallback(path, read) == 4

@@ -37,6 +37,13 @@ BAD = [
     ('finetune.dtype', 'float16', 'allowed: float32, bfloat16'),
     ('finetune.program', 'while', 'allowed: auto, scan, loop'),
     ('memory_bank.dtype', 'int8', 'allowed: float32, bfloat16, float16'),
+    ('pretrain.epochs', -2, 'must be >= 0'),
+    ('finetune.learning_rate', 0.0, 'must be > 0'),
+    ('finetune.batch_size', 0, 'positive integer'),
+    ('pretrain.program', 'unrolled', 'allowed: auto, scan, loop'),
+    ('data.mean', (1.0, 2.0), 'one value per RGB channel'),
+    ('init_checkpoint', '/nonexistent.pkl', 'no such file or directory'),
+    ('phases', 'search,dance', "unknown or empty phases \\['dance'\\]"),
 ]
 
 
@@ -57,14 +64,32 @@ def test_unreachable_target_names_the_floor():
     validate.validate_against_model(config, table)
 
 
-def test_pipeline_refuses_before_reading_data(tmp_path, monkeypatch):
+# The whole table again, through the pipeline: it must refuse before any
+# data is read and before the workdir is written. Plus the checks that need
+# the model (a shape-only trace) or the workdir.
+PIPELINE_BAD = [*BAD,
+                ('search.target_flops_rate', 0.001,
+                 'cannot get below a FLOPs rate of')]
+
+
+@pytest.mark.parametrize('key,value,match', PIPELINE_BAD)
+def test_pipeline_refuses_before_reading_data(tmp_path, monkeypatch, key,
+                                              value, match):
   def no_data(*args, **kwargs):
     raise AssertionError('data was read before validation')
   monkeypatch.setattr(pipeline.data_lib, 'load_split', no_data)
-  config = with_value('search.target_flops_rate', 0.001)
-  config.phases = 'search'
-  with pytest.raises(validate.ConfigError):
-    pipeline.run(config, str(tmp_path))
+  config = with_value(key, value)
+  with pytest.raises(validate.ConfigError, match=match) as e:
+    pipeline.run(config, str(tmp_path / 'w'))
+  assert f'config.{key}=' in str(e.value)
+  assert not (tmp_path / 'w' / 'summary.json').exists()
+
+
+def test_workdir_that_cannot_be_created(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(validate.ConfigError,
+                     match="--workdir=.*a_file is a file"):
+    pipeline.run(default_config(), str(tmp_path / 'a_file' / 'w'))
 
 
 SEARCHED = {'search': {'steps': 9}}  # a workdir whose search has 10 networks
