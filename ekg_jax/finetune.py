@@ -316,6 +316,10 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
+class CheckpointError(RuntimeError):
+  pass
+
+
 @dataclasses.dataclass
 class Progress:
   """Host-side bookkeeping saved with every checkpoint."""
@@ -350,29 +354,39 @@ class Checkpoints:
 
   def restore(self, template: TrainState
               ) -> Optional[tuple[TrainState, Progress]]:
-    """The newest readable checkpoint; an unreadable one (truncated or
-    corrupted files) is reported and the one before it used."""
+    """The newest readable checkpoint. Unreadable newer ones (truncated or
+    corrupted files) are reported and moved aside; when none is readable,
+    CheckpointError (nothing is moved and nothing restarts from scratch)."""
     ocp = self._ocp
     target = serialization.to_state_dict(jax.device_get(template))
+    failed = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target),
             progress=ocp.args.JsonRestore()))
-        return (serialization.from_state_dict(template, out['state']),
-                Progress(**out['progress']))
+        restored = (serialization.from_state_dict(template, out['state']),
+                    Progress(**out['progress']))
       except Exception as e:  # orbax/tensorstore raise many kinds
-        # Moved aside (kept for inspection) so the step can be saved again.
-        aside = os.path.join(f'{self.manager.directory}_unreadable',
-                             str(step))
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s); moved '
-                        'to %s, trying the previous one', step,
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s)', step,
                         self.manager.directory, type(e).__name__,
-                        str(e)[:200], aside)
+                        str(e)[:200])
+        failed.append((step, f'{type(e).__name__}: {str(e)[:200]}'))
+        continue
+      for bad, _ in failed:  # moved aside, so the step can be saved again
+        aside = os.path.join(f'{self.manager.directory}_unreadable', str(bad))
+        logging.warning('using checkpoint %d; %d moved to %s', step, bad,
+                        aside)
         shutil.rmtree(aside, ignore_errors=True)
         os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(os.path.join(self.manager.directory, str(step)), aside)
+        shutil.move(os.path.join(self.manager.directory, str(bad)), aside)
+      if failed:
         self.manager.reload()
+      return restored
+    if failed:
+      raise CheckpointError(
+          f'no readable checkpoint in {self.manager.directory}: '
+          + '; '.join(f'{step}: {why}' for step, why in failed))
     return None
 
   def close(self):
@@ -436,6 +450,7 @@ def finetune(model, variables: Any, train: data_lib.Split,
   if restored:
     state, prog = restored
     logging.info('%s: resuming at step %d', section, int(state.step))
+    writer.write(prog.history)  # a kill may have come before the last write
   else:
     prog = Progress(history=[], sums={}, steps=0)
   state = put(state)
@@ -446,7 +461,10 @@ def finetune(model, variables: Any, train: data_lib.Split,
     while int(state.step) < total:
       step = int(state.step)
       epoch, within = divmod(step, spe)
-      stop = min((epoch + 1) * spe, (step // every + 1) * every, total)
+      # Checkpoints every `every` steps counted from the epoch's start: at
+      # most two stretch lengths, so at most two compiles of a `scan`.
+      stop = min((epoch + 1) * spe,
+                 epoch * spe + (within // every + 1) * every)
       indices = epoch_order(config.seed, epoch, len(train), spe,
                             c.batch_size)[within:within + stop - step]
       n = len(indices)
@@ -469,7 +487,7 @@ def finetune(model, variables: Any, train: data_lib.Split,
         bar.write(_epoch_line(section, entry, c.epochs))
         checkpoints.save(state, prog)
         writer.write(prog.history)
-      elif stop % every == 0:
+      else:
         checkpoints.save(state, prog)
   finally:
     bar.close()
@@ -486,9 +504,10 @@ def _check_finite(metrics, step, folder, section):
     first = min(int(np.argmax(~np.isfinite(metrics[k]))) for k in bad)
     raise NonFiniteError(
         f'{section}: non-finite {", ".join(bad)} at step {step + first + 1}; '
-        f'the last good checkpoint in {folder}/checkpoints is kept. Rerun '
-        'the same command to resume from it, e.g. with a lower '
-        f'--config.{section}.learning_rate')
+        f'the last good checkpoint in {folder}/checkpoints is kept. To '
+        'resume from it, rerun the same command with a lower '
+        f'--config.{section}.learning_rate (rerunning unchanged replays '
+        'the same steps)')
 
 
 def _epoch_entry(epoch, prog: Progress, state, model, test, config, lr,

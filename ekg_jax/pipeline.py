@@ -115,9 +115,9 @@ def load_summary(workdir: str) -> dict:
   return {}
 
 
-def record(workdir: str, key: str, results: dict) -> dict:
-  summary = load_summary(workdir)
-  summary[key] = results
+def record(workdir: str, results: dict) -> dict:
+  """Adds a phase's results (summary key -> fields) in one atomic write."""
+  summary = {**load_summary(workdir), **results}
   ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), summary)
   return summary
 
@@ -343,8 +343,9 @@ def finetune_phase(setup: Setup) -> dict:
     if not bank.complete or len(bank.logits) != len(train):
       raise validate.ConfigError(
           'the memory bank does not cover the train split '
-          f'({bank.done} of {len(train)} images): rerun '
-          '--config.phases=memory_bank')
+          f'({bank.done} of {len(train)} images; damaged?): remove '
+          f'{setup.workdir}/memory_bank and the "memory_bank" entry of '
+          f'{SUMMARY}, then rerun to rebuild it')
     bank_logits = bank.logits
   start = time.time()
   result = finetune_lib.finetune(model, variables, train, bank_logits, test,
@@ -380,11 +381,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate.validate_config(config)
   validate.validate_workdir_path(workdir)
   phases = validate.parse_phases(config.phases)
-  workdir_lib.check_config(config, workdir)
-  summary = load_summary(workdir)
-  validate.validate_workdir(config, phases, summary)
   validate.validate_devices(config, jax.device_count())
   with workdir_lib.lock(workdir):
+    workdir_lib.check_config(config, workdir)
+    summary = load_summary(workdir)
+    validate.validate_workdir(config, phases, summary)
     workdir_lib.save_config(config, workdir)
     setup = make_setup(config, workdir)
     for name in config_lib.PHASES:
@@ -399,8 +400,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         continue
       logging.info('phase %s', name)
       results = phase(setup)
-      for k, value in results.items():
-        summary = record(workdir, k, value)
+      summary = record(workdir, results)  # one write: the phase is done
       print(json.dumps(results, indent=2), flush=True)
     report_lib.write_report(workdir, summary, setup.gates)
   return summary

@@ -87,8 +87,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for section in TRAINING:
     if config[section].epochs < 0:
       fail(f'{section}.epochs', 'must be >= 0')
-    if config[section].learning_rate <= 0:
+    recipe = config[section]
+    if recipe.learning_rate <= 0:
       fail(f'{section}.learning_rate', 'must be > 0')
+    if not 0 < recipe.lr_decay_factor <= 1:
+      fail(f'{section}.lr_decay_factor', 'must lie in (0, 1]')
+    if any(not 0 <= f <= 1 for f in recipe.lr_decay_epochs_fraction):
+      fail(f'{section}.lr_decay_epochs_fraction',
+           'every value must lie in [0, 1] (fractions of the epochs)')
+    if not 0 <= recipe.momentum < 1:
+      fail(f'{section}.momentum', 'must lie in [0, 1)')
+    if recipe.weight_decay < 0:
+      fail(f'{section}.weight_decay', 'must be >= 0')
+  if config.finetune.temperature <= 0:
+    fail('finetune.temperature', 'must be > 0')
   for key in ('data.mean', 'data.std'):
     if len(_get(config, key)) != 3:
       fail(key, 'needs one value per RGB channel (3 values)')
@@ -147,7 +159,7 @@ def validate_workdir(config: ml_collections.ConfigDict, phases, summary
             f'phase {phase!r} needs a finished {before!r} phase in this '
             f'workdir{why}: run --config.phases={before} first, or add it '
             f'to config.phases')
-  if 'search' in summary and 'search' not in phases:
+  if 'search' in summary:  # a finished search is skipped, so it is final
     networks = summary['search']['steps'] + 1
     if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
       raise ConfigError(

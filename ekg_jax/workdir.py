@@ -1,8 +1,8 @@
 """One workdir, one experiment, one running process.
 
-`lock(workdir)` holds `workdir/.lock` (the owner's PID) while a run works
-there: a second run refuses, and a lock left by a dead process is taken
-over. `check_config` refuses a config that differs from the one the
+`lock(workdir)` holds a `flock` on `workdir/.lock` (which names the owner's
+PID) while a run works there: a second run refuses; a killed run's lock is
+released by the kernel, so a stale lock never blocks. `check_config` refuses a config that differs from the one the
 workdir's earlier runs used.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from typing import Iterator
 
@@ -19,53 +18,39 @@ import ml_collections
 CONFIG = 'config.json'
 LOCK = '.lock'
 # Keys that control how a run runs, not what it computes: they may change
-# between the runs that share a workdir.
-RUN_CONTROL = ('phases', 'quiet', 'distributed', 'data.data_dir')
+# between the runs that share a workdir. Learning rates too, so that a run
+# stopped by a non-finite loss can resume from its last good checkpoint with
+# a lower one.
+RUN_CONTROL = ('phases', 'quiet', 'distributed', 'data.data_dir',
+               'pretrain.learning_rate', 'finetune.learning_rate')
 
 
 class WorkdirError(RuntimeError):
   pass
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # someone else's live process
-    return True
-  return True
-
-
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[None]:
-  path = os.path.join(workdir, LOCK)
+  """Holds an exclusive `flock` on workdir/.lock while the run works there.
+  The kernel drops it when the process dies, so a killed run's lock never
+  blocks the rerun; the file holds the owner's PID for the message."""
+  import fcntl
   os.makedirs(workdir, exist_ok=True)
-  while True:
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        with open(path) as f:
-          owner = int(f.read().strip() or 0)
-      except (FileNotFoundError, ValueError):
-        owner = 0  # vanished or half-written: try again / take over
-      if owner and owner != os.getpid() and _alive(owner):
-        raise WorkdirError(
-            f'{workdir} is in use by process {owner} (lock file {path}); '
-            'wait for it, stop it, or use another --workdir') from None
-      logging.warning('taking over the stale lock of process %s', owner)
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-      continue
-    with os.fdopen(fd, 'w') as f:
-      f.write(str(os.getpid()))
-    break
+  path = os.path.join(workdir, LOCK)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
+      raise WorkdirError(
+          f'{workdir} is in use by process {owner} (lock file {path}); '
+          'wait for it, stop it, or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
     yield
   finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(path)
+    os.close(fd)  # releases the lock
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict:

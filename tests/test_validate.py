@@ -44,6 +44,11 @@ BAD = [
     ('data.mean', (1.0, 2.0), 'one value per RGB channel'),
     ('init_checkpoint', '/nonexistent.pkl', 'no such file or directory'),
     ('phases', 'search,dance', "unknown or empty phases \\['dance'\\]"),
+    ('finetune.temperature', 0.0, 'must be > 0'),
+    ('pretrain.lr_decay_factor', 0.0, 'must lie in \\(0, 1\\]'),
+    ('finetune.lr_decay_epochs_fraction', (0.5, 1.5), 'lie in \\[0, 1\\]'),
+    ('finetune.momentum', 1.0, 'must lie in \\[0, 1\\)'),
+    ('pretrain.weight_decay', -1e-4, 'must be >= 0'),
 ]
 
 

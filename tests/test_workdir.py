@@ -10,26 +10,30 @@ from ekg_jax import workdir
 from ekg_jax.config import default_config
 
 
-def test_a_live_owner_keeps_the_workdir(tmp_path):
-  (tmp_path / workdir.LOCK).write_text(str(os.getppid()))  # a live process
-  with pytest.raises(workdir.WorkdirError,
-                     match=f'in use by process {os.getppid()}'):
-    with workdir.lock(str(tmp_path)):
-      pass
+HOLD = """
+import sys, time
+from ekg_jax import workdir
+with workdir.lock(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(600)
+"""
 
 
-def test_a_stale_lock_is_taken_over_and_released(tmp_path):
-  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
-  dead.wait()
-  (tmp_path / workdir.LOCK).write_text(str(dead.pid))
-  with workdir.lock(str(tmp_path)):
-    assert (tmp_path / workdir.LOCK).read_text() == str(os.getpid())
-    with pytest.raises(workdir.WorkdirError):  # not even ours twice ...
-      (tmp_path / workdir.LOCK).write_text(str(os.getppid()))
+def test_a_live_owner_keeps_the_workdir_until_it_dies(tmp_path):
+  owner = subprocess.Popen([sys.executable, '-c', HOLD, str(tmp_path)],
+                           stdout=subprocess.PIPE, text=True)
+  try:
+    assert owner.stdout.readline().strip() == 'locked'
+    with pytest.raises(workdir.WorkdirError,
+                       match=f'in use by process {owner.pid}'):
       with workdir.lock(str(tmp_path)):
         pass
-    (tmp_path / workdir.LOCK).write_text(str(os.getpid()))
-  assert not (tmp_path / workdir.LOCK).exists()
+  finally:
+    owner.kill()  # SIGKILL: no cleanup, the lock file stays behind
+    owner.wait()
+  assert (tmp_path / workdir.LOCK).read_text() == str(owner.pid)
+  with workdir.lock(str(tmp_path)):  # the dead owner's lock is no obstacle
+    assert (tmp_path / workdir.LOCK).read_text() == str(os.getpid())
 
 
 def test_another_config_is_refused_with_the_differing_keys(tmp_path):
