@@ -2,9 +2,9 @@
 run ends.
 
 Runs `python -m ekg_jax.main` with the given config in a subprocess, SIGKILLs
-it at seeded random moments (cycling the target over every phase: once the
-phase has started, after a random delay), reruns the same command, and so on
-`--kills` times, then lets it finish. Compares the final summary, search
+it at a seeded random moment once each phase has started, reruns the same
+command, and so on through every phase; then lets it finish. Repeats such
+rounds (a fresh workdir each) until `--kills` kills. Compares the final summary, search
 history, memory bank, metrics and final parameters with an uninterrupted run
 of the same config (bit-exact). Prints one line per kill and a JSON result.
 
@@ -134,39 +134,48 @@ def main():
   reference_seconds = time.time() - start
   print(f'uninterrupted run: {reference_seconds:.0f} s', flush=True)
 
-  kills = []
+  # Rounds: a fresh run per round, killed once per phase in pipeline order
+  # (a kill aimed at a phase that is already over lands in a later one),
+  # finished, then compared with the uninterrupted run.
+  kills, problems, rounds = [], [], 0
   while len(kills) < args.kills:
-    target = phases[len(kills) % len(phases)]
-    proc = subprocess.Popen(command(args.config, faulty, extra),
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    def reached():  # the target phase (or a later one) is running
-      phase = current_phase(faulty, phases)
-      return phase == 'report' or phases.index(phase) >= phases.index(target)
+    rounds += 1
+    shutil.rmtree(faulty, ignore_errors=True)
+    for target in phases:
+      if len(kills) >= args.kills:
+        break
+      proc = subprocess.Popen(command(args.config, faulty, extra),
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL,
+                              start_new_session=True)
 
-    while proc.poll() is None and not reached():
-      time.sleep(0.05)
-    delay = rng.uniform(0.0, args.max_delay)
-    deadline = time.time() + delay
-    while proc.poll() is None and time.time() < deadline:
-      time.sleep(0.02)
-    if proc.poll() is not None:  # finished before the kill
-      if current_phase(faulty, phases) == 'report':
-        print(f'run finished before kill {len(kills) + 1}; restarting',
-              flush=True)
-        shutil.rmtree(faulty)  # start again: more kills to place
-      continue
-    phase = current_phase(faulty, phases)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    kills.append({'target': target, 'phase': phase,
-                  'delay': round(delay, 2)})
-    print(f'kill {len(kills)}: in {phase} ({delay:.1f} s after {target} '
-          'started)', flush=True)
-  subprocess.run(command(args.config, faulty, extra), check=True,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  problems = compare(reference, faulty)
-  result = {'kills': len(kills),
+      def reached(target=target):  # the target phase (or later) runs
+        phase = current_phase(faulty, phases)
+        return (phase == 'report' or
+                phases.index(phase) >= phases.index(target))
+
+      while proc.poll() is None and not reached():
+        time.sleep(0.05)
+      delay = rng.uniform(0.0, args.max_delay)
+      deadline = time.time() + delay
+      while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+      if proc.poll() is not None:  # finished before the kill
+        break
+      phase = current_phase(faulty, phases)
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+      kills.append({'round': rounds, 'target': target, 'phase': phase,
+                    'delay': round(delay, 2)})
+      print(f'round {rounds}, kill {len(kills)}: in {phase} ({delay:.1f} s '
+            f'after {target} started)', flush=True)
+    subprocess.run(command(args.config, faulty, extra), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = compare(reference, faulty)
+    print(f'round {rounds}: {"identical" if not found else found}',
+          flush=True)
+    problems += [f'round {rounds}: {p}' for p in found]
+  result = {'kills': len(kills), 'rounds': rounds,
             'phases_hit': sorted({k['phase'] for k in kills}),
             'identical': not problems, 'problems': problems,
             'reference_seconds': round(reference_seconds, 1),
