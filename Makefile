@@ -11,7 +11,7 @@ WORKDIR ?= workdirs/quickstart
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo evaluate test test-slow
+.PHONY: install demo evaluate test test-slow torch-venv bench bench-quick
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
@@ -21,6 +21,28 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The PyTorch side of the benchmarks, in its own virtualenv: the torch 2.13
+# CPU wheel this machine kind carries is for Python 3.11.
+TORCH_VENV ?= .venv-torch
+PYTHON311 ?= $(shell python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	PYENV_VERSION=3.11.7 python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null)
+
+$(TORCH_VENV)/.installed: benchmarks/requirements-torch.txt
+	@test -n "$(PYTHON311)" || { echo "python3.11 not found; set PYTHON311=/path/to/python3.11"; exit 1; }
+	$(PYTHON311) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install -q -r benchmarks/requirements-torch.txt
+	touch $@
+
+torch-venv: $(TORCH_VENV)/.installed
+
+# Every benchmark against PyTorch (~30 min on 2 cores); results and the
+# Markdown table in benchmarks/results/. bench-quick: a smoke run.
+bench: install torch-venv
+	$(VENV)/bin/python benchmarks/run.py
+
+bench-quick: install torch-venv
+	$(VENV)/bin/python benchmarks/run.py --quick --out-dir=workdirs/bench-quick
 
 # The quickstart: the whole pipeline (pretrain, search, memory bank,
 # fine-tuning) on a CIFAR-10 subset with ResNet-20, minutes on a laptop CPU.

@@ -136,6 +136,31 @@ def distillation_target(bank_logits: jax.Array, student_mean: jax.Array,
   return jnp.einsum('bkc,k->bc', bank_logits, weights), used
 
 
+def views_loss(logits: Sequence[jax.Array], labels: jax.Array,
+               bank: Optional[jax.Array], config: StepConfig,
+               axis_name: Optional[str] = None) -> tuple[jax.Array, dict]:
+  """The mean over views of CE plus, with knowledge, KL_tau towards the
+  teacher(s); `logits` holds one [B, classes] float32 array per view.
+  Returns (this shard's loss, metrics)."""
+  ce = sum(losses.cross_entropy(z, labels).mean() for z in logits)
+  kd, used = jnp.zeros(()), jnp.zeros(())
+  if config.knowledge == 'single':
+    kd = sum(losses.kl_divergence(bank[:, 0], z, config.temperature).mean()
+             for z in logits)
+    used = jnp.ones(())
+  elif config.knowledge == 'ensemble':
+    student_mean = jax.lax.stop_gradient(sum(logits) / len(logits))
+    target, used_k = distillation_target(bank, student_mean,
+                                         config.temperature, axis_name)
+    kd = sum(losses.kl_divergence(target, z, config.temperature).mean()
+             for z in logits)
+    used = used_k.sum().astype(jnp.float32)
+  # Sum over views of per-view means, gradient halved: the mean over views.
+  loss = (ce + kd) / len(logits)
+  return loss, {'loss': loss, 'ce': ce / len(logits), 'kd': kd / len(logits),
+                'teachers_used': used}
+
+
 def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
               axis_name: Optional[str] = None) -> Callable:
   """step(state, keys [B], uint8 images [B,...], labels [B], bank [B,K,C]
@@ -155,23 +180,7 @@ def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
                                x, train=True, mutable=['batch_stats'])
       batch_stats = updates['batch_stats']
       logits.append(z.astype(jnp.float32))
-    ce = sum(losses.cross_entropy(z, labels).mean() for z in logits)
-    kd, used = jnp.zeros(()), jnp.zeros(())
-    if config.knowledge == 'single':
-      kd = sum(losses.kl_divergence(bank[:, 0], z, config.temperature).mean()
-               for z in logits)
-      used = jnp.ones(())
-    elif config.knowledge == 'ensemble':
-      student_mean = jax.lax.stop_gradient(sum(logits) / len(logits))
-      target, used_k = distillation_target(bank, student_mean,
-                                           config.temperature, axis_name)
-      kd = sum(losses.kl_divergence(target, z, config.temperature).mean()
-               for z in logits)
-      used = used_k.sum().astype(jnp.float32)
-    # Sum over views of per-view means, gradient halved: the mean over views.
-    loss = (ce + kd) / len(logits)
-    metrics = {'loss': loss, 'ce': ce / len(logits),
-               'kd': kd / len(logits), 'teachers_used': used}
+    loss, metrics = views_loss(logits, labels, bank, config, axis_name)
     if axis_name is not None:
       loss = jax.lax.pmean(loss, axis_name)
       metrics = jax.lax.pmean(metrics, axis_name)

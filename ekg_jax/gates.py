@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import ops
+
 Masks = Optional[Mapping[str, jax.Array]]
 
 
@@ -211,11 +213,8 @@ class GatedConv(nn.Module):
     dtype = self.dtype or x.dtype
 
     def conv(x, kernel):
-      return jax.lax.conv_general_dilated(
-          x.astype(dtype), kernel.astype(dtype),
-          window_strides=(self.strides, self.strides), padding='SAME',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          feature_group_count=in_channels if self.depthwise else 1)
+      return ops.conv2d(x.astype(dtype), kernel.astype(dtype), self.strides,
+                        in_channels if self.depthwise else 1)
 
     return masked_apply(conv, x, kernel, in_mask, out_mask, self.renormalize)
 

@@ -9,7 +9,7 @@ import errno
 from absl import app, flags
 from ml_collections import config_flags
 
-from ekg_jax import pipeline
+from ekg_jax import pipeline, xla_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (a Python file with get_config()).',
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  xla_config.set_fast_cpu_flags()  # before anything starts a JAX backend
   if _CONFIG.value.distributed:
     import jax
     jax.distributed.initialize()

@@ -1,0 +1,365 @@
+"""JAX side of the benchmarks: a worker `run.py` talks to over stdin/stdout,
+one JSON object a line (the protocol of `torch_reference.py`), so sides and
+variants are timed alternately, each in its own process with its own XLA
+flags and peak memory.
+
+  python benchmarks/jax_worker.py --variant=toolkit|before
+
+`toolkit` runs as `python -m ekg_jax.main` does (`xla_config`'s CPU flags,
+segment outputs materialised on CPU); `before` is the code before the
+profile-driven changes (default XLA flags, `materialize_segments=False`).
+
+Commands (each reply also carries `compiles`, the number of XLA compilations
+so far, so the driver can tell that timed calls compiled nothing):
+  setup_train {kind, batch, steps, widths, teachers, depth}
+  time {}                      one stretch of `steps` training steps
+  export {path}                variables, views and the loss, for the check
+  setup_search {chunk_size, images_per_class, depth, split, modes}
+  time_search {mode}           importance, or every candidate of one step
+  search_e2e {target, images_per_class, depth, split}
+  inference {batches, widths, repeats, depth}
+  memory_bank {images, teachers, batch, depth, repeats}
+  peak {}                      peak host (and device) memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+from ekg_jax import xla_config  # noqa: E402
+
+SHARED = os.environ.get('EKG_SHARED', os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared'))
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--variant', choices=('toolkit', 'before'),
+                      default='toolkit')
+  return parser.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.variant == 'toolkit':
+  xla_config.set_fast_cpu_flags()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+from ekg_jax import checkpoint, data, finetune, flops, gates, memory_bank  # noqa: E402
+from ekg_jax import search  # noqa: E402
+from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD, default_config  # noqa: E402
+from ekg_jax.models import create_model  # noqa: E402
+
+COMPILES = [0]  # XLA compilations in this process
+
+
+def _count_compiles(event: str, _seconds: float, **_):
+  if event == '/jax/core/compile/backend_compile_duration':
+    COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def model_for(depth: int, widths=None):
+  materialize = None if ARGS.variant == 'toolkit' else False
+  return create_model(f'resnet{depth}',
+                      widths=tuple(sorted((widths or {}).items())),
+                      materialize_segments=materialize)
+
+
+def init(model):
+  return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def macs(model) -> int:
+  return flops.count_flops(gates.layer_table(model, (32, 32, 3)))
+
+
+class Train:
+  """One training step of the toolkit (`finetune.make_step` on the
+  StepRunner the pipeline uses) on random uint8 data held on device."""
+
+  def __init__(self, kind, batch, steps, widths, teachers, depth):
+    self.model = model_for(depth, widths)
+    section = 'finetune' if kind == 'finetune' else 'pretrain'
+    config = default_config()  # the CIFAR recipes, as the pipeline runs them
+    self.config = finetune.StepConfig.from_config(config, section)
+    tx = finetune.make_optimizer(config[section], 100)
+    self.state = finetune.TrainState.create(init(self.model), tx)
+    self.runner = finetune.StepRunner(
+        finetune.make_step(self.model, tx, self.config), 'auto')
+    rng = np.random.default_rng(0)
+    pool = 4 * batch
+    self.data = finetune.TrainData(
+        jnp.asarray(rng.integers(0, 256, (pool, 32, 32, 3), np.uint8)),
+        jnp.asarray(rng.integers(0, 10, (pool,)), jnp.int32),
+        jnp.asarray(rng.normal(size=(pool, teachers, 10)), jnp.float32)
+        if kind == 'finetune' else None)
+    self.indices = (np.arange(steps * batch) % pool).reshape(steps, batch)
+    self.key = jax.random.key(1)
+    self.flops_per_step = (2 * 3 * macs(self.model) * batch
+                           * self.config.views)
+
+  def time(self) -> float:
+    start = time.perf_counter()
+    self.state, metrics = self.runner(self.state, self.data, self.indices,
+                                      self.key)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+  def export(self, path: str) -> dict:
+    """Writes what `torch_reference.check` needs and returns JAX's answer."""
+    images = self.data.images[:32]
+    labels, bank = self.data.labels[:32], self.data.bank[:32]
+    keys = jax.random.split(jax.random.key(2), 32)
+    views = [data.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
+        keys, v), images, self.config.mean, self.config.std,
+                               **dict(self.config.augment)) for v in range(2)]
+    variables = self.state.variables
+    logits = self.model.apply(variables, views[0], train=False)
+    train_logits = [self.model.apply(variables, x, train=True,
+                                     mutable=['batch_stats'])[0]
+                    for x in views]
+    loss, _ = finetune.views_loss(train_logits, labels, bank, self.config)
+    flat = {'/'.join(k): np.asarray(v) for k, v in
+            traverse_util.flatten_dict(jax.device_get(variables)).items()}
+    np.savez(path, **flat, view0=np.asarray(views[0]),
+             view1=np.asarray(views[1]), labels=np.asarray(labels),
+             bank=np.asarray(bank), temperature=self.config.temperature,
+             depth=self.model.depth, widths=json.dumps(dict(self.model.widths)))
+    return {'logits': np.asarray(logits).tolist(), 'loss': float(loss)}
+
+
+def load_pretrained(model):
+  depth = model.depth
+  ref = jax.eval_shape(model.init, jax.random.key(0),
+                       jnp.zeros((1, 32, 32, 3)))
+  path = os.path.join(SHARED, 'pretrained',
+                      f'ekg_official_resnet{depth}_cifar10.pkl')
+  if os.path.exists(path):
+    return checkpoint.load_official_pkl(path, ref), 'official'
+  return init(model), 'random'  # ResNet-20 (quick runs): no checkpoint
+
+
+def search_problem(chunk_size, images_per_class, depth, split,
+                   evaluation='auto', target=0.45):
+  model = model_for(depth)
+  table = gates.layer_table(model, (32, 32, 3))
+  variables, weights = load_pretrained(model)
+  train = data.load_split('cifar10', split, os.environ.get(
+      'TFDS_DATA_DIR', os.path.join(SHARED, 'tfds')))
+  val = train.subset(data.class_subset_indices(train.labels,
+                                               images_per_class, True))
+  batches = search.Batches.from_split(val, 256, REFERENCE_MEAN,
+                                      REFERENCE_STD)
+  config = search.SearchConfig(chunk_size=chunk_size, evaluation=evaluation,
+                               target_flops_rate=target)
+  problem = search.SearchProblem(search.Evaluator(model, table, config),
+                                 variables, batches, config)
+  return problem, weights
+
+
+class SearchStep:
+  """The first step of the search: importance, then every candidate."""
+
+  def __init__(self, chunk_size, images_per_class, depth, split, modes):
+    self.problem, self.weights = search_problem(chunk_size, images_per_class,
+                                                depth, split)
+    problem, ev = self.problem, self.problem.evaluator
+    state = search.init_state(problem)
+    specs = problem.specs
+    kept = search.kept_from_rates(specs, state.rates)
+    masks = gates.masks_from_kept(kept, {g: jnp.asarray(r)
+                                         for g, r in state.ranks.items()})
+    scores = jax.device_get(problem.scores(state, masks))
+    ranks = {g: jnp.asarray(r)
+             for g, r in gates.ranks_from_scores(scores).items()}
+    marked = search.mark_candidates(specs, state.rates, scores,
+                                    problem.config)
+    candidates = {g: search.kept_count(
+        specs[g].channels,
+        state.rates[g] - search.step_size(specs[g], problem.config.step))
+                  for g in marked}
+    self.candidates = len(candidates)
+    self.runs = {'importance': lambda: problem.scores(state, masks)}
+    for mode in modes:
+      self.runs[mode] = (lambda mode=mode: ev.evaluate_candidates(
+          mode, problem.variables, problem.batches, state.teacher.logits,
+          ranks, kept, candidates))
+    self.compile_s = {}
+    for name, fn in self.runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      self.compile_s[name] = time.perf_counter() - start
+
+  def time(self, mode) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(self.runs[mode]())
+    return time.perf_counter() - start
+
+
+def search_e2e(target, images_per_class, depth, split, chunk_size=4
+               ) -> dict:
+  problem, weights = search_problem(chunk_size, images_per_class, depth,
+                                    split, target=target)
+  start = time.perf_counter()
+  state = search.init_state(problem)
+  compiles_at_step = []
+  evaluation = search.resolve_evaluation('auto')
+  while not search.done(problem, state):
+    state = search.search_step(problem, state, evaluation)
+    compiles_at_step.append(COMPILES[0])
+  seconds = time.perf_counter() - start
+  return {'seconds': seconds, 'steps': state.step, 'weights': weights,
+          'evaluation': evaluation,
+          'flops_rate': state.history[-1]['flops_rate'],
+          'compiles_after_step_1': (compiles_at_step[-1] - compiles_at_step[0]
+                                    if compiles_at_step else 0)}
+
+
+def inference(batches, widths, repeats, depth) -> dict:
+  """Eval-mode latency: dense, the masked supernet and the slimmed
+  network, alternating, per batch size."""
+  dense, slimmed = model_for(depth), model_for(depth, widths)
+  table = gates.layer_table(dense, (32, 32, 3))
+  specs = gates.gate_specs(table)
+  kept = {g: widths.get(g, s.channels) for g, s in specs.items()}
+  masks = gates.masks_from_kept(kept, {g: jnp.arange(s.channels)
+                                       for g, s in specs.items()})
+  nets = {'dense': (dense, init(dense), None),
+          'masked': (dense, init(dense), masks),
+          'slimmed': (slimmed, init(slimmed), None)}
+  fns = {name: jax.jit(lambda v, x, m, model=model: model.apply(
+      v, x, masks=m, train=False)) for name, (model, _, _) in nets.items()}
+  out = {'macs': {'dense': macs(dense), 'slimmed': macs(slimmed)}}
+  for b in batches:
+    x = jax.random.normal(jax.random.key(0), (b, 32, 32, 3))
+    times = {n: [] for n in nets}
+    compile_s = {}
+    for n, (_, v, m) in nets.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fns[n](v, x, m))
+      compile_s[n] = time.perf_counter() - start
+    reps = max(repeats, 3 if b > 1 else 20)
+    for _ in range(reps):
+      for n, (_, v, m) in nets.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fns[n](v, x, m))
+        times[n].append(time.perf_counter() - start)
+    out[str(b)] = {'seconds': times, 'first_call_s': compile_s}
+  return out
+
+
+def bank_throughput(images, teachers, batch, depth, repeats) -> dict:
+  """`memory_bank.make_teacher_logits` over `images` CIFAR-shaped images
+  with `teachers` teachers (masks of the first search step's shape)."""
+  model = model_for(depth)
+  variables = init(model)
+  specs = gates.gate_specs(gates.layer_table(model, (32, 32, 3)))
+  ranks = {g: jnp.arange(s.channels) for g, s in specs.items()}
+  masks = [gates.masks_from_kept(
+      {g: max(1, s.channels - k) for g, s in specs.items()}, ranks)
+           for k in range(teachers)]
+  stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *masks)
+  fn = memory_bank.make_teacher_logits(model, REFERENCE_MEAN, REFERENCE_STD)
+  x = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (images, 32, 32, 3), np.uint8))
+
+  def run():
+    outs = [fn(variables, x[i:i + batch], stacked)
+            for i in range(0, images, batch)]
+    return jnp.concatenate(outs).astype(jnp.bfloat16)
+
+  start = time.perf_counter()
+  logits = jax.block_until_ready(run())
+  first = time.perf_counter() - start
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    seconds.append(time.perf_counter() - start)
+  return {'seconds': seconds, 'first_call_s': first,
+          'bytes': int(logits.nbytes), 'images': images,
+          'bytes_per_image': int(logits.nbytes) // images,
+          'dtype': str(logits.dtype)}
+
+
+def peak() -> dict:
+  out = {'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+         * 1024}
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    out['device_peak_bytes'] = stats['peak_bytes_in_use']
+  return out
+
+
+def handle(request, objects):
+  cmd = request['cmd']
+  if cmd == 'setup_train':
+    start = time.perf_counter()
+    train = objects['train'] = Train(
+        request['kind'], request['batch'], request['steps'],
+        request.get('widths') or {}, request['teachers'], request['depth'])
+    train.time()  # compiles
+    return {'compile_s': train.runner.compile_seconds,
+            'first_call_s': time.perf_counter() - start,
+            'flops_per_step': train.flops_per_step}
+  if cmd == 'time':
+    return {'seconds': objects['train'].time(),
+            'steps': len(objects['train'].indices)}
+  if cmd == 'export':
+    return objects['train'].export(request['path'])
+  if cmd == 'setup_search':
+    step = objects['search'] = SearchStep(
+        request['chunk_size'], request['images_per_class'],
+        request['depth'], request['split'], request['modes'])
+    return {'first_call_s': step.compile_s, 'candidates': step.candidates,
+            'weights': step.weights}
+  if cmd == 'time_search':
+    return {'seconds': objects['search'].time(request['mode'])}
+  if cmd == 'search_e2e':
+    return search_e2e(request['target'], request['images_per_class'],
+                      request['depth'], request['split'])
+  if cmd == 'inference':
+    return inference(request['batches'], request['widths'],
+                     request['repeats'], request['depth'])
+  if cmd == 'memory_bank':
+    return bank_throughput(request['images'], request['teachers'],
+                           request['batch'], request['depth'],
+                           request['repeats'])
+  if cmd == 'peak':
+    return peak()
+  if cmd == 'versions':
+    import flax
+    import optax
+    return {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
+            'flax': flax.__version__, 'optax': optax.__version__,
+            'backend': jax.default_backend(),
+            'device': jax.devices()[0].device_kind,
+            'device_count': jax.device_count(),
+            'xla_flags': os.environ.get('XLA_FLAGS', '')}
+  raise ValueError(f'unknown cmd {cmd!r}')
+
+
+def main():
+  objects = {}
+  for line in sys.stdin:
+    request = json.loads(line)
+    reply = handle(request, objects)
+    reply['compiles'] = COMPILES[0]
+    print(json.dumps(reply), flush=True)
+
+
+if __name__ == '__main__':
+  main()
