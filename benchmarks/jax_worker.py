@@ -3,11 +3,13 @@ one JSON object a line (the protocol of `torch_reference.py`), so sides and
 variants are timed alternately, each in its own process with its own XLA
 flags and peak memory.
 
-  python benchmarks/jax_worker.py --variant=toolkit|before
+  python benchmarks/jax_worker.py --variant=toolkit|before|CHANGE+CHANGE...
 
-`toolkit` runs as `python -m ekg_jax.main` does (`xla_config`'s CPU flags,
-segment outputs materialised on CPU); `before` is the code before the
-profile-driven changes (default XLA flags, `materialize_segments=False`).
+`toolkit` runs as `python -m ekg_jax.main` does, with every profile-driven
+change (CHANGES); `before` with none of them; otherwise the named ones only:
+`materialize` (segment outputs materialised on CPU), `xla_flags`
+(`xla_config.FAST_CPU_FLAGS`), `sliced_kernel_grad` (`ops.conv2d`'s kernel
+gradient over 16-image slices).
 
 Commands (each reply also carries `compiles`, the number of XLA compilations
 so far, so the driver can tell that timed calls compiled nothing):
@@ -19,6 +21,9 @@ so far, so the driver can tell that timed calls compiled nothing):
   search_e2e {target, images_per_class, depth, split}
   inference {batches, widths, repeats, depth}
   memory_bank {images, teachers, batch, depth, repeats}
+  profile {}                   ms per training step by XLA operation kind
+  conv_kernels {shapes, repeats} ms of one 3x3 conv: forward, input
+                               gradient, kernel gradient
   peak {}                      peak host (and device) memory
 """
 
@@ -39,15 +44,23 @@ SHARED = os.environ.get('EKG_SHARED', os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared'))
 
 
-def parse_args():
+CHANGES = ('materialize', 'xla_flags', 'sliced_kernel_grad')
+
+
+def parse_changes() -> set:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--variant', choices=('toolkit', 'before'),
-                      default='toolkit')
-  return parser.parse_args()
+  parser.add_argument('--variant', default='toolkit')
+  variant = parser.parse_args().variant
+  if variant in ('toolkit', 'before'):
+    return set(CHANGES) if variant == 'toolkit' else set()
+  changes = set(variant.split('+'))
+  if not changes <= set(CHANGES):
+    parser.error(f'--variant {variant}: changes are {CHANGES}')
+  return changes
 
 
-ARGS = parse_args()
-if ARGS.variant == 'toolkit':
+ACTIVE = parse_changes()
+if 'xla_flags' in ACTIVE:
   xla_config.set_fast_cpu_flags()
 
 import jax  # noqa: E402
@@ -56,7 +69,7 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from ekg_jax import checkpoint, data, finetune, flops, gates, memory_bank  # noqa: E402
-from ekg_jax import search  # noqa: E402
+from ekg_jax import ops, search  # noqa: E402
 from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD, default_config  # noqa: E402
 from ekg_jax.models import create_model  # noqa: E402
 
@@ -69,10 +82,12 @@ def _count_compiles(event: str, _seconds: float, **_):
 
 
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+if 'sliced_kernel_grad' not in ACTIVE:
+  ops.KERNEL_GRAD_SLICE = 0
 
 
 def model_for(depth: int, widths=None):
-  materialize = None if ARGS.variant == 'toolkit' else False
+  materialize = None if 'materialize' in ACTIVE else False
   return create_model(f'resnet{depth}',
                       widths=tuple(sorted((widths or {}).items())),
                       materialize_segments=materialize)
@@ -295,6 +310,34 @@ def bank_throughput(images, teachers, batch, depth, repeats) -> dict:
           'dtype': str(logits.dtype)}
 
 
+def conv_kernels(shapes, repeats) -> dict:
+  """Median ms of a 3x3 'SAME' conv on each NHWC shape: forward, input
+  gradient and kernel gradient, each its own jitted program."""
+  out = {}
+  for shape in shapes:
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[-1],
+                                                   shape[-1]))
+    g = ops.conv2d(x, kernel)
+    programs = {
+        'forward': jax.jit(ops.conv2d),
+        'input_grad': jax.jit(lambda x, k, g: jax.vjp(
+            lambda x: ops.conv2d(x, k), x)[1](g)[0]),
+        'kernel_grad': jax.jit(lambda x, k, g: jax.vjp(
+            lambda k: ops.conv2d(x, k), k)[1](g)[0])}
+    entry = out['x'.join(map(str, shape))] = {}
+    for name, fn in programs.items():
+      args = (x, kernel) if name == 'forward' else (x, kernel, g)
+      jax.block_until_ready(fn(*args))
+      times = []
+      for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+      entry[name] = float(np.median(times)) * 1e3
+  return out
+
+
 def peak() -> dict:
   out = {'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
          * 1024}
@@ -338,6 +381,16 @@ def handle(request, objects):
     return bank_throughput(request['images'], request['teachers'],
                            request['batch'], request['depth'],
                            request['repeats'])
+  if cmd == 'profile':
+    import profiling  # noqa: E402 (benchmarks/, beside this file)
+    train = objects['train']
+    by_kind = profiling.profile(train.time)
+    return {k: ({'ms': v['ms'] / len(train.indices),
+                 'count': v['count'] / len(train.indices)}
+                if isinstance(v, dict) else v / len(train.indices))
+            for k, v in by_kind.items()}
+  if cmd == 'conv_kernels':
+    return conv_kernels(request['shapes'], request['repeats'])
   if cmd == 'peak':
     return peak()
   if cmd == 'versions':

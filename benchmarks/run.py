@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,6 +70,19 @@ class Worker:
     self._log.close()
 
 
+def settle(seconds: float = 1.0) -> None:
+  """Lets the side that just ran go idle (OpenMP and Eigen threads spin a
+  while after their work) before the next one is timed."""
+  time.sleep(seconds)
+
+
+def in_turn(workers: dict, rep: int) -> list:
+  """The sides in order on even repetitions, reversed on odd ones, so no
+  side always runs right after the same other one."""
+  items = list(workers.items())
+  return items if rep % 2 == 0 else items[::-1]
+
+
 def jax_worker(variant: str = 'toolkit') -> Worker:
   return Worker(f'jax_{variant}', [sys.executable,
                                    os.path.join(HERE, 'jax_worker.py'),
@@ -104,7 +118,7 @@ def ratio_stats(times: dict, a: str, b: str) -> dict:
 # Sections.
 
 
-def train_steps(o, torch_python, log) -> dict:
+def train_steps(o, log, torch_python) -> dict:
   from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
   out = {}
   for kind in ('finetune', 'dense'):
@@ -137,7 +151,8 @@ def train_steps(o, torch_python, log) -> dict:
     step_s = {name: [] for name in sides}
     compiles = {}
     for rep in range(o['repeats']):
-      for name, worker in sides.items():
+      for name, worker in in_turn(sides, rep):
+        settle()
         reply = worker('time')
         step_s[name].append(reply['seconds'] / reply['steps'])
         compiles.setdefault(name, []).append(reply.get('compiles'))
@@ -178,7 +193,75 @@ def same_function(jax_side: Worker, torch_side: Worker) -> dict:
           'loss_jax': ours['loss'], 'loss_torch': theirs['loss']}
 
 
-def search_step(o, log) -> dict:
+def conv_kernels(o, log, torch_python) -> dict:
+  """Where the training-step gap lies: one 3x3 conv's forward, input
+  gradient and kernel gradient at each ResNet stage's shape."""
+  shapes = [[o['batch'], 32 // 2 ** s, 32 // 2 ** s, 16 * 2 ** s]
+            for s in range(3)]
+  sides = {'jax': jax_worker(), 'jax_before': jax_worker('before')}
+  if torch_python:
+    sides['torch'] = torch_worker('eager', torch_python)
+  ms = {name: [] for name in sides}
+  for rep in range(o['search_repeats']):
+    log(f'conv kernels repetition {rep + 1}/{o["search_repeats"]}')
+    for name, worker in in_turn(sides, rep):
+      settle()
+      ms[name].append(worker('conv_kernels', shapes=shapes, repeats=10))
+  for worker in sides.values():
+    worker.close()
+  keys = ['x'.join(map(str, shape)) for shape in shapes]
+  return {name: {k: {op: statistics.median([r[k][op] for r in reps])
+                     for op in reps[0][k]} for k in keys}
+          for name, reps in ms.items()}
+
+
+ABLATION = ('before', 'materialize', 'materialize+xla_flags', 'toolkit')
+
+
+def ablation(o, log, torch_python=None) -> dict:
+  """The profile-driven changes added one at a time (ABLATION, each a
+  `jax_worker.py --variant`), training steps timed alternately."""
+  result = {}
+  for kind in ('finetune', 'dense'):
+    widths = slimmed_widths(o['depth']) if kind == 'finetune' else {}
+    workers = {v: jax_worker(v) for v in ABLATION}
+    for variant, worker in workers.items():
+      log(f'ablation: {kind} step, setting up {variant}')
+      worker('setup_train', kind=kind, batch=o['batch'], steps=o['steps'],
+             widths=widths, teachers=o['teachers'], depth=o['depth'])
+    step_s = {v: [] for v in workers}
+    for rep in range(o['search_repeats']):
+      for variant, worker in in_turn(workers, rep):
+        settle()
+        reply = worker('time')
+        step_s[variant].append(reply['seconds'] / reply['steps'])
+    for worker in workers.values():
+      worker.close()
+    result[kind] = {v: {'step_s': stats(t),
+                        'images_per_s': stats([o['batch'] / x for x in t]),
+                        'speedup_vs_before': ratio_stats(step_s, v, 'before')}
+                    for v, t in step_s.items()}
+  return result
+
+
+def profile(o, log, torch_python=None) -> dict:
+  """Time per XLA operation kind in one fine-tuning step, the toolkit and
+  the code before the profile-driven changes (`benchmarks/profiling.py`)."""
+  result = {}
+  for variant in ('toolkit', 'before'):
+    log(f'profile: fine-tuning step, {variant}')
+    worker = jax_worker(variant)
+    worker('setup_train', kind='finetune', batch=o['batch'], steps=1,
+           widths=slimmed_widths(o['depth']), teachers=o['teachers'],
+           depth=o['depth'])
+    reply = worker('profile')
+    reply.pop('compiles')
+    result['jax' if variant == 'toolkit' else 'jax_before'] = reply
+    worker.close()
+  return result
+
+
+def search_step(o, log, torch_python=None) -> dict:
   modes = ['vmap', 'prefix', 'loop']
   variants = {'jax': jax_worker(), 'jax_before': jax_worker('before')}
   result = {'chunk_size': 4, 'images': 10 * o['images_per_class'],
@@ -195,7 +278,8 @@ def search_step(o, log) -> dict:
   times = {(v, m): [] for v in variants for m in ['importance', *modes]}
   for rep in range(o['search_repeats']):
     for mode in ['importance', *modes]:
-      for name, worker in variants.items():
+      for name, worker in in_turn(variants, rep):
+        settle()
         reply = worker('time_search', mode=mode)
         times[name, mode].append(reply['seconds'])
         result['variants'][name]['compiles_after'] = reply['compiles']
@@ -222,7 +306,7 @@ def search_step(o, log) -> dict:
   return result
 
 
-def search_e2e(o, log) -> dict:
+def search_e2e(o, log, torch_python=None) -> dict:
   log(f'end-to-end search to FLOPs rate {o["target"]}')
   worker = jax_worker()
   result = worker('search_e2e', target=o['target'],
@@ -233,29 +317,37 @@ def search_e2e(o, log) -> dict:
   return result
 
 
-def inference(o, log) -> dict:
+def inference(o, log, torch_python) -> dict:
+  """Eval latency of the dense, masked and slimmed networks (JAX), and of
+  the dense and slimmed ones in the PyTorch reference."""
   log('inference latency: dense, masked, slimmed')
-  worker = jax_worker()
-  reply = worker('inference', batches=o['inference_batches'],
+  request = dict(batches=o['inference_batches'],
                  widths=slimmed_widths(o['depth']), repeats=o['repeats'],
                  depth=o['depth'])
+  worker = jax_worker()
+  replies = {'jax': worker('inference', **request)}
   worker.close()
-  macs = reply['macs']
+  if torch_python:
+    worker = torch_worker('eager', torch_python)
+    replies['torch'] = worker('inference', **request)
+    worker.close()
+  macs = replies['jax']['macs']
   result = {'macs': macs, 'flops_rate': macs['slimmed'] / macs['dense'],
             'ideal_speedup': macs['dense'] / macs['slimmed']}
-  for b in o['inference_batches']:
-    seconds = reply[str(b)]['seconds']
-    entry = {n: stats(t) for n, t in seconds.items()}
-    for n in ('slimmed', 'masked'):
-      entry[f'{n}_speedup'] = ratio_stats(seconds, n, 'dense')
-    entry['slimmed_fraction_of_ideal'] = (
-        entry['slimmed_speedup']['median'] / result['ideal_speedup'])
-    entry['first_call_s'] = reply[str(b)]['first_call_s']
-    result[f'batch_{b}'] = entry
+  for side, reply in replies.items():
+    for b in o['inference_batches']:
+      seconds = reply[str(b)]['seconds']
+      entry = {n: stats(t) for n, t in seconds.items()}
+      for n in seconds:
+        if n != 'dense':
+          entry[f'{n}_speedup'] = ratio_stats(seconds, n, 'dense')
+      entry['slimmed_fraction_of_ideal'] = (
+          entry['slimmed_speedup']['median'] / result['ideal_speedup'])
+      result[f'{side}_batch_{b}'] = entry
   return result
 
 
-def bank(o, log) -> dict:
+def bank(o, log, torch_python=None) -> dict:
   log('memory bank throughput')
   worker = jax_worker()
   reply = worker('memory_bank', images=o['bank_images'],
@@ -271,7 +363,7 @@ def bank(o, log) -> dict:
           'cifar10_train_bytes': 50000 * reply['bytes_per_image']}
 
 
-def memory(o, log) -> dict:
+def memory(o, log, torch_python=None) -> dict:
   """Peak memory of each process, by chunk size (search) and batch size
   (fine-tuning step); a bare worker gives the runtime's own share."""
   result = {'search_by_chunk_size': {}, 'finetune_by_batch': {}}
@@ -299,9 +391,11 @@ def memory(o, log) -> dict:
   return result
 
 
-SECTIONS = {'train': None, 'search_step': search_step,
-            'search_e2e': search_e2e, 'inference': inference,
-            'memory_bank': bank, 'memory': memory}
+# Each section: (options, log, PyTorch's python or '') -> its results.
+SECTIONS = {'train': train_steps, 'conv_kernels': conv_kernels,
+            'ablation': ablation, 'profile': profile,
+            'search_step': search_step, 'search_e2e': search_e2e,
+            'inference': inference, 'memory_bank': bank, 'memory': memory}
 
 
 # ---------------------------------------------------------------------------
@@ -363,6 +457,45 @@ def markdown(results: dict) -> str:
                 f"{check['max_abs_logit']:.1f}); loss JAX "
                 f"{check['loss_jax']:.5f}, PyTorch {check['loss_torch']:.5f}."]
     lines.append('')
+  kernels = results.get('conv_kernels')
+  if kernels:
+    names = list(kernels)
+    lines += ['**One 3x3 conv** (ms, median over repetitions of medians of '
+              '10 calls; NHWC shape)', '',
+              '| shape | kernel | ' + ' | '.join(names) + ' |',
+              '|---|---|' + '---|' * len(names)]
+    for shape in kernels[names[0]]:
+      for op in ('forward', 'input_grad', 'kernel_grad'):
+        lines.append(f'| {shape} | {op} | ' + ' | '.join(
+            f'{kernels[n][shape][op]:.2f}' for n in names) + ' |')
+    lines.append('')
+  abl = results.get('ablation')
+  if abl:
+    lines += ['**The speed-ups one at a time** (training step, batch '
+              f"{o['batch']}; images/s and speed-up over `before`)", '',
+              '| variant | ' + ' | '.join(abl) + ' |',
+              '|---|' + '---|' * len(abl)]
+    for variant in ABLATION:
+      lines.append(f'| {variant} | ' + ' | '.join(
+          f"{_fmt(abl[k][variant]['images_per_s'])} img/s, "
+          f"{abl[k][variant]['speedup_vs_before']['median']:.2f}x"
+          for k in abl) + ' |')
+    lines.append('')
+  prof = results.get('profile')
+  if prof:
+    kinds = sorted({k for r in prof.values() for k in r if k != '_total_ms'},
+                   key=lambda k: -max(r.get(k, {}).get('ms', 0)
+                                      for r in prof.values()))
+    lines += ['**Profile** of one fine-tuning step (ms per step by XLA '
+              'operation kind, `jax.profiler`; Eigen convolutions run on '
+              'their own threads and are only partly covered)', '',
+              '| operation kind | ' + ' | '.join(prof) + ' |',
+              '|---|' + '---|' * len(prof)]
+    for k in kinds:
+      lines.append(f'| {k} | ' + ' | '.join(
+          f"{r[k]['ms']:.0f} ({r[k]['count']:.0f} ops)" if k in r else '-'
+          for r in prof.values()) + ' |')
+    lines.append('')
   step = results.get('search_step')
   if step:
     lines += [f"**Search step** ({step['candidates']} candidates on "
@@ -394,19 +527,20 @@ def markdown(results: dict) -> str:
   if inf:
     lines += [f"**Inference** (eval mode; slimmed MACs "
               f"{inf['macs']['slimmed']:,} vs dense {inf['macs']['dense']:,}"
-              f", ideal speed-up {inf['ideal_speedup']:.2f}x; ms per batch)",
-              '', '| batch | dense ms | masked ms | slimmed ms | slimmed '
-              'speed-up | of ideal | masked speed-up |',
-              '|---|---|---|---|---|---|---|']
-    for b in o['inference_batches']:
-      e = inf[f'batch_{b}']
-      ms = {n: {k: v * 1e3 if k != 'n' else v for k, v in e[n].items()}
+              f", ideal speed-up {inf['ideal_speedup']:.2f}x; ms per batch;"
+              ' `masked`: the supernet with the same masks)', '',
+              '| side | batch | dense ms | masked ms | slimmed ms | slimmed '
+              'speed-up | of ideal |', '|---|---|---|---|---|---|---|']
+    for key, e in inf.items():
+      if '_batch_' not in key:
+        continue
+      side, b = key.split('_batch_')
+      ms = {n: _fmt({k: v * 1e3 if k != 'n' else v
+                     for k, v in e[n].items()}, 2) if n in e else '-'
             for n in ('dense', 'masked', 'slimmed')}
-      lines.append(f"| {b} | {_fmt(ms['dense'], 2)} | "
-                   f"{_fmt(ms['masked'], 2)} | {_fmt(ms['slimmed'], 2)} | "
-                   f"{_fmt(e['slimmed_speedup'], 2)}x | "
-                   f"{e['slimmed_fraction_of_ideal']:.0%} | "
-                   f"{_fmt(e['masked_speedup'], 2)}x |")
+      lines.append(f"| {side} | {b} | {ms['dense']} | {ms['masked']} | "
+                   f"{ms['slimmed']} | {_fmt(e['slimmed_speedup'], 2)}x | "
+                   f"{e['slimmed_fraction_of_ideal']:.0%} |")
     lines.append('')
   mb = results.get('memory_bank')
   if mb:
@@ -443,6 +577,9 @@ def main(argv=None):
                       help='results file name (default: from the backend)')
   parser.add_argument('--torch-python', default=TORCH_PYTHON,
                       help='Python of the PyTorch virtualenv ("" skips it)')
+  parser.add_argument('--update', action='store_true',
+                      help='keep the other sections of an existing results '
+                      'file; rerun only --sections')
   parser.add_argument('--set', action='append', default=[],
                       metavar='KEY=JSON', help='override an option, e.g. '
                       '--set repeats=3')
@@ -466,22 +603,28 @@ def main(argv=None):
   worker = jax_worker()
   versions = worker('versions')
   worker.close()
-  results = {'machine': machine_info(versions), 'options': o,
-             'command': ' '.join(['python benchmarks/run.py',
-                                  *(argv if argv is not None
-                                    else sys.argv[1:])])}
-  for name in sections:
-    if name == 'train':
-      results[name] = train_steps(o, torch_python, log)
-    else:
-      results[name] = SECTIONS[name](o, log)
   machine = args.machine or default_machine_name(versions)
+  path = os.path.join(args.out_dir, f'{machine}.json')
+  results = {}
+  if args.update and os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+    if results['options'] != o:
+      parser.error(f'--update: {path} was made with other options')
+  command = ' '.join(['python benchmarks/run.py',
+                      *(argv if argv is not None else sys.argv[1:])])
+  results.update({'machine': machine_info(versions), 'options': o})
+  results.setdefault('commands', {}).update({s: command for s in sections})
+  for name in sections:
+    results[name] = SECTIONS[name](o, log, torch_python)
   os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, f'{machine}.json'), 'w') as f:
+  with open(path, 'w') as f:
     json.dump(results, f, indent=1)
   table = markdown(results)
+  commands = sorted(set(results['commands'].values()))
   with open(os.path.join(args.out_dir, f'{machine}.md'), 'w') as f:
-    f.write(f"Regenerate: `{results['command']}`\n\n{table}\n")
+    f.write('Made by ' + ' then '.join(f'`{c}`' for c in commands)
+            + f'\n\n{table}\n')
   print(table)
   return results
 

@@ -10,6 +10,10 @@ state:
    "mean": [...], "std": [...], "threads": 2}  -> {"compile_s": ...}
   {"cmd": "time"}                   -> {"seconds": ..., "steps": 3}
   {"cmd": "check", "npz": path}      -> {"logits": ..., "loss": ...}
+  {"cmd": "inference", "batches": [1, 256], "widths": {...}, "repeats": 5,
+   "depth": 56}                      -> eval seconds, dense and slimmed
+  {"cmd": "conv_kernels", "shapes": [[N, H, W, C], ...], "repeats": 10}
+                                     -> ms of a 3x3 conv's three kernels
 
 The network is the toolkit's CIFAR ResNet (TensorFlow 'SAME' padding, BN
 eps 1e-5 / momentum 0.9, the same names), the step the same as
@@ -225,6 +229,55 @@ def check(request: dict) -> dict:
   return {'logits': logits.numpy().tolist(), 'loss': float(loss)}
 
 
+def inference(batches, widths, repeats, depth) -> dict:
+  """Eval-mode seconds per batch of the dense and the slimmed network,
+  alternating, per batch size (`jax_worker.inference` without `masked`)."""
+  nets = {'dense': CifarResNet(depth).eval(),
+          'slimmed': CifarResNet(depth, widths).eval()}
+  out = {}
+  with torch.no_grad():
+    for b in batches:
+      x = torch.randn(b, 3, 32, 32)
+      times = {n: [] for n in nets}
+      for net in nets.values():
+        net(x)
+      for _ in range(max(repeats, 3 if b > 1 else 20)):
+        for n, net in nets.items():
+          start = time.perf_counter()
+          net(x)
+          times[n].append(time.perf_counter() - start)
+      out[str(b)] = {'seconds': times}
+  return out
+
+
+def conv_kernels(shapes, repeats) -> dict:
+  """Median ms of a 3x3 padding-1 conv on each NHWC shape (run as NCHW):
+  forward, input gradient and kernel gradient (autograd's own kernels)."""
+  out = {}
+  for n, h, w, c in shapes:
+    x, g = torch.randn(n, c, h, w), torch.randn(n, c, h, w)
+    kernel = torch.randn(c, c, 3, 3)
+
+    def backward(mask):
+      return torch.ops.aten.convolution_backward(
+          g, x, kernel, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+    programs = {'forward': lambda: F.conv2d(x, kernel, padding=1),
+                'input_grad': lambda: backward([True, False, False]),
+                'kernel_grad': lambda: backward([False, True, False])}
+    entry = out[f'{n}x{h}x{w}x{c}'] = {}
+    with torch.no_grad():
+      for name, fn in programs.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+          start = time.perf_counter()
+          fn()
+          times.append(time.perf_counter() - start)
+        entry[name] = float(np.median(times)) * 1e3
+  return out
+
+
 def main():
   step, steps = None, 0
   for line in sys.stdin:
@@ -250,6 +303,11 @@ def main():
           resource.RUSAGE_SELF).ru_maxrss * 1024}
     elif request['cmd'] == 'check':
       reply = check(request)
+    elif request['cmd'] == 'inference':
+      reply = inference(request['batches'], request['widths'],
+                        request['repeats'], request['depth'])
+    elif request['cmd'] == 'conv_kernels':
+      reply = conv_kernels(request['shapes'], request['repeats'])
     else:
       reply = {'error': f"unknown cmd {request['cmd']!r}"}
     print(json.dumps(reply), flush=True)

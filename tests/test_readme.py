@@ -14,3 +14,14 @@ def test_readme_library_example_runs(capsys):
   assert printed[-1] == '(64, 10)'
   assert 0 < float(printed[-2]) <= 0.8
 
+
+
+def test_readme_performance_tables_are_the_committed_results():
+  """The Performance section shows benchmarks/results/cpu-2cores.md as the
+  benchmark wrote it (after its 'Made by' line)."""
+  readme = (REPO / 'README.md').read_text()
+  results = (REPO / 'benchmarks' / 'results' / 'cpu-2cores.md').read_text()
+  tables = results.split('\n', 2)[2].strip()
+  section = readme[readme.index('## Performance'):readme.index(
+      '## Reliability')]
+  assert tables in section
