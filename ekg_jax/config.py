@@ -9,6 +9,18 @@ from __future__ import annotations
 
 import ml_collections
 
+
+class ConfigError(ValueError):
+  """A config value the toolkit refuses, named with what is allowed."""
+
+
+def check_divides_over_devices(batch_size: int, devices: int,
+                               key: str) -> None:
+  """Training batches are sharded over every device."""
+  if batch_size % devices:
+    raise ConfigError(f'config.{key}={batch_size}: does not divide over the '
+                      f'{devices} devices; use a multiple of {devices}')
+
 # The reference code's per-channel statistics, applied to R, G, B in this
 # order (shared README): the official checkpoint was trained with them.
 REFERENCE_MEAN = (113.9, 123.0, 125.3)

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
 from ekg_jax import losses
@@ -212,13 +213,6 @@ def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   initialised)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
-  n = mesh.size
-  if batch_size % n:
-    raise ValueError(f'config.{key}={batch_size} does not divide over the '
-                     f'{n} devices; use a multiple of {n}')
 
 
 def data_parallel(step: Callable, mesh: Mesh) -> Callable:
@@ -428,7 +422,8 @@ def finetune(model, variables: Any, train: data_lib.Split,
   """
   c = config[section]
   mesh = mesh or data_mesh()
-  check_divisible(c.batch_size, mesh, f'{section}.batch_size')
+  config_lib.check_divides_over_devices(c.batch_size, mesh.size,
+                                        f'{section}.batch_size')
   if c.sync_batch_norm:
     model = model.clone(bn_axis_name=DATA_AXIS)
   if c.dtype != 'float32':

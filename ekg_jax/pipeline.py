@@ -148,6 +148,15 @@ def _training_summary(result: finetune_lib.FinetuneResult, epochs: int,
           'devices': jax.device_count()}
 
 
+def _final_accuracy(model, result: finetune_lib.FinetuneResult, test,
+                    setup: Setup) -> float:
+  """The last epoch's test accuracy; with zero epochs, the model as it
+  is."""
+  if result.history:
+    return result.history[-1]['test_accuracy']
+  return _accuracy(model, result.variables, test, setup)
+
+
 def pretrain_phase(setup: Setup) -> dict:
   """Supervised training of the dense network from its random init (the
   recipe in config.pretrain); later phases start from it."""
@@ -161,8 +170,7 @@ def pretrain_phase(setup: Setup) -> dict:
   ckpt_lib.save_model(os.path.join(setup.workdir, PRETRAINED), c.model.name,
                       {}, result.variables)
   setup.variables = result.variables
-  accuracy = (result.history[-1]['test_accuracy'] if result.history else
-              _accuracy(setup.model, result.variables, test, setup))
+  accuracy = _final_accuracy(setup.model, result, test, setup)
   return {'pretrain': _training_summary(result, c.pretrain.epochs,
                                         time.time() - start, accuracy)}
 
@@ -353,9 +361,7 @@ def finetune_phase(setup: Setup) -> dict:
   final = os.path.join(folder, 'final')
   ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
                       result.variables)
-  # Zero epochs: the slimmed network as it is.
-  accuracy = (result.history[-1]['test_accuracy'] if result.history else
-              _accuracy(model, result.variables, test, setup))
+  accuracy = _final_accuracy(model, result, test, setup)
   dense = flops_lib.count_flops(setup.table)
   return {
       'finetune': {**_training_summary(result, c.finetune.epochs,

@@ -14,8 +14,7 @@ from ekg_jax import finetune, importance, search, teacher
 from ekg_jax.models import MODELS
 
 
-class ConfigError(ValueError):
-  pass
+ConfigError = config_lib.ConfigError
 
 
 # Datasets the toolkit knows: classes and image size (the input pipeline for
@@ -134,11 +133,9 @@ def validate_devices(config: ml_collections.ConfigDict,
                      device_count: int) -> None:
   """Training batches are sharded over every device."""
   for section in TRAINING:
-    batch = config[section].batch_size
-    if batch % device_count:
-      raise ConfigError(
-          f'config.{section}.batch_size={batch}: does not divide over the '
-          f'{device_count} devices; use a multiple of {device_count}')
+    config_lib.check_divides_over_devices(config[section].batch_size,
+                                          device_count,
+                                          f'{section}.batch_size')
 
 
 def validate_workdir(config: ml_collections.ConfigDict, phases, summary

@@ -13,8 +13,8 @@ import os
 from typing import MutableMapping
 
 # XLA:CPU's YNNPACK convolutions compute kernel gradients (a conv whose
-# window is the whole image) ~2x slower than Eigen's; with them off a
-# ResNet-56 train step (batch 128, 2 cores) went 1.32 -> 1.06 s.
+# window is the whole image) ~2x slower than Eigen's; with them off the
+# fine-tuning step runs 1.35x faster (benchmarks/README.md, ablation).
 FAST_CPU_FLAGS = (
     '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
 

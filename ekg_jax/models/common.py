@@ -33,7 +33,7 @@ class Supernet(nn.Module):
   # Materialise each segment's output (an optimisation barrier). None: on
   # CPU only, where XLA otherwise fuses a stage's whole residual chain into
   # every consumer, the kernel-gradient transposes above all, and recomputes
-  # it there: ResNet-56 train step 1.97 -> 1.32 s (benchmarks/README.md).
+  # it there: dense ResNet-56 train step 1.50x faster (benchmarks/README.md).
   materialize_segments: Optional[bool] = None
 
   def width(self, gate: str, default: int) -> int:
