@@ -138,9 +138,7 @@ class Train:
     images = self.data.images[:32]
     labels, bank = self.data.labels[:32], self.data.bank[:32]
     keys = jax.random.split(jax.random.key(2), 32)
-    views = [data.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
-        keys, v), images, self.config.mean, self.config.std,
-                               **dict(self.config.augment)) for v in range(2)]
+    views = finetune.augmented_views(self.config, keys, images)
     variables = self.state.variables
     logits = self.model.apply(variables, views[0], train=False)
     train_logits = [self.model.apply(variables, x, train=True,

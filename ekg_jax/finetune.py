@@ -162,6 +162,15 @@ def views_loss(logits: Sequence[jax.Array], labels: jax.Array,
                 'teachers_used': used}
 
 
+def augmented_views(config: StepConfig, keys: jax.Array,
+                    images: jax.Array) -> list[jax.Array]:
+  """`config.views` augmented views of a uint8 batch; view v of image i
+  draws from fold_in(keys[i], v)."""
+  return [data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
+      keys, v), images, config.mean, config.std, **dict(config.augment))
+          for v in range(config.views)]
+
+
 def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
               axis_name: Optional[str] = None) -> Callable:
   """step(state, keys [B], uint8 images [B,...], labels [B], bank [B,K,C]
@@ -172,8 +181,6 @@ def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
   parameters then come back as the global mean), the teacher filter's sums
   cover the global batch, and BN's running statistics are averaged.
   """
-  augment = dict(config.augment)
-
   def loss_fn(params, batch_stats, views, labels, bank):
     logits = []
     for x in views:  # per view: its own BN batch statistics
@@ -188,9 +195,7 @@ def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
     return loss, (batch_stats, metrics)
 
   def step(state: TrainState, keys, images, labels, bank):
-    views = [data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
-        keys, v), images, config.mean, config.std, **augment)
-             for v in range(config.views)]
+    views = augmented_views(config, keys, images)
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, views, labels, bank)
     if axis_name is not None:
