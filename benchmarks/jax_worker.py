@@ -141,9 +141,7 @@ class Train:
     views = finetune.augmented_views(self.config, keys, images)
     variables = self.state.variables
     logits = self.model.apply(variables, views[0], train=False)
-    train_logits = [self.model.apply(variables, x, train=True,
-                                     mutable=['batch_stats'])[0]
-                    for x in views]
+    train_logits, _ = finetune.views_logits(self.model, variables, views)
     loss, _ = finetune.views_loss(train_logits, labels, bank, self.config)
     flat = {'/'.join(k): np.asarray(v) for k, v in
             traverse_util.flatten_dict(jax.device_get(variables)).items()}

@@ -18,8 +18,8 @@ state:
 The network is the toolkit's CIFAR ResNet (TensorFlow 'SAME' padding, BN
 eps 1e-5 / momentum 0.9, the same names), the step the same as
 `ekg_jax.finetune.make_step`: per view colour jitter, normalisation, flip,
-reflect-pad crop; CE plus KL_tau to the filtered teacher mean over two views
-(`finetune`), or one view and CE only (`dense`); SGD with Nesterov momentum
+reflect-pad crop; both views in one batch, CE plus KL_tau to the filtered
+teacher mean (`finetune`), or one view (no jitter) and CE only (`dense`); SGD with Nesterov momentum
 and weight decay. `check` loads the JAX variables and inputs from an .npz
 and returns the eval-mode logits and the step's loss on fixed views, which
 the driver compares with JAX's: the two sides compute the same function.
@@ -129,18 +129,14 @@ class CifarResNet(nn.Module):
     self.fc.bias.data = torch.from_numpy(flat['params/fc/bias'])
 
 
-def augment(images: torch.Tensor, mean, std, pad: int = 4) -> torch.Tensor:
+def augment(images: torch.Tensor, mean, std, pad: int = 4,
+            jitter: bool = True) -> torch.Tensor:
   """uint8 [B,H,W,3] -> one normalised NCHW view, per-image draws, as
   `ekg_jax.data.augment_each` (colour jitter, normalise, flip, crop)."""
   x = images.float()
   b, h, w, _ = x.shape
-  u = torch.rand(b, 3, 1, 1, 1)
-  c, s = 0.8 + 0.4 * u[:, 0], 0.8 + 0.4 * u[:, 1]
-  image_mean = x.mean(dim=(1, 2), keepdim=True)
-  x = (x - image_mean) * c + image_mean
-  grey = (x @ torch.tensor([0.2989, 0.587, 0.114]))[..., None]
-  x = grey + (x - grey) * s
-  x = torch.clamp(x + (0.2 * u[:, 2] - 0.1) * 255.0, 0.0, 255.0)
+  if jitter:
+    x = color_jitter(x)
   x = (x - torch.tensor(mean)) / torch.tensor(std)
   flip = torch.rand(b) < 0.5
   x = torch.where(flip[:, None, None, None], x.flip(2), x)
@@ -153,10 +149,31 @@ def augment(images: torch.Tensor, mean, std, pad: int = 4) -> torch.Tensor:
   return x.permute(0, 3, 1, 2).contiguous()
 
 
+def color_jitter(x: torch.Tensor) -> torch.Tensor:
+  """Brightness, contrast and HSV saturation, as `ekg_jax.data`."""
+  u = torch.rand(x.shape[0], 3, 1, 1, 1)
+  c, s = 0.8 + 0.4 * u[:, 0], 0.8 + 0.4 * u[:, 1]
+  x = x + (0.4 * u[:, 2] - 0.2)  # brightness: +-0.2 on the 0-255 scale
+  image_mean = x.mean(dim=(1, 2), keepdim=True)
+  x = (x - image_mean) * c + image_mean
+  value = x.amax(-1, keepdim=True)  # HSV saturation, closed form
+  sat = torch.where(value > 0, (value - x.amin(-1, keepdim=True))
+                    / value.clamp_min(1e-12), torch.zeros_like(value))
+  ratio = torch.where(sat > 0, (sat * s).clamp(0, 1) / sat.clamp_min(1e-12),
+                      torch.ones_like(sat))
+  return value - ratio * (value - x)
+
+
 def kl_divergence(teacher, student, t):
   p_t = F.softmax(teacher / t, -1)
   return t * (p_t * (F.log_softmax(teacher / t, -1)
                      - F.log_softmax(student / t, -1))).sum(-1)
+
+
+def two_views(model, views: list) -> list:
+  """Both views through the network as one batch, as `finetune.views_logits`
+  (BN statistics over both)."""
+  return list(model(torch.cat(views)).chunk(len(views)))
 
 
 def ensemble_loss(logits: list, labels, bank, t: float):
@@ -181,9 +198,11 @@ class Step:
                depth=56, classes=10, temperature=4.0):
     torch.manual_seed(0)
     self.kind, self.temperature = kind, temperature
-    self.augment = lambda images: augment(images, mean, std)
+    # One view (dense) is only flipped and cropped, as the toolkit's.
+    self.augment = lambda images: augment(images, mean, std,
+                                          jitter=kind != 'dense')
     self.model = CifarResNet(depth, widths, classes)
-    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05,
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01,
                                momentum=0.9, nesterov=True,
                                weight_decay=5e-4)
     self.images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8)
@@ -199,7 +218,7 @@ class Step:
       x = self.augment(images) if views is None else views[0]
       return F.cross_entropy(self.model(x), labels)
     views = views or [self.augment(images), self.augment(images)]
-    return ensemble_loss([self.model(v) for v in views], labels, bank,
+    return ensemble_loss(two_views(self.model, views), labels, bank,
                          self.temperature)
 
   def __call__(self):
@@ -224,7 +243,7 @@ def check(request: dict) -> dict:
     model.eval()
     logits = model(views[0])
     model.train()
-    loss = ensemble_loss([model(v) for v in views], labels, bank,
+    loss = ensemble_loss(two_views(model, views), labels, bank,
                          float(flat['temperature']))
   return {'logits': logits.numpy().tolist(), 'loss': float(loss)}
 

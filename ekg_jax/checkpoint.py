@@ -111,6 +111,52 @@ def _unflatten(items):
   return out
 
 
+class _ArraysOnly(pickle.Unpickler):
+  """Unpickles dicts, lists, scalars and NumPy arrays, nothing else.
+
+  A pickle names the callables that rebuild its objects, and `pickle.load`
+  calls them: a file from a stranger can run any code. The authors'
+  checkpoints need only NumPy's array reconstruction, so every other global
+  is refused before it is called.
+  """
+  ALLOWED = {
+      ('numpy.core.multiarray', '_reconstruct'),
+      ('numpy._core.multiarray', '_reconstruct'),
+      ('numpy', 'ndarray'),
+      ('numpy', 'dtype'),
+      ('numpy.core.multiarray', 'scalar'),
+      ('numpy._core.multiarray', 'scalar'),
+      ('collections', 'OrderedDict'),
+  }
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise CheckpointError(
+          f'refusing to load {module}.{name} from a pickle: only dicts, '
+          'lists, numbers and NumPy arrays are read from .pkl checkpoints '
+          '(anything else could run code)')
+    return super().find_class(module, name)
+
+
+def read_pickled_arrays(path: str) -> dict:
+  """A dict of arrays from a .pkl file, without running its code; any
+  damage is reported as a CheckpointError naming the file."""
+  try:
+    with open(path, 'rb') as f:
+      raw = _ArraysOnly(f).load()
+  except CheckpointError as e:
+    raise CheckpointError(f'{path}: {e}') from None
+  except Exception as e:  # pickle raises many kinds on damaged files
+    raise CheckpointError(
+        f'{path} is not a readable .pkl checkpoint (empty, truncated or '
+        f'another format: {type(e).__name__}: {str(e)[:120]}); pass the '
+        'authors\' .pkl or a checkpoint directory written by ekg_jax') from None
+  if not isinstance(raw, dict):
+    raise CheckpointError(f'{path} holds a {type(raw).__name__}, not the '
+                          'dict of named arrays of an official checkpoint')
+  return raw
+
+
 def load_official_pkl(path: str, reference: Mapping[str, Any]) -> dict:
   """Maps the authors' pickled TensorFlow weights onto Flax variables.
 
@@ -121,8 +167,7 @@ def load_official_pkl(path: str, reference: Mapping[str, Any]) -> dict:
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'init_checkpoint {path!r} does not exist')
-  with open(path, 'rb') as f:
-    raw = pickle.load(f)
+  raw = read_pickled_arrays(path)
   expected = dict(_flatten(reference))
   loaded, unknown = {}, []
   for key, value in raw.items():
@@ -179,19 +224,29 @@ def save_model(directory: str, model_name: str, model_config: Mapping,
 def read_model_config(directory: str) -> dict:
   path = os.path.join(directory, MODEL_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise CheckpointError(
         f'{directory!r} is not an ekg_jax checkpoint: no {MODEL_FILE}. '
         'init_checkpoint takes the official .pkl or a directory written by '
         'ekg_jax.checkpoint.save_model')
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {e}); '
+                          'save the model again') from None
 
 
 def load_model_variables(directory: str, reference: Mapping) -> dict:
   import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(
-        os.path.join(os.path.abspath(directory), VARIABLES_DIR))
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(
+          os.path.join(os.path.abspath(directory), VARIABLES_DIR))
+  except Exception as e:  # orbax/tensorstore raise many kinds
+    raise CheckpointError(
+        f'{directory} holds no readable variables (truncated or damaged '
+        f'checkpoint: {type(e).__name__}: {str(e).splitlines()[0][:160]})'
+    ) from None
   got = dict(_flatten(restored))
   want = dict(_flatten(reference))
   if set(got) != set(want) or any(got[p].shape != want[p].shape

@@ -35,7 +35,12 @@ CIFAR100_STD = (68.2, 65.4, 70.4)
 IMAGENET_MEAN = (123.7, 116.3, 103.5)
 IMAGENET_STD = (58.4, 57.1, 57.4)
 
-PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank', 'finetune')
+PHASES = ('pretrain', 'evaluate', 'search', 'landscape', 'memory_bank',
+          'finetune')
+# What a run does unless config.phases says otherwise: 'landscape' (Hessian
+# measures of the searched network, minutes) runs only when asked for.
+DEFAULT_PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank',
+                  'finetune')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -44,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Comma-separated phases, run in pipeline order; finished ones are skipped
   # on a rerun. 'pretrain' runs only without init_checkpoint; 'evaluate'
   # measures the dense network on the test split.
-  c.phases = ','.join(PHASES)
+  c.phases = ','.join(DEFAULT_PHASES)
   # The official `.pkl` or a checkpoint directory written by this project.
   c.init_checkpoint = ''
   c.quiet = False  # no progress bars (CI logs)
@@ -79,7 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.augment.color_jitter = True
   c.augment.contrast = (0.8, 1.2)
   c.augment.saturation = (0.8, 1.2)
-  c.augment.brightness = 0.1  # fraction of 255; "small brightness shift"
+  # Shift on the 0-255 scale: the reference's tf.image.random_brightness(x,
+  # 0.2) on 0-255 pixels, i.e. in effect none.
+  c.augment.brightness = 0.2
 
   c.warmup = ml_collections.ConfigDict()  # section 1.2 (on: search.warmup)
   c.warmup.batch_size = 256
@@ -101,8 +108,26 @@ def default_config() -> ml_collections.ConfigDict:
   # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
   c.search.evaluation = 'auto'
   c.search.otsu_trim = 0.2  # fraction dropped at each end before Otsu
+  # Removal cost before the Otsu threshold (section 4): 'reference' (what
+  # the authors' code computes: an untouched gate costs the sum of all its
+  # scores, a gate pruned once costs 0) or 'per_channel' (the scores of the
+  # channels the next step would remove).
+  c.search.marking = 'reference'
   c.search.flops_include_bn = True  # the reference total counts BN
   c.search.warmup = True  # run the warm-up before the search
+
+  # Loss-landscape measures of the searched network (phase 'landscape';
+  # ekg_jax/landscape.py): Lanczos on Hessian-vector products, Hutchinson's
+  # trace, loss slices along filter-normalised directions, on the search's
+  # validation batches.
+  c.landscape = ml_collections.ConfigDict()
+  c.landscape.lanczos_iterations = 30
+  c.landscape.num_eigenvalues = 3
+  c.landscape.trace_samples = 30
+  c.landscape.slice_points = 21
+  c.landscape.grid_points = 11
+  c.landscape.bn = 'batch'  # 'batch' (as the search) | 'running'
+  c.landscape.seed = 0
 
   c.memory_bank = ml_collections.ConfigDict()  # section 6
   c.memory_bank.num_teachers = 5
@@ -117,25 +142,32 @@ def default_config() -> ml_collections.ConfigDict:
   c.pretrain = training_recipe(epochs=164, learning_rate=0.1,
                                lr_decay_epochs_fraction=(0.5, 0.75))
 
-  # Section 8: the reference's recipe, two views, ensemble distillation.
-  c.finetune = training_recipe(epochs=100, learning_rate=0.05,
-                               lr_decay_epochs_fraction=(0.3, 0.6, 0.9))
+  # Section 8: the reference pipeline's recipe (train_cifar.py: lr 0.01,
+  # x0.2 at 30/60/80% of 100 epochs, weight decay 5e-4), two views in one
+  # batch, ensemble distillation.
+  c.finetune = training_recipe(epochs=100, learning_rate=0.01,
+                               lr_decay_epochs_fraction=(0.3, 0.6, 0.8),
+                               lr_decay_factor=0.2, weight_decay=5e-4)
   c.finetune.knowledge = 'ensemble'  # 'ensemble' | 'single' | 'none'
   c.finetune.temperature = 4.0  # 4 for CIFAR, 10 for ImageNet
   return c
 
 
 def training_recipe(epochs: int, learning_rate: float,
-                    lr_decay_epochs_fraction: tuple) -> ml_collections.ConfigDict:
+                    lr_decay_epochs_fraction: tuple,
+                    lr_decay_factor: float = 0.1,
+                    weight_decay: float = 1e-4) -> ml_collections.ConfigDict:
   """The keys every training phase (pretrain, finetune) has."""
   r = ml_collections.ConfigDict()
   r.epochs = epochs
   r.batch_size = 128
   r.learning_rate = learning_rate
-  r.lr_decay_epochs_fraction = lr_decay_epochs_fraction  # x factor at each
-  r.lr_decay_factor = 0.1
-  r.momentum = 0.9  # Nesterov
-  r.weight_decay = 1e-4  # added to the gradient
+  # The rate is multiplied by lr_decay_factor at each listed fraction of the
+  # run's steps (for 100 epochs: at those epochs, as the reference).
+  r.lr_decay_epochs_fraction = lr_decay_epochs_fraction
+  r.lr_decay_factor = lr_decay_factor
+  r.momentum = 0.9  # Nesterov, on lr-scaled gradients as Keras' SGD
+  r.weight_decay = weight_decay  # added to the gradient
   r.checkpoint_every_steps = 500  # and at every epoch end
   # Data parallelism over every device: BN statistics per device (False)
   # or averaged over all devices (True, cross-device BN).

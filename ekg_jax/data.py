@@ -21,6 +21,10 @@ class DatasetNotFoundError(FileNotFoundError):
   pass
 
 
+class SplitError(ValueError):
+  """The dataset is there but has no such split (or the slice is wrong)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   """A materialised split: images [N, H, W, C] uint8, labels [N] int32."""
@@ -40,18 +44,20 @@ def resolve_data_dir(data_dir: Optional[str]) -> Optional[str]:
   return data_dir or os.environ.get('TFDS_DATA_DIR') or None
 
 
-def load_split(name: str, split: str, data_dir: Optional[str] = None) -> Split:
-  """Reads a whole TFDS split (slicing such as 'test[:1000]' works).
-
-  Raises DatasetNotFoundError naming the dataset, the directory searched and
-  TFDS_DATA_DIR when the prepared dataset is not there.
-  """
+def _source(name: str, split: str, data_dir: Optional[str], **kwargs):
+  """tfds.data_source, or DatasetNotFoundError naming the dataset, the
+  directory searched and TFDS_DATA_DIR."""
   import tensorflow_datasets as tfds  # slow import, only when reading data
 
   data_dir = resolve_data_dir(data_dir)
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir,
-                              download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir,
+                            download=False, **kwargs)
+  except (ValueError, AssertionError) as e:
+    if 'split' in str(e).lower():
+      raise SplitError(f'{name} has no split {split!r} ('
+                       f'{str(e).splitlines()[0][:160]})') from None
+    raise
   except Exception as e:  # TFDS raises several types for a missing dataset
     searched = data_dir or '~/tensorflow_datasets (TFDS default)'
     raise DatasetNotFoundError(
@@ -62,13 +68,46 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None) -> Split:
         f'(pip install "ekg_jax[prepare]"; tfds build {name}). '
         f'TFDS said: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
     ) from None
+
+
+def _read(source, indices: Sequence[int]) -> list:
   try:
-    records = source.__getitems__(list(range(len(source))))  # 2x faster
+    return source.__getitems__(list(indices))  # 2x faster than one by one
   except TypeError:  # tfds.testing.mock_data's sources read one at a time
-    records = [source[i] for i in range(len(source))]
+    return [source[i] for i in indices]
+
+
+def load_split(name: str, split: str, data_dir: Optional[str] = None,
+               indices: Optional[Sequence[int]] = None) -> Split:
+  """Reads a TFDS split (slicing such as 'test[:1000]' works), or only the
+  records at `indices` of it, in that order (decoding only those images).
+
+  Raises DatasetNotFoundError naming the dataset, the directory searched and
+  TFDS_DATA_DIR when the prepared dataset is not there.
+  """
+  source = _source(name, split, data_dir)
+  records = _read(source, range(len(source)) if indices is None
+                  else [int(i) for i in indices])
   images = np.stack([r['image'] for r in records]).astype(np.uint8)
   labels = np.asarray([r['label'] for r in records], dtype=np.int32)
   return Split(images, labels)
+
+
+def split_size(name: str, split: str, data_dir: Optional[str] = None
+               ) -> int:
+  """Records in a split, read from its metadata (no decoding)."""
+  return len(_source(name, split, data_dir))
+
+
+def load_labels(name: str, split: str,
+                data_dir: Optional[str] = None) -> np.ndarray:
+  """The labels of a split without decoding its images (seconds, not the
+  half minute a CIFAR-10 train split takes to decode)."""
+  import tensorflow_datasets as tfds
+  source = _source(name, split, data_dir,
+                   decoders={'image': tfds.decode.SkipDecoding()})
+  return np.asarray([r['label'] for r in _read(source, range(len(source)))],
+                    dtype=np.int32)
 
 
 def class_subset_indices(labels: np.ndarray, per_class: int,
@@ -117,21 +156,37 @@ def normalize(images: jax.Array, mean: Sequence[float],
 
 
 def _color_jitter(key, image, contrast, saturation, brightness):
-  """EKG views' jitter on a [0, 255] float image (section 8).
-
-  Contrast scales around the per-channel mean, saturation blends with the
-  grey image (a linear stand-in for TensorFlow's HSV saturation), brightness
-  adds one shift to every pixel, all with factors drawn per image.
+  """EKG views' jitter on a [0, 255] float image (section 8), in the
+  reference's order and without clipping, as TensorFlow's random_brightness,
+  random_contrast and random_saturation: a brightness shift in
+  [-brightness, brightness] (0-255 scale), contrast around the per-channel
+  mean, then HSV saturation. Factors are drawn per image (the reference draws
+  them once per batch).
   """
   kc, ks, kb = jax.random.split(key, 3)
+  image = image + jax.random.uniform(kb, (), minval=-brightness,
+                                     maxval=brightness)
   c = jax.random.uniform(kc, (), minval=contrast[0], maxval=contrast[1])
   mean = image.mean(axis=(0, 1), keepdims=True)
   image = (image - mean) * c + mean
   s = jax.random.uniform(ks, (), minval=saturation[0], maxval=saturation[1])
-  grey = image @ jnp.asarray([0.2989, 0.587, 0.114])
-  image = grey[..., None] + (image - grey[..., None]) * s
-  b = jax.random.uniform(kb, (), minval=-brightness, maxval=brightness)
-  return jnp.clip(image + b * 255.0, 0.0, 255.0)
+  return _scale_saturation(image, s)
+
+
+def _scale_saturation(image, factor):
+  """HSV saturation times `factor` (clipped to [0, 1]), hue and value kept.
+
+  In HSV, each channel is x = v - v * sat * g(hue), so scaling the
+  saturation from sat to sat' moves every channel's distance from the
+  pixel's maximum by sat' / sat: the closed form of TensorFlow's
+  rgb -> hsv -> rgb round trip.
+  """
+  value = image.max(axis=-1, keepdims=True)
+  spread = value - image.min(axis=-1, keepdims=True)
+  sat = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1.0), 0.0)
+  scaled = jnp.clip(sat * factor, 0.0, 1.0)
+  ratio = jnp.where(sat > 0, scaled / jnp.where(sat > 0, sat, 1.0), 1.0)
+  return value - ratio * (value - image)
 
 
 def _flip_and_crop(key, image, pad):
@@ -155,7 +210,7 @@ def augment(key: jax.Array, images: jax.Array, mean: Sequence[float],
 def augment_each(keys: jax.Array, images: jax.Array, mean: Sequence[float],
                  std: Sequence[float], pad: int = 4, color_jitter: bool = True,
                  contrast=(0.8, 1.2), saturation=(0.8, 1.2),
-                 brightness: float = 0.1) -> jax.Array:
+                 brightness: float = 0.2) -> jax.Array:
   """One augmented view of a uint8 batch, per image: colour jitter,
   normalisation, random horizontal flip, `pad`-pixel reflect pad + random crop
   back to the input size. Pure and jittable; image i's draws come from

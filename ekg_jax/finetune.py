@@ -88,22 +88,27 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 
 def lr_schedule(recipe, steps_per_epoch: int) -> optax.Schedule:
   """The learning rate times `lr_decay_factor` at each listed fraction of
-  the epochs (reference: 0.05, x0.1 at epochs 30, 60, 90 of 100)."""
+  the run's steps (reference: 0.01, x0.2 at epochs 30, 60, 80 of 100).
+  Step-granular, so a run of a few epochs keeps the schedule's shape (the
+  reference's epoch-granular points would all fall on epoch 0)."""
+  total = recipe.epochs * steps_per_epoch
   boundaries = {}
   for f in recipe.lr_decay_epochs_fraction:
-    step = round(f * recipe.epochs) * steps_per_epoch
+    step = round(f * total)
     boundaries[step] = boundaries.get(step, 1.0) * recipe.lr_decay_factor
   return optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
 
 
 def make_optimizer(recipe, steps_per_epoch: int
                    ) -> optax.GradientTransformation:
-  """SGD with Nesterov momentum, weight decay added to the gradient (of
-  every parameter, BN included, as the reference)."""
+  """SGD with Nesterov momentum as Keras computes it (the momentum
+  accumulates lr-scaled gradients, so a rate change does not rescale the
+  velocity), weight decay added to the gradient of every parameter, BN
+  included, as the reference."""
   return optax.chain(
       optax.add_decayed_weights(recipe.weight_decay),
-      optax.sgd(lr_schedule(recipe, steps_per_epoch), recipe.momentum,
-                nesterov=True))
+      optax.scale_by_learning_rate(lr_schedule(recipe, steps_per_epoch)),
+      optax.trace(decay=recipe.momentum, nesterov=True))
 
 
 def _batch_sum(x, axis_name):
@@ -165,10 +170,26 @@ def views_loss(logits: Sequence[jax.Array], labels: jax.Array,
 def augmented_views(config: StepConfig, keys: jax.Array,
                     images: jax.Array) -> list[jax.Array]:
   """`config.views` augmented views of a uint8 batch; view v of image i
-  draws from fold_in(keys[i], v)."""
+  draws from fold_in(keys[i], v). As the reference, colour jitter belongs to
+  the two-view (knowledge) path; a single view is only flipped and
+  cropped."""
+  augment = dict(config.augment)
+  if config.views == 1:
+    augment['color_jitter'] = False
   return [data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
-      keys, v), images, config.mean, config.std, **dict(config.augment))
+      keys, v), images, config.mean, config.std, **augment)
           for v in range(config.views)]
+
+
+def views_logits(model, variables, views: Sequence[jax.Array]
+                 ) -> tuple[list[jax.Array], Any]:
+  """Float32 logits of each view and the updated BN statistics. The views
+  go through the network as ONE batch, as the reference: BN statistics over
+  both views, one running-statistics update."""
+  z, updates = model.apply(variables, jnp.concatenate(views), train=True,
+                           mutable=['batch_stats'])
+  return (jnp.split(z.astype(jnp.float32), len(views)),
+          updates['batch_stats'])
 
 
 def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
@@ -182,12 +203,8 @@ def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
   cover the global batch, and BN's running statistics are averaged.
   """
   def loss_fn(params, batch_stats, views, labels, bank):
-    logits = []
-    for x in views:  # per view: its own BN batch statistics
-      z, updates = model.apply({'params': params, 'batch_stats': batch_stats},
-                               x, train=True, mutable=['batch_stats'])
-      batch_stats = updates['batch_stats']
-      logits.append(z.astype(jnp.float32))
+    logits, batch_stats = views_logits(
+        model, {'params': params, 'batch_stats': batch_stats}, views)
     loss, metrics = views_loss(logits, labels, bank, config, axis_name)
     if axis_name is not None:
       loss = jax.lax.pmean(loss, axis_name)

@@ -16,7 +16,8 @@ leading axis and `jax.vmap` over it needs no Python.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -72,24 +73,48 @@ class LayerSpec:
 # Masks on activations and kernels.
 
 
-@jax.custom_vjp
-def _straight_through_gate(x, mask):
+class Probed(NamedTuple):
+  """A gate's mask with an importance probe, for the importance pass.
+
+  `probe` is zeros of the gate's width. Every place the gate is applied
+  gives the probe the gradient |sum over batch, height, width of dy * y|
+  (y = x * mask, the gate's output there), and JAX adds the places up, so
+  d(objective)/d(probe) is the section-3 score: absolute values per place,
+  then summed. The plain gradient with respect to the mask would add the
+  signed contributions first and let places cancel.
+  """
+  mask: jax.Array
+  probe: jax.Array
+
+
+def _mask_of(value):
+  return value.mask if isinstance(value, Probed) else value
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _gate(x, mask, probe, straight_through):
+  del probe
   return x * mask
 
 
-def _st_fwd(x, mask):
+def _gate_fwd(x, mask, probe, straight_through):
+  del probe
   return x * mask, (x, mask)
 
 
-def _st_bwd(res, dy):
+def _gate_bwd(straight_through, res, dy):
   x, mask = res
-  # Reference behaviour: the gradient passes the gate untouched (dx = dy), so
-  # upstream gates still see gradients through channels masked here.
-  dmask = jnp.sum(dy * x, axis=tuple(range(dy.ndim - 1)))
-  return dy, dmask.astype(mask.dtype)
+  axes = tuple(range(dy.ndim - 1))
+  dmask = jnp.sum(dy * x, axis=axes)
+  # Reference behaviour with straight_through: the gradient passes the gate
+  # untouched (dx = dy), so upstream gates still see gradients through
+  # channels masked here.
+  dx = dy if straight_through else dy * mask
+  return dx, dmask.astype(mask.dtype), jnp.abs(dmask * mask).astype(
+      mask.dtype)
 
 
-_straight_through_gate.defvjp(_st_fwd, _st_bwd)
+_gate.defvjp(_gate_fwd, _gate_bwd)
 
 
 def apply_gate(x: jax.Array, masks: Masks, gate: str,
@@ -98,15 +123,19 @@ def apply_gate(x: jax.Array, masks: Masks, gate: str,
 
   With `straight_through=True` the backward pass uses dx = dy as the authors'
   code does (ekg_algorithm.md section 3); otherwise the true dx = dy * m.
-  The gradient with respect to the mask is sum(dy * x) either way.
+  The gradient with respect to the mask is sum(dy * x) either way; a
+  `Probed` mask also gives its probe this place's |sum(dy * y)|.
   """
   if not masks or gate not in masks:
     return x
-  mask = masks[gate].astype(x.dtype)
+  value = masks[gate]
+  mask = _mask_of(value).astype(x.dtype)
   _check_mask(mask, gate, x.shape[-1])
-  if straight_through:
-    return _straight_through_gate(x, mask)
-  return x * mask
+  probed = isinstance(value, Probed)
+  if not straight_through and not probed:
+    return x * mask
+  probe = value.probe.astype(x.dtype) if probed else jnp.zeros_like(mask)
+  return _gate(x, mask, probe, straight_through)
 
 
 def _check_mask(mask, gate, channels):
@@ -171,8 +200,9 @@ def _kernel_mask(masks: Masks, gate: Optional[str], channels: int):
   """
   if gate is None or not masks or gate not in masks:
     return None
-  _check_mask(masks[gate], gate, channels)
-  return (jax.lax.stop_gradient(masks[gate]) != 0).astype(jnp.float32)
+  mask = _mask_of(masks[gate])
+  _check_mask(mask, gate, channels)
+  return (jax.lax.stop_gradient(mask) != 0).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------

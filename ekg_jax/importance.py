@@ -1,9 +1,17 @@
 """Channel importance per gate (ekg_algorithm.md section 3) and baselines.
 
 `ekg`: the gate-gradient score. The gate multiplies activations, y = x * m;
-the score of channel c is |sum over batch, height, width of dObj/dy * y|,
-which equals |m_c * dObj/dm_c|, taken per validation batch and summed over
-batches. Masked channels therefore score 0 and stay last.
+at one place where the gate is applied, channel c contributes
+|sum over batch, height, width of dObj/dy * y|; the score sums these over
+every place the gate is applied and every validation batch (absolute value
+first, as the reference's custom gradient does). Masked channels therefore
+score 0 and stay last.
+
+`gbn` (Gate Decorator, You et al. 2019): the Taylor score |gamma *
+dL/dgamma| of the BN scales writing the gate (L the validation CE, BN with
+batch statistics), absolute value per batch, summed over the validation
+batches; recomputed at every step on the current sub-network, masked
+channels 0.
 
 Weight-based baselines score each gate's channels from the kernels and BNs
 that write them (found through the layer table): `l1`, `l2` (filter norms),
@@ -21,21 +29,56 @@ import numpy as np
 
 from ekg_jax import gates as gates_lib
 
-CRITERIA = ('ekg', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random')
+CRITERIA = ('ekg', 'gbn', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random')
 
 
-def gate_gradient_scores(objective: Callable[..., jax.Array], masks: Mapping,
-                         batches: Sequence[Any]) -> dict[str, jax.Array]:
-  """sum over batches of |m * dObjective_b/dm|; jit the caller.
+def gate_gradient_scores(objective: Callable[..., Any], masks: Mapping,
+                         batches: Sequence[Any], has_aux: bool = False):
+  """The section-3 score of every gate's channels; jit the caller.
 
-  `objective(masks, batch)` is the search objective on one batch.
+  `objective(masks, batch)` is the search objective on one batch. Each gate
+  gets a zero probe (`gates.Probed`); the probe's gradient is the sum over
+  the gate's places of |sum(dObj/dy * y)|, taken per batch and summed over
+  batches, so a gate applied at several places (a residual stream) scores
+  the absolute contribution of each place. With `has_aux`, `objective`
+  returns (value, aux) and the result is (scores, [aux per batch]).
   """
-  total = jax.tree_util.tree_map(jnp.zeros_like, dict(masks))
+  masks = dict(masks)
+  probes = jax.tree_util.tree_map(jnp.zeros_like, masks)
+
+  def probed(probes, batch):
+    return objective({g: gates_lib.Probed(m, probes[g])
+                      for g, m in masks.items()}, batch)
+
+  total, auxes = probes, []
   for batch in batches:
-    grads = jax.grad(objective)(dict(masks), batch)
-    total = jax.tree_util.tree_map(lambda t, g, m: t + jnp.abs(g * m),
-                                   total, grads, dict(masks))
-  return total
+    grads = jax.grad(probed, has_aux=has_aux)(probes, batch)
+    if has_aux:
+      grads, aux = grads
+      auxes.append(aux)
+    total = jax.tree_util.tree_map(jnp.add, total, grads)
+  return (total, auxes) if has_aux else total
+
+
+def bn_taylor_scores(loss: Callable[..., jax.Array], params: Mapping,
+                     table: Sequence[gates_lib.LayerSpec], masks: Mapping,
+                     batches: Sequence[Any]) -> dict[str, jax.Array]:
+  """`gbn`: per gate, the sum over its BN layers and over batches of
+  |gamma * dL_b/dgamma|, times the gate's 0/1 mask (a masked channel's
+  gradient can pass a straight-through gate; it must still score 0).
+  `loss(params, batch)` is L on one batch; jit the caller."""
+  bns = [layer for layer in table
+         if layer.kind == 'bn' and layer.out_gate is not None]
+  specs = gates_lib.gate_specs(table)
+  total = {g: jnp.zeros(s.channels) for g, s in specs.items()}
+  for batch in batches:
+    grads = jax.grad(loss)(params, batch)
+    for layer in bns:
+      scale = gates_lib.layer_variables(params, layer.path)['scale']
+      grad = gates_lib.layer_variables(grads, layer.path)['scale']
+      total[layer.out_gate] = total[layer.out_gate] + jnp.abs(scale * grad)
+  return {g: t * (masks[g] != 0) if g in masks else t
+          for g, t in total.items()}
 
 
 def _writer_kernels(table, params, gate):

@@ -35,7 +35,8 @@ def select_teachers(val_losses: Sequence[float], num_teachers: int
   losses = np.asarray(val_losses, np.float64)
   if not 1 <= num_teachers <= len(losses):
     raise ValueError(f'num_teachers={num_teachers}: the search history has '
-                     f'{len(losses)} networks; choose 1..{len(losses)}')
+                     f'{len(losses)} networks that may teach (the final one '
+                     f'never does); choose 1..{len(losses)}')
   low, high = losses.min(), losses.max()
   chosen: list[int] = []
   for j in range(num_teachers):
@@ -44,6 +45,13 @@ def select_teachers(val_losses: Sequence[float], num_teachers: int
     distance[chosen] = np.inf
     chosen.append(int(np.argmin(distance)))
   return chosen
+
+
+def teacher_candidates(history: Sequence[Mapping]) -> list[float]:
+  """Validation losses of the networks that may teach: every history entry
+  but the last. The reference drops the final (searched) network
+  (`width_history.pop()`), so the student is never its own teacher."""
+  return [e['val_loss'] for e in history[:-1]]
 
 
 def teacher_masks(history: Sequence[Mapping], ranks_history: Sequence[Mapping],

@@ -25,9 +25,11 @@ from ekg_jax import evaluation
 from ekg_jax import finetune as finetune_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
+from ekg_jax import landscape as landscape_lib
 from ekg_jax import memory_bank as bank_lib
 from ekg_jax import metrics as metrics_lib
 from ekg_jax import plots
+from ekg_jax import preflight
 from ekg_jax import report as report_lib
 from ekg_jax import search as search_lib
 from ekg_jax import slimming
@@ -200,13 +202,8 @@ def search_phase(setup: Setup) -> dict:
   c = setup.config
   folder = os.path.join(setup.workdir, 'search')
   os.makedirs(folder, exist_ok=True)
-  train = load_train(c)
-  variables, warmup_seconds = _warmed_up(setup, train)
-  val = train.subset(data_lib.class_subset_indices(
-      train.labels, c.data.val_per_class, from_end=True,
-      seed=c.data.subset_seed))
-  batches = search_lib.Batches.from_split(val, c.search.batch_size,
-                                         c.data.mean, c.data.std)
+  variables, warmup_seconds = _warmed_up(setup)
+  batches = _validation_batches(c)
   config = search_lib.SearchConfig.from_config(c.search, seed=c.seed)
   problem = search_lib.SearchProblem(
       search_lib.Evaluator(setup.model, setup.table, config), variables,
@@ -250,7 +247,17 @@ def search_phase(setup: Setup) -> dict:
       'kept_channels': kept}}
 
 
-def _warmed_up(setup: Setup, train) -> tuple[Any, float]:
+def class_subset(config, per_class: int, from_end: bool) -> data_lib.Split:
+  """A fixed per-class subset of the train split (section 5), decoding only
+  its images."""
+  d = config.data
+  labels = data_lib.load_labels(d.name, d.train_split, d.data_dir)
+  indices = data_lib.class_subset_indices(labels, per_class, from_end,
+                                          seed=d.subset_seed)
+  return data_lib.load_split(d.name, d.train_split, d.data_dir, indices)
+
+
+def _warmed_up(setup: Setup) -> tuple[Any, float]:
   """The supernet's weights during the search (and for the memory bank and
   slimming): the init weights, warmed up once and saved."""
   c = setup.config
@@ -262,15 +269,55 @@ def _warmed_up(setup: Setup, train) -> tuple[Any, float]:
     return (ckpt_lib.load_model_variables(path, setup.variables),
             saved['seconds'])
   start = time.time()
-  subset = train.subset(data_lib.class_subset_indices(
-      train.labels, c.data.warmup_per_class, from_end=False,
-      seed=c.data.subset_seed))
+  subset = class_subset(c, c.data.warmup_per_class, from_end=False)
   variables = warmup_lib.warmup(setup.model, setup.variables, subset,
                                 c.data.mean, c.data.std, c.warmup)
   seconds = round(time.time() - start, 2)
   ckpt_lib.save_model(path, c.model.name, {'seconds': seconds}, variables)
   logging.info('warm-up: %d images in %.1fs', len(subset), seconds)
   return variables, seconds
+
+
+def _validation_batches(config) -> search_lib.Batches:
+  """The search's fixed validation batches (section 5)."""
+  val = class_subset(config, config.data.val_per_class, from_end=True)
+  return search_lib.Batches.from_split(val, config.search.batch_size,
+                                       config.data.mean, config.data.std)
+
+
+def landscape_phase(setup: Setup) -> dict:
+  """Loss-landscape measures of the searched sub-network, slimmed, before
+  any fine-tuning, on the search's validation batches; and its test
+  accuracy with running and with per-batch BN statistics."""
+  c = setup.config
+  state = _finished_search(setup)
+  folder = os.path.join(setup.workdir, 'landscape')
+  os.makedirs(folder, exist_ok=True)
+  test = load_test(c)
+  variables, _ = _warmed_up(setup)
+  model, variables = slimming.slim(setup.model, variables, state.masks(),
+                                   setup.table)
+  batches = _validation_batches(c)
+  config = landscape_lib.LandscapeConfig.from_config(c.landscape)
+  start = time.time()
+  result = landscape_lib.analyse(
+      landscape_lib.dataset_loss(model, variables, batches.images,
+                                 batches.labels, config.bn),
+      variables['params'], config)
+  seconds = time.time() - start
+  ckpt_lib.write_json_atomic(os.path.join(folder, 'landscape.json'), result)
+  landscape_lib.plot(os.path.join(folder, 'landscape.png'), result,
+                     c.model.name)
+  accuracy = {
+      f'test_accuracy_{bn}_bn': evaluation.accuracy(
+          model, variables, test, c.data.mean, c.data.std,
+          c.search.batch_size if bn == 'batch' else c.data.eval_batch_size,
+          progress=setup.progress, bn=bn)
+      for bn in evaluation.BN_MODES}
+  keys = ('loss', 'parameters', 'lambda_max', 'lambda_min',
+          'top_eigenvalues', 'condition', 'trace', 'trace_standard_error')
+  return {'landscape': {**{k: result[k] for k in keys}, **accuracy,
+                        'bn': config.bn, 'seconds': round(seconds, 2)}}
 
 
 def _finished_search(setup: Setup) -> search_lib.SearchState:
@@ -292,12 +339,12 @@ def memory_bank_phase(setup: Setup) -> dict:
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, 'bank.npz')
   train = load_train(c)
-  variables, _ = _warmed_up(setup, train)
+  variables, _ = _warmed_up(setup)
   if ckpt_lib.npz_exists(path):
     bank = bank_lib.MemoryBank.load(path)
     logging.info('memory bank: resuming at image %d', bank.done)
   else:
-    losses = [e['val_loss'] for e in state.history]
+    losses = bank_lib.teacher_candidates(state.history)
     try:
       teachers = bank_lib.select_teachers(losses, c.memory_bank.num_teachers)
     except ValueError as e:
@@ -335,7 +382,7 @@ def finetune_phase(setup: Setup) -> dict:
   folder = os.path.join(setup.workdir, 'finetune')
   os.makedirs(folder, exist_ok=True)
   train, test = load_train(c), load_test(c)
-  variables, _ = _warmed_up(setup, train)
+  variables, _ = _warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables,
                                    state.masks(), setup.table)
   table = gates_lib.layer_table(model, input_shape(c))
@@ -376,33 +423,67 @@ PHASES: dict[str, tuple[str, Callable[[Setup], dict]]] = {
     'pretrain': ('pretrain', pretrain_phase),
     'evaluate': ('base', evaluate_phase),
     'search': ('search', search_phase),
+    'landscape': ('landscape', landscape_phase),
     'memory_bank': ('memory_bank', memory_bank_phase),
     'finetune': ('finetune', finetune_phase),
 }
 
 
+# Files whose presence means a phase has started producing results (it
+# resumes from them), before its summary entry marks it finished.
+STATE_FILES = {
+    'pretrain': ('pretrain/checkpoints', PRETRAINED),
+    'search': ('search/state.npz', 'search/warmup'),
+    'memory_bank': ('memory_bank/bank.npz',),
+    'finetune': ('finetune/checkpoints',),
+}
+
+
+def produced_phases(workdir: str, summary: dict) -> list[str]:
+  """Phases that finished or left state behind in `workdir`."""
+  def present(rel):
+    path = os.path.join(workdir, rel)
+    return (os.path.isfile(path) or ckpt_lib.npz_exists(path)
+            if not os.path.isdir(path) else bool(os.listdir(path)))
+  return [name for name, (key, _) in PHASES.items()
+          if key in summary or any(present(f) for f in
+                                   STATE_FILES.get(name, ()))]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured phases in order, skipping finished ones (a rerun
-  resumes an interrupted phase); returns the summary."""
+  resumes an interrupted phase); returns the summary.
+
+  Every check that the config, the data's sizes, the checkpoint and the
+  model allow happens before any phase computes, and the workdir's config
+  is pinned only for phases that produced something: a run that fails
+  before that leaves the workdir reusable with a corrected config.
+  """
   validate.validate_config(config)
   validate.validate_workdir_path(workdir)
   phases = validate.parse_phases(config.phases)
   validate.validate_devices(config, jax.device_count())
   with workdir_lib.lock(workdir):
-    workdir_lib.check_config(config, workdir)
     summary = load_summary(workdir)
+    workdir_lib.check_config(config, workdir,
+                             produced_phases(workdir, summary))
     validate.validate_workdir(config, phases, summary)
+    todo = [name for name in config_lib.PHASES
+            if name in phases and PHASES[name][0] not in summary
+            and not (name == 'pretrain' and config.init_checkpoint)]
+    weights = preflight.check_weights(config, todo, workdir, PRETRAINED)
+    preflight.check_data(config, todo)  # sizes and labels: seconds
+    setup = make_setup(config, workdir)  # the checkpoint and model checks
     workdir_lib.save_config(config, workdir)
-    setup = make_setup(config, workdir)
+    if todo and summary.get('weights') != weights:
+      summary = record(workdir, {'weights': weights})
     for name in config_lib.PHASES:
       key, phase = PHASES[name]
       if name not in phases:
         continue
-      if key in summary:
-        logging.info('phase %s: finished earlier, skipped', name)
-        continue
-      if name == 'pretrain' and config.init_checkpoint:
-        logging.info('phase pretrain: skipped, init_checkpoint given')
+      if name not in todo:
+        logging.info('phase %s: finished earlier or not needed, skipped',
+                     name)
         continue
       logging.info('phase %s', name)
       results = phase(setup)

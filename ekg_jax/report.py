@@ -39,6 +39,8 @@ def write_report(workdir: str, summary: Mapping, gates: Mapping) -> str:
       'base': ('test_accuracy', 'flops', 'params', 'seconds'),
       'search': ('flops_rate', 'flops', 'params', 'steps', 'val_loss',
                  'seconds'),
+      'landscape': ('lambda_max', 'trace', 'condition',
+                    'test_accuracy_batch_bn', 'seconds'),
       'memory_bank': ('teachers', 'bytes', 'dtype', 'seconds'),
       'finetune': ('test_accuracy', 'epochs', 'knowledge',
                    'images_per_second', 'seconds'),

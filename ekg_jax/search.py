@@ -60,6 +60,7 @@ class SearchConfig:
   allocation: str = 'greedy'
   chunk_size: int = 4
   otsu_trim: float = 0.2
+  marking: str = 'reference'
   flops_include_bn: bool = True
   evaluation: str = 'auto'
   seed: int = 0
@@ -98,8 +99,10 @@ class SearchState:
 
 
 def kept_count(channels: int, rate: float) -> int:
-  # Round before ceil so 16 * 0.8 = 12.800000000000001 does not become 13.
-  return max(math.ceil(round(channels * rate, 6)), 1)
+  """Channels kept at `rate`: those whose rank r satisfies
+  r < max(C * rate, 1), in float32 as the reference's masks compute it."""
+  bound = max(np.float32(channels) * np.float32(rate), np.float32(1.0))
+  return min(int(np.ceil(bound)), channels)
 
 
 def kept_from_rates(specs: Mapping[str, gates_lib.GateSpec],
@@ -112,58 +115,86 @@ def step_size(spec: gates_lib.GateSpec, step: float) -> float:
   return max(1.0 / spec.channels, step / spec.writers)
 
 
-def removal_cost(scores: np.ndarray, rate: float, delta: float) -> float:
-  """Sum of the scores of the channels the next step would remove."""
+def _next_slice(scores, rate: float, delta: float):
+  """Scores sorted ascending, and the slice [round((1-r)C),
+  round((1-r+delta)C)) of the channels the next step would remove."""
   c = len(scores)
   s = np.sort(np.asarray(scores, np.float64))
-  lo = int(np.round((1.0 - rate) * c))
-  hi = int(np.round((1.0 - rate + delta) * c))
-  return float(s[lo:hi].sum())
+  return s, slice(round((1.0 - rate) * c), round((1.0 - rate + delta) * c))
+
+
+def per_channel_cost(scores, rate: float, delta: float) -> float:
+  """The sum of the scores of the channels the next step would remove (the
+  reference's evident intent)."""
+  s, next_slice = _next_slice(scores, rate, delta)
+  return float(s[next_slice].sum())
+
+
+def reference_cost(scores, rate: float, delta: float) -> float:
+  """What the reference computes: it slices its [1, 1, 1, C] score array,
+  whose FIRST axis has length 1, so an untouched gate (slice start 0) costs
+  the sum of all its scores and a gate pruned at least once costs 0 (it is
+  marked at every later step). This produced the authors' results."""
+  s, next_slice = _next_slice(scores, rate, delta)
+  return float(s[None, :][next_slice].sum())
+
+
+# search.marking -> removal cost (ekg_algorithm.md section 4).
+MARKINGS: dict[str, Callable[[Any, float, float], float]] = {
+    'reference': reference_cost,
+    'per_channel': per_channel_cost,
+}
 
 
 def otsu_threshold(costs: Sequence[float], trim: float = 0.2) -> float:
-  """Trimmed Otsu: drop ceil(trim * n) values at each end of the sorted
-  finite costs, split where t * (n' - t) * (mean_low - mean_high)^2 peaks,
-  return the midpoint of the two values at the split (inf if too few)."""
+  """Trimmed Otsu, as the reference loop: drop ceil(trim * n) values at each
+  end of the sorted finite costs (n' remain), maximise
+  t * (n' - t) * (mean_low - mean_high)^2 over t = 1 .. n' - 2, and return
+  the midpoint of the two values at the first maximiser (inf if there are
+  too few values to split)."""
   v = np.sort(np.asarray([c for c in costs if np.isfinite(c)], np.float64))
   cut = math.ceil(trim * len(v))
-  if len(v) - 2 * cut >= 2:
+  if len(v) - 2 * cut >= 3:
     v = v[cut:len(v) - cut]
-  if len(v) < 2:
+  if len(v) < 3:
     return math.inf
   n = len(v)
-  t = np.arange(1, n)
+  t = np.arange(1, n - 1)
   csum = np.cumsum(v)
-  low = csum[:-1] / t
-  high = (csum[-1] - csum[:-1]) / (n - t)
+  low = csum[t - 1] / t
+  high = (csum[-1] - csum[t - 1]) / (n - t)
   split = int(t[np.argmax(t * (n - t) * (low - high) ** 2)])
   return float((v[split - 1] + v[split]) / 2.0)
 
 
-def mark_candidates(specs, rates, scores, config: SearchConfig) -> list[str]:
-  """Gates worth evaluating this step: rate > 0, not at one channel, and
-  removal cost <= the trimmed-Otsu threshold."""
-  costs = {}
-  for g, spec in specs.items():
-    if rates[g] > 0 and kept_count(spec.channels, rates[g]) > 1:
-      costs[g] = removal_cost(np.asarray(scores[g]), rates[g],
-                              step_size(spec, config.step))
+def mark_candidates(specs, rates, scores, config: 'SearchConfig') -> list[str]:
+  """Gates worth evaluating this step: rate > 0 (a gate already at one
+  channel included: its step retires it) and removal cost <= the
+  trimmed-Otsu threshold."""
+  cost_of = MARKINGS[config.marking]
+  costs = {g: cost_of(np.asarray(scores[g]), rates[g],
+                      step_size(spec, config.step))
+           for g, spec in specs.items() if rates[g] > 0}
   threshold = otsu_threshold(list(costs.values()), config.otsu_trim)
   return [g for g, c in costs.items() if c <= threshold]
 
 
 def candidate_rate(spec, rate: float, flops_rate_of: Callable[[float], float],
-                   config: SearchConfig) -> float:
-  """The rate after one step; near the target, the fine search raises it
-  again in 1/C increments to the last value whose FLOPs rate <= target."""
-  new = max(round(rate - step_size(spec, config.step), 5), 0.0)
-  if flops_rate_of(new) < config.target_flops_rate:
-    while True:
-      up = round(new + 1.0 / spec.channels, 5)
-      if up >= rate or flops_rate_of(up) > config.target_flops_rate:
-        break
-      new = up
-  return new
+                   config: 'SearchConfig') -> float:
+  """The rate after one step, as the reference: rate - delta; when that
+  falls below the FLOPs target, the fine search walks w = r, r + 1/C, ...
+  (below r + s), trying round(w, 2), and at the first w that overshoots the
+  target takes round(w - 1/C, 5) (the rounding is the reference's)."""
+  new = round(rate - step_size(spec, config.step), 5)
+  target = config.target_flops_rate
+  if flops_rate_of(new) >= target:
+    return new
+  fine = 1.0 / spec.channels
+  for w in np.arange(new, new + config.step, fine):
+    tried = round(float(w), 2)
+    if flops_rate_of(tried) > target:
+      return round(float(w) - fine, 5)
+  return tried
 
 
 # ---------------------------------------------------------------------------
@@ -213,8 +244,12 @@ class Evaluator:
     self.first_segment = gates_lib.first_segments(table)
     self.config = config
     self.use_teacher = config.teacher != 'none'
+    self.starts = sorted(set(self.first_segment.values()) - {0})
     self.importance = jax.jit(self._importance)
+    self.boundaries = jax.jit(self._boundaries)
+    self.gbn = jax.jit(self._gbn)
     self.logits = jax.jit(self._logits)
+    self.summarise = jax.jit(self._summarise)
     self.evaluate_one = jax.jit(self._evaluate_one)
     self.evaluate_vmap = jax.jit(self._evaluate_vmap)
     self.evaluate_prefix = jax.jit(self._evaluate_prefix)
@@ -226,6 +261,19 @@ class Evaluator:
     return self.model.apply(variables, x, masks=masks, train=True,
                             start=start, stop=stop,
                             mutable=['batch_stats'])[0]
+
+  def _forward_with_boundaries(self, variables, x, masks):
+    """(logits, {segment: activation entering it}) for every segment where
+    some gate's layers start: what the `prefix` path shares."""
+    acts, at = {}, 0
+    for start in self.starts:
+      x = self._apply(variables, x, masks, start=at, stop=start)
+      acts[start], at = x, start
+    return self._apply(variables, x, masks, start=at), acts
+
+  def _boundaries(self, variables, images, masks):
+    return [self._forward_with_boundaries(variables, x, masks)[1]
+            for x in images]
 
   def _logits(self, variables, images, masks):
     return jnp.concatenate([self._apply(variables, x, masks) for x in images])
@@ -252,13 +300,32 @@ class Evaluator:
                            teacher_logits)
 
   def _importance(self, variables, batches, teacher_logits, masks):
+    # Section 3: each batch's objective is its SUM over the nominal batch
+    # size, so a partial last batch (64 of 320) weighs 64/256 of a full one.
+    nominal = max(batches.sizes)
+
     def objective(masks, batch):
       x, y, t = batch
-      _, obj = self._terms(self._apply(variables, x, masks), y, t)
-      return obj.mean()
+      logits, acts = self._forward_with_boundaries(variables, x, masks)
+      _, obj = self._terms(logits, y, t)
+      return obj.sum() / nominal, acts
+    # The forward pass's segment boundaries come out too: the `prefix`
+    # evaluation reuses them when this step's ranks keep the same channels.
     return importance_lib.gate_gradient_scores(
         objective, masks, list(zip(batches.images, batches.labels,
-                                   batches.split(teacher_logits))))
+                                   batches.split(teacher_logits))),
+        has_aux=True)
+
+  def _gbn(self, variables, batches, masks):
+    nominal = max(batches.sizes)
+
+    def loss(params, batch):
+      x, y = batch
+      logits = self._apply({**variables, 'params': params}, x, masks)
+      return losses.cross_entropy(logits, y).sum() / nominal
+    return importance_lib.bn_taylor_scores(
+        loss, variables['params'], self.table, masks,
+        list(zip(batches.images, batches.labels)))
 
   # -- many candidates -------------------------------------------------------
 
@@ -284,20 +351,16 @@ class Evaluator:
     out = jax.lax.map(run_chunk, chunks)
     return jax.tree_util.tree_map(lambda a: a.reshape(p, *a.shape[2:]), out)
 
-  def _evaluate_prefix(self, variables, batches, teacher_logits, ranks,
-                       kept, new_kept, active):
-    """kept: the current network's counts; new_kept/active: gate -> the
-    candidate's count for that gate / whether it is a candidate. Returns the
-    `_evaluate_one` fields with a leading axis in `gate_names` order."""
+  def _evaluate_prefix(self, variables, batches, boundaries, teacher_logits,
+                       ranks, kept, new_kept, active):
+    """boundaries: per batch, the current network's activation entering
+    each of `self.starts` (`_boundaries`); kept: the current network's
+    counts; new_kept/active: gate -> the candidate's count for that gate /
+    whether it is a candidate. Returns the `_evaluate_one` fields with a
+    leading axis in `gate_names` order."""
     masks = gates_lib.masks_from_kept(kept, ranks)
-    starts = sorted(set(self.first_segment.values()))
-    boundaries = []  # per batch: segment index -> activation entering it
-    for x in batches.images:
-      acts, h, at = {0: x}, x, 0
-      for s in starts[1:] if starts[0] == 0 else starts:
-        h = self._apply(variables, h, masks, start=at, stop=s)
-        acts[s], at = h, s
-      boundaries.append(acts)
+    boundaries = [{0: x, **acts} for x, acts in zip(batches.images,
+                                                  boundaries)]
     labels = jnp.concatenate(batches.labels)
     shapes = jax.eval_shape(
         lambda: self._summarise(
@@ -320,9 +383,12 @@ class Evaluator:
 
   def evaluate_candidates(self, mode: str, variables, batches, teacher_logits,
                           ranks, kept: Mapping[str, int],
-                          candidates: Mapping[str, int]) -> dict[str, dict]:
+                          candidates: Mapping[str, int],
+                          boundaries=None) -> dict[str, dict]:
     """Evaluates each candidate (the current network with one gate's kept
-    count changed). Returns gate -> {objective, loss, accuracy, logits}."""
+    count changed). Returns gate -> {objective, loss, accuracy, logits}.
+    `boundaries`: the current network's segment inputs (`prefix` only),
+    computed here when not given."""
     names = list(candidates)
     if mode == 'loop':
       out = {}
@@ -335,9 +401,13 @@ class Evaluator:
       new_kept = {g: jnp.int32(candidates.get(g, kept[g]))
                   for g in self.gate_names}
       active = {g: jnp.bool_(g in candidates) for g in self.gate_names}
+      if boundaries is None:
+        boundaries = self.boundaries(
+            variables, batches.images,
+            gates_lib.masks_from_kept(_as_int32(kept), ranks))
       res = jax.device_get(self.evaluate_prefix(
-          variables, batches, teacher_logits, ranks, _as_int32(kept),
-          new_kept, active))
+          variables, batches, boundaries, teacher_logits, ranks,
+          _as_int32(kept), new_kept, active))
       index = {g: i for i, g in enumerate(self.gate_names)}
       return {g: jax.tree_util.tree_map(lambda a: a[index[g]], res)
               for g in names}
@@ -387,9 +457,19 @@ class SearchProblem:
                                 self.config.flops_include_bn)
 
   def scores(self, state: SearchState, masks) -> dict[str, jax.Array]:
+    return self.scores_and_boundaries(state, masks)[0]
+
+  def scores_and_boundaries(self, state: SearchState, masks):
+    """(channel scores, the segment inputs of the network `masks` describe
+    when the criterion's pass computed them, else None)."""
     if self.config.criterion == 'ekg':
       return self.evaluator.importance(self.variables, self.batches,
                                        state.teacher.logits, masks)
+    return self._criterion_scores(masks), None
+
+  def _criterion_scores(self, masks):
+    if self.config.criterion == 'gbn':
+      return self.evaluator.gbn(self.variables, self.batches, masks)
     return importance_lib.weight_scores(self.config.criterion,
                                         self.evaluator.table, self.variables,
                                         self.config.seed)
@@ -398,6 +478,15 @@ class SearchProblem:
     return self.evaluator.evaluate_one(self.variables, self.batches,
                                        teacher_logits, _np_to_jnp(ranks),
                                        _as_int32(kept))
+
+
+def _same_channels(kept, old_ranks, new_ranks) -> bool:
+  """Whether the kept counts select the same channels under both ranks
+  (they do unless a kept channel scored exactly 0 and tied with masked
+  ones)."""
+  return all(np.array_equal(np.asarray(old_ranks[g]) < k,
+                            np.asarray(new_ranks[g]) < k)
+             for g, k in kept.items())
 
 
 def _np_to_jnp(tree):
@@ -423,7 +512,8 @@ def init_state(problem: SearchProblem) -> SearchState:
   logits = problem.evaluator.logits(problem.variables,
                                     problem.batches.images, None)
   teacher = teacher_lib.init(logits)
-  result = problem.evaluate(kept, ranks, teacher.logits)
+  result = problem.evaluator.summarise(
+      logits, jnp.concatenate(problem.batches.labels), teacher.logits)
   table = problem.evaluator.table
   entry = _entry(0, None, kept, result, 1.0,
                  flops_lib.count_flops(table, kept), 0, time.time() - start)
@@ -442,8 +532,11 @@ def search_step(problem: SearchProblem, state: SearchState,
   specs, config = problem.specs, problem.config
   kept = kept_from_rates(specs, state.rates)
   masks = gates_lib.masks_from_kept(kept, _np_to_jnp(state.ranks))
-  scores = jax.device_get(problem.scores(state, masks))
+  scores, boundaries = problem.scores_and_boundaries(state, masks)
+  scores = jax.device_get(scores)
   ranks = gates_lib.ranks_from_scores(scores)
+  if boundaries is not None and not _same_channels(kept, state.ranks, ranks):
+    boundaries = None  # the new ranks keep other channels: recompute
   marked = mark_candidates(specs, state.rates, scores, config)
   if not marked:
     raise RuntimeError(
@@ -458,7 +551,7 @@ def search_step(problem: SearchProblem, state: SearchState,
                 for g, r in new_rates.items()}
   results = problem.evaluator.evaluate_candidates(
       evaluation, problem.variables, problem.batches, state.teacher.logits,
-      _np_to_jnp(ranks), kept, candidates)
+      _np_to_jnp(ranks), kept, candidates, boundaries)
   objectives = {g: float(r['objective']) for g, r in results.items()}
   best = min(marked, key=lambda g: (objectives[g], marked.index(g)))
   rates = {**state.rates, best: new_rates[best]}

@@ -5,12 +5,15 @@ Each rule names the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any, Callable, Optional
 
 import ml_collections
+import numpy as np
 
 from ekg_jax import config as config_lib
-from ekg_jax import finetune, importance, search, teacher
+from ekg_jax import finetune, importance, landscape, search, teacher
 from ekg_jax.models import MODELS
 
 
@@ -25,19 +28,185 @@ DATASETS = {
     'imagenet2012': dict(num_classes=1000, image_size=224),
 }
 
-CHOICES = {
-    'search.teacher': teacher.MODES,
-    'search.criterion': importance.CRITERIA,
-    'search.allocation': ('greedy', 'uniform'),
-    'finetune.knowledge': finetune.KNOWLEDGE,
-    'search.evaluation': search.EVALUATIONS,
-    'model.dtype': ('float32', 'bfloat16'),
-    'memory_bank.dtype': ('float32', 'bfloat16', 'float16'),
+# ---------------------------------------------------------------------------
+# One rule per config key. A rule returns why a value is refused (None when
+# it is fine); `validate_config` names the key, the value and the reason.
+# Every leaf of the default config has a rule (tested), and every float
+# rule refuses NaN and infinities.
+
+Rule = Callable[[Any], Optional[str]]
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+  return (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+          and math.isfinite(float(v)))
+
+
+def choice(allowed) -> Rule:
+  allowed = tuple(allowed)
+  return lambda v: None if v in allowed else (
+      f'allowed: {", ".join(map(str, allowed))}')
+
+
+def integer(low: int = 0) -> Rule:
+  what = 'a positive integer' if low == 1 else f'an integer >= {low}'
+  return lambda v: None if _is_int(v) and v >= low else f'must be {what}'
+
+
+def number(low=-math.inf, high=math.inf, low_open=False,
+           high_open=False) -> Rule:
+  if high == math.inf:
+    span = f'{">" if low_open else ">="} {low}'
+  else:
+    left, right = '(' if low_open else '[', ')' if high_open else ']'
+    span = f'in {left}{low}, {high}{right}'
+
+  def rule(v):
+    if not _is_finite(v):
+      return f'must be a finite number {span}'
+    v = float(v)
+    if v < low or v > high or (low_open and v == low) or (
+        high_open and v == high):
+      return f'must be {span}'
+    return None
+  return rule
+
+
+def boolean(v) -> Optional[str]:
+  return None if isinstance(v, bool) else 'must be True or False'
+
+
+def text(v) -> Optional[str]:
+  return None if isinstance(v, str) and v.strip() else (
+      'must be a non-empty string')
+
+
+def numbers(count: Optional[int], each: Rule, ordered=False) -> Rule:
+  def rule(v):
+    if not isinstance(v, (tuple, list)) or (count and len(v) != count):
+      return (f'needs {count} values' if count else 'needs a list of values')
+    for x in v:
+      why = each(x)
+      if why:
+        return f'every value {why}'
+    if ordered and list(v) != sorted(v):
+      return 'needs (low, high) with low <= high'
+    return None
+  return rule
+
+
+def _phases(v) -> Optional[str]:
+  if not isinstance(v, str):
+    return 'must be a comma-separated list of phases'
+  try:
+    parse_phases(v)
+  except ConfigError as e:
+    return str(e).split(': ', 1)[1]
+  return None
+
+
+def _existing_path(v) -> Optional[str]:
+  if not isinstance(v, str):
+    return 'must be a path'
+  if v and not os.path.exists(v):
+    return 'no such file or directory'
+  return None
+
+
+def _existing_dir(v) -> Optional[str]:
+  if not isinstance(v, str):
+    return 'must be a folder path'
+  if v and not os.path.isdir(v):
+    return 'no such folder'
+  return None
+
+
+FRACTION = number(0, 1)
+UNIT_OPEN = number(0, 1, high_open=True)
+
+
+def _training_rules(section: str) -> dict[str, Rule]:
+  return {
+      f'{section}.epochs': integer(0),
+      f'{section}.batch_size': integer(1),
+      f'{section}.learning_rate': number(0, low_open=True),
+      f'{section}.lr_decay_epochs_fraction': numbers(None, FRACTION),
+      f'{section}.lr_decay_factor': number(0, 1, low_open=True),
+      f'{section}.momentum': UNIT_OPEN,
+      f'{section}.weight_decay': number(0),
+      f'{section}.checkpoint_every_steps': integer(1),
+      f'{section}.sync_batch_norm': boolean,
+      f'{section}.dtype': choice(('float32', 'bfloat16')),
+      f'{section}.program': choice(finetune.PROGRAMS),
+  }
+
+
+RULES: dict[str, Rule] = {
+    'seed': integer(0),
+    'phases': _phases,
+    'init_checkpoint': _existing_path,
+    'quiet': boolean,
+    'distributed': boolean,
+    'model.name': choice(sorted(MODELS)),
+    'model.renormalize': boolean,
+    'model.straight_through': boolean,
+    'model.bn_momentum': UNIT_OPEN,
+    'model.bn_epsilon': number(0, low_open=True),
+    'model.dtype': choice(('float32', 'bfloat16')),
+    'data.name': choice(sorted(DATASETS)),
+    'data.data_dir': _existing_dir,
+    'data.train_split': text,
+    'data.test_split': text,
+    'data.image_size': integer(1),
+    'data.mean': numbers(3, number(0, 255)),
+    'data.std': numbers(3, number(0, low_open=True)),
+    'data.val_per_class': integer(1),
+    'data.warmup_per_class': integer(1),
+    'data.subset_seed': integer(0),
+    'data.eval_batch_size': integer(1),
+    'augment.pad': integer(0),
+    'augment.color_jitter': boolean,
+    'augment.contrast': numbers(2, number(0), ordered=True),
+    'augment.saturation': numbers(2, number(0), ordered=True),
+    'augment.brightness': number(0, 255),
+    'warmup.batch_size': integer(1),
+    'warmup.learning_rate': number(0, low_open=True),
+    'warmup.momentum': UNIT_OPEN,
+    'warmup.weight_decay': number(0),
+    'warmup.loss_divisor': number(0, low_open=True),
+    'search.target_flops_rate': number(0, 1, low_open=True, high_open=True),
+    'search.step': number(0, 1, low_open=True),
+    'search.teacher': choice(teacher.MODES),
+    'search.criterion': choice(importance.CRITERIA),
+    'search.allocation': choice(('greedy', 'uniform')),
+    'search.batch_size': integer(1),
+    'search.chunk_size': integer(1),
+    'search.evaluation': choice(search.EVALUATIONS),
+    'search.otsu_trim': number(0, 0.5, high_open=True),
+    'search.marking': choice(search.MARKINGS),
+    'search.flops_include_bn': boolean,
+    'search.warmup': boolean,
+    'landscape.lanczos_iterations': integer(2),
+    'landscape.num_eigenvalues': integer(1),
+    'landscape.trace_samples': integer(2),
+    'landscape.slice_points': integer(2),
+    'landscape.grid_points': integer(2),
+    'landscape.bn': choice(landscape.BN_MODES),
+    'landscape.seed': integer(0),
+    'memory_bank.num_teachers': integer(1),
+    'memory_bank.batch_size': integer(1),
+    'memory_bank.dtype': choice(('float32', 'bfloat16', 'float16')),
+    'memory_bank.checkpoint_every_batches': integer(1),
+    **_training_rules('pretrain'),
+    **_training_rules('finetune'),
+    'finetune.knowledge': choice(finetune.KNOWLEDGE),
+    'finetune.temperature': number(0, low_open=True),
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe
-for _section in TRAINING:
-  CHOICES[f'{_section}.dtype'] = ('float32', 'bfloat16')
-  CHOICES[f'{_section}.program'] = finetune.PROGRAMS
 
 
 def _get(config, dotted):
@@ -45,6 +214,20 @@ def _get(config, dotted):
   for key in dotted.split('.'):
     value = value[key]
   return value
+
+
+def leaves(config) -> list[str]:
+  """Every leaf key of a config, dotted."""
+  out = []
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(v, f'{prefix}{k}.')
+      else:
+        out.append(f'{prefix}{k}')
+  walk(config, '')
+  return out
 
 
 def parse_phases(phases: str) -> list[str]:
@@ -57,62 +240,35 @@ def parse_phases(phases: str) -> list[str]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on the first bad key."""
+  """Raises ConfigError on the first bad key: every key has its rule, then
+  the rules that join keys."""
   def fail(key, why):
     raise ConfigError(f'config.{key}={_get(config, key)!r}: {why}')
 
-  if config.model.name not in MODELS:
-    fail('model.name', f'unknown model; allowed: {sorted(MODELS)}')
-  if config.data.name not in DATASETS:
-    fail('data.name', f'unknown dataset; allowed: {sorted(DATASETS)}')
-  parse_phases(config.phases)
-  for key, allowed in CHOICES.items():
-    if _get(config, key) not in allowed:
-      fail(key, f'allowed: {", ".join(allowed)}')
-  if not 0 < config.search.target_flops_rate < 1:
-    fail('search.target_flops_rate', 'must lie in (0, 1)')
-  if not 0 < config.search.step <= 1:
-    fail('search.step', 'must lie in (0, 1]')
-  positive = ['data.eval_batch_size', 'search.batch_size',
-              'search.chunk_size', 'warmup.batch_size',
-              'memory_bank.batch_size', 'memory_bank.checkpoint_every_batches',
-              'memory_bank.num_teachers', 'data.val_per_class',
-              'data.warmup_per_class']
-  for section in TRAINING:
-    positive += [f'{section}.batch_size', f'{section}.checkpoint_every_steps']
-  for key in positive:
-    if int(_get(config, key)) < 1:
-      fail(key, 'must be a positive integer')
-  for section in TRAINING:
-    if config[section].epochs < 0:
-      fail(f'{section}.epochs', 'must be >= 0')
-    recipe = config[section]
-    if recipe.learning_rate <= 0:
-      fail(f'{section}.learning_rate', 'must be > 0')
-    if not 0 < recipe.lr_decay_factor <= 1:
-      fail(f'{section}.lr_decay_factor', 'must lie in (0, 1]')
-    if any(not 0 <= f <= 1 for f in recipe.lr_decay_epochs_fraction):
-      fail(f'{section}.lr_decay_epochs_fraction',
-           'every value must lie in [0, 1] (fractions of the epochs)')
-    if not 0 <= recipe.momentum < 1:
-      fail(f'{section}.momentum', 'must lie in [0, 1)')
-    if recipe.weight_decay < 0:
-      fail(f'{section}.weight_decay', 'must be >= 0')
-  if config.finetune.temperature <= 0:
-    fail('finetune.temperature', 'must be > 0')
-  for key in ('data.mean', 'data.std'):
-    if len(_get(config, key)) != 3:
-      fail(key, 'needs one value per RGB channel (3 values)')
-  if any(s <= 0 for s in config.data.std):
-    fail('data.std', 'every value must be > 0')
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    fail('init_checkpoint', 'no such file or directory')
-  num_classes = DATASETS[config.data.name]['num_classes']
-  val_size = config.data.val_per_class * num_classes
+  for key in leaves(config):
+    rule = RULES.get(key)
+    if rule is None:
+      raise ConfigError(f'config.{key}: not a key this toolkit reads; '
+                        'remove it (a typo?)')
+    why = rule(_get(config, key))
+    if why:
+      fail(key, why)
+  dataset = DATASETS[config.data.name]
+  if config.data.image_size != dataset['image_size']:
+    fail('data.image_size', f'{config.data.name} images are '
+         f'{dataset["image_size"]}x{dataset["image_size"]} (FLOPs are '
+         'counted at this size); use that value')
+  if config.augment.pad >= config.data.image_size:
+    fail('augment.pad', 'a reflect pad must be smaller than the image '
+         f'({config.data.image_size})')
+  val_size = config.data.val_per_class * dataset['num_classes']
   if val_size < config.search.batch_size:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
+  if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
+    fail('landscape.num_eigenvalues', 'cannot exceed '
+         f'landscape.lanczos_iterations ({config.landscape.lanczos_iterations})')
 
 
 def validate_workdir_path(workdir: str) -> None:
@@ -144,7 +300,7 @@ def validate_workdir(config: ml_collections.ConfigDict, phases, summary
   the finished ones): refuse before any compute, naming what to run."""
   ready = set(summary) | set(phases)  # phase names are their summary keys
   knowledge = config.finetune.knowledge != 'none'
-  needs = {'memory_bank': ['search'],
+  needs = {'landscape': ['search'], 'memory_bank': ['search'],
            'finetune': ['search'] + (['memory_bank'] if knowledge else [])}
   for phase in phases:
     for before in needs.get(phase, []):
@@ -157,12 +313,14 @@ def validate_workdir(config: ml_collections.ConfigDict, phases, summary
             f'workdir{why}: run --config.phases={before} first, or add it '
             f'to config.phases')
   if 'search' in summary:  # a finished search is skipped, so it is final
-    networks = summary['search']['steps'] + 1
+    # The history holds steps + 1 networks; the final one never teaches.
+    networks = summary['search']['steps']
     if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
       raise ConfigError(
           f'config.memory_bank.num_teachers='
           f'{config.memory_bank.num_teachers}: the search in this workdir '
-          f'has {networks} networks in its history; choose 1..{networks}')
+          f'has {networks} networks that may teach (its history without the '
+          f'final network); choose 1..{networks}')
 
 
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:

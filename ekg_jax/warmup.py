@@ -50,4 +50,5 @@ def warmup(model, variables: Any, split: data_lib.Split, mean, std,
     params, stats, opt_state, _ = step(params, stats, opt_state,
                                        jnp.asarray(split.images[sl]),
                                        jnp.asarray(split.labels[sl]))
-  return {'params': params, 'batch_stats': stats}
+  # Block: the steps were dispatched asynchronously, and callers time this.
+  return jax.block_until_ready({'params': params, 'batch_stats': stats})

@@ -5,9 +5,9 @@ same global batch. Exits non-zero on a mismatch.
 How BN is matched:
 - sync BN (`finetune.sync_batch_norm`): BN averages batch statistics over the
   devices, so the reference is the plain step on the whole global batch.
-- per-device BN (the default): each device normalises its quarter of the
-  batch with that quarter's statistics, so the reference runs the model on
-  each quarter separately (on one device), then computes the loss (global
+- per-device BN (the default): each device normalises both views of its
+  quarter of the batch with their statistics, so the reference runs the
+  model on each quarter's two views (one batch) separately (on one device), then computes the loss (global
   teacher filter, global mean) on the concatenated logits, and averages the
   four updated running statistics.
 """
@@ -49,14 +49,15 @@ def per_device_reference(model, tx, sc, state, keys, images, labels, bank):
     logits = [[] for _ in views]
     new_stats = []
     for d in range(DEVICES):
-      stats = state.batch_stats
       part = slice(d * shard, (d + 1) * shard)
-      for v, x in enumerate(views):
-        z, upd = model.apply({'params': params, 'batch_stats': stats},
-                             x[part], train=True, mutable=['batch_stats'])
-        stats = upd['batch_stats']
-        logits[v].append(z)
-      new_stats.append(stats)
+      # Each device holds both views of its images, in one BN batch.
+      z, upd = model.apply({'params': params,
+                            'batch_stats': state.batch_stats},
+                           jnp.concatenate([x[part] for x in views]),
+                           train=True, mutable=['batch_stats'])
+      for v, zv in enumerate(jnp.split(z, len(views))):
+        logits[v].append(zv)
+      new_stats.append(upd['batch_stats'])
     logits = [jnp.concatenate(z) for z in logits]
     student = jax.lax.stop_gradient(sum(logits) / len(logits))
     target, _ = ft.distillation_target(bank, student, sc.temperature)

@@ -26,7 +26,7 @@ def test_official_resnet56_loads_every_variable():
   ref = shapes(model)
   assert jax.tree_util.tree_structure(variables) == \
       jax.tree_util.tree_structure(ref)
-  raw = pickle.load(open(OFFICIAL_RESNET56, 'rb'))
+  raw = checkpoint.read_pickled_arrays(str(OFFICIAL_RESNET56))
   np.testing.assert_array_equal(
       variables['batch_stats']['BasicBlock1.0/bn3']['var'],
       raw['BasicBlock1.0/bn3/moving_variance:0'].reshape(-1))
@@ -173,3 +173,45 @@ def test_killed_inside_an_npz_write_leaves_a_readable_state(tmp_path, rename):
   assert checkpoint.read_npz_with_fallback(path, read) == 2
   checkpoint.write_npz_atomic(path, step=np.asarray(4))  # the rerun's write
   assert checkpoint.read_npz_with_fallback(path, read) == 4
+
+
+class _Payload:
+  """Unpickling this runs a shell command (the classic pickle exploit)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_malicious_pickle_runs_nothing(tmp_path):
+  marker = tmp_path / 'pwned'
+  path = tmp_path / 'evil.pkl'
+  with open(path, 'wb') as f:
+    pickle.dump({'conv/kernel:0': _Payload(marker)}, f)
+  # The payload works with plain pickle (the test can fail) ...
+  with open(path, 'rb') as f:
+    pickle.load(f)
+  assert marker.exists()
+  marker.unlink()
+  # ... and does nothing through the checkpoint loader.
+  model = create_model('resnet20')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='refusing to load posix.system'):
+    checkpoint.load_official_pkl(str(path), shapes(model))
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('content,match', [
+    (b'', 'not a readable .pkl'),
+    (b'\x80\x04\x95\x10\x00', 'not a readable .pkl'),
+    (b'hello, not a pickle', 'not a readable .pkl'),
+    (pickle.dumps([1, 2, 3]), 'holds a list'),
+])
+def test_damaged_pickles_are_named(tmp_path, content, match):
+  path = tmp_path / 'weights.pkl'
+  path.write_bytes(content)
+  with pytest.raises(checkpoint.CheckpointError, match=match) as e:
+    checkpoint.load_official_pkl(str(path), shapes(create_model('resnet20')))
+  assert str(path) in str(e.value)

@@ -3,6 +3,7 @@ and numerical faults. The 4-device equivalence runs in a subprocess
 (`data_parallel_check.py`)."""
 
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -64,12 +65,40 @@ def test_distillation_target_uses_teachers_closer_than_the_student():
   np.testing.assert_allclose(target, top, rtol=1e-6)
 
 
-def test_learning_rate_steps_down_at_the_configured_epochs():
+def test_learning_rate_steps_down_at_the_configured_fractions():
   c = tiny_config(epochs=10)
+  # The reference pipeline's recipe: 0.01, x0.2 at 30/60/80% of the steps.
   schedule = ft.lr_schedule(c.finetune, steps_per_epoch=5)
-  lr = [float(schedule(s)) for s in (0, 14, 15, 29, 30, 45, 49)]
-  np.testing.assert_allclose(lr, [.05, .05, .005, .005, 5e-4, 5e-5, 5e-5],
-                             rtol=1e-5)
+  lr = [float(schedule(s)) for s in (0, 14, 15, 29, 30, 39, 40, 49)]
+  np.testing.assert_allclose(
+      lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
+  # One epoch keeps the shape (step-granular points).
+  c = tiny_config(epochs=1)
+  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=10)
+  lr = [float(schedule(s)) for s in (0, 2, 3, 5, 6, 7, 8, 9)]
+  np.testing.assert_allclose(
+      lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
+
+
+def test_optimizer_is_keras_nesterov_sgd_with_decay_in_the_gradient():
+  """Keras: v = m * v - lr * (g + wd * w); w += m * v - lr * (g + wd * w);
+  the velocity carries lr-scaled steps across a rate change."""
+  c = tiny_config(epochs=1)
+  tx = ft.make_optimizer(c.finetune, steps_per_epoch=10)
+  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=10)
+  rng = np.random.default_rng(0)
+  w = np.asarray(rng.normal(size=3), np.float64)
+  params, state = jnp.asarray(w, jnp.float32), tx.init(jnp.zeros(3))
+  v = np.zeros(3)
+  for step in range(6):  # across the boundary at step 3
+    g = rng.normal(size=3)
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+    params = params + updates
+    lr, m, wd = float(schedule(step)), 0.9, c.finetune.weight_decay
+    d = g + wd * w
+    v = m * v - lr * d
+    w = w + m * v - lr * d
+  np.testing.assert_allclose(params, w, rtol=1e-5)
 
 
 @pytest.mark.parametrize('knowledge', ft.KNOWLEDGE)
@@ -82,19 +111,19 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
   bank = jnp.asarray(np.random.default_rng(2).normal(size=(8, 3, 10)),
                      jnp.float32)
   keys = jax.random.split(jax.random.key(3), 8)
-  _, metrics = jax.jit(ft.make_step(model, tx, sc))(
+  state, metrics = jax.jit(ft.make_step(model, tx, sc))(
       ft.TrainState.create(variables, tx), keys, split.images, split.labels,
       bank)
 
-  stats, total, kd_total = variables['batch_stats'], 0.0, 0.0
-  logits = []
-  for v in range(sc.views):
-    x = data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(keys, v),
-                              split.images, sc.mean, sc.std, **dict(sc.augment))
-    z, upd = model.apply({'params': variables['params'], 'batch_stats': stats},
-                         x, train=True, mutable=['batch_stats'])
-    stats = upd['batch_stats']
-    logits.append(z)
+  total, kd_total = 0.0, 0.0
+  augment = dict(sc.augment, color_jitter=sc.views == 2)  # as the reference
+  views = [data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
+      keys, v), split.images, sc.mean, sc.std, **augment)
+           for v in range(sc.views)]
+  # Both views in ONE batch: BN statistics over both, one update.
+  z, upd = model.apply(variables, jnp.concatenate(views), train=True,
+                       mutable=['batch_stats'])
+  logits = list(jnp.split(z, sc.views))
   target = {'single': bank[:, 0], 'none': None,
             'ensemble': ft.distillation_target(
                 bank, sum(logits) / len(logits), 4.0)[0]}[knowledge]
@@ -106,6 +135,9 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
   assert sc.views == (1 if knowledge == 'none' else 2)
   np.testing.assert_allclose(metrics['loss'], total, rtol=1e-5)
   np.testing.assert_allclose(metrics['kd'], kd_total, rtol=1e-5, atol=1e-7)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      state.batch_stats, upd['batch_stats'])
 
 
 @pytest.mark.parametrize('program', ['loop', 'scan'])
@@ -177,12 +209,32 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_where_a_straight_run_ends(
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
     tmp_path):
-  config = tiny_config(knowledge='none', learning_rate=1e30,
-                       checkpoint_every_steps=1)
-  with pytest.raises(ft.NonFiniteError, match=r'at step \d+.*lower'):
-    _run(tmp_path, config, random_split(32, 7), None, random_split(8, 8))
+  train, test = random_split(32, 7), random_split(8, 8)
+  # One good epoch (4 steps, a checkpoint every 2) ...
+  good = tiny_config(knowledge='none', epochs=1, learning_rate=0.01)
+  _run(tmp_path, good, train, None, test)
+  # ... then the run is extended with an absurd learning rate: the update
+  # of step 5 blows the weights up, step 6's loss is not finite.
+  bad = tiny_config(knowledge='none', epochs=2, learning_rate=1e30)
+  with pytest.raises(ft.NonFiniteError, match=r'at step (\d+).*lower') as e:
+    _run(tmp_path, bad, train, None, test)
+  bad_step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
-  assert kept, 'no checkpoint before the fault'
+  assert max(kept) == 4 < bad_step, (kept, bad_step)
+  # The kept checkpoint is finite ...
+  model, variables = tiny_model()
+  restored, _ = ft.Checkpoints(str(tmp_path / 'checkpoints')).restore(
+      ft.TrainState.create(variables, ft.make_optimizer(bad.finetune, 4)))
+  assert int(restored.step) == 4
+  assert all(np.all(np.isfinite(a)) for a in
+             jax.tree_util.tree_leaves(restored.variables))
+  # ... and, as the message says, a rerun with a lower learning rate
+  # resumes from it and finishes.
+  bad.finetune.learning_rate = 0.01
+  result = _run(tmp_path, bad, train, None, test)
+  assert [e['epoch'] for e in result.history] == [1, 2]
+  assert all(np.all(np.isfinite(a)) for a in
+             jax.tree_util.tree_leaves(result.variables))
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

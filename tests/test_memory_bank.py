@@ -24,6 +24,19 @@ def test_select_teachers_spreads_losses_from_the_best():
   assert sorted(memory_bank.select_teachers(losses, 6)) == list(range(6))
 
 
+def test_the_final_searched_network_never_teaches():
+  # The final network has the lowest loss; the reference drops it anyway.
+  history = [{'val_loss': v} for v in (0.5, 0.9, 0.7, 0.6, 0.1)]
+  candidates = memory_bank.teacher_candidates(history)
+  assert candidates == [0.5, 0.9, 0.7, 0.6]
+  for k in range(1, 5):
+    chosen = memory_bank.select_teachers(candidates, k)
+    assert len(history) - 1 not in chosen
+    assert chosen[0] == 0  # the initial network: lowest loss left
+  with pytest.raises(ValueError, match='choose 1..4'):
+    memory_bank.select_teachers(candidates, 5)
+
+
 @pytest.mark.parametrize('k', [0, 7])
 def test_select_teachers_rejects_impossible_counts(k):
   with pytest.raises(ValueError, match='choose 1..6'):

@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 
 from conftest import perturb
-from ekg_jax import gates, importance, search, teacher
+from ekg_jax import gates, importance, losses, search, teacher
 from ekg_jax.models import create_model
 
 
 # --- host-side arithmetic ----------------------------------------------------
 
-def test_kept_count_rounds_before_ceil():
+def test_kept_count_is_the_reference_float32_mask():
+  # The reference keeps channels with rank < max(C * rate, 1) in float32.
   assert search.kept_count(16, round(1.0 - 0.2, 5)) == 13  # 12.8 -> 13
-  assert search.kept_count(10, 0.3) == 3  # 3.0000000000000004 -> 3
+  assert search.kept_count(10, 0.3) == 3  # float32 10 * 0.3 == 3.0
   assert search.kept_count(16, 0.0) == 1
+  assert search.kept_count(16, -0.2) == 1
+  assert search.kept_count(16, 1.0) == 16
+  for c in (3, 10, 16, 32, 64):
+    for rate in np.round(np.linspace(-0.1, 1.0, 223), 5):
+      ranks = np.arange(c, dtype=np.float32)
+      bound = np.maximum(np.float32(c) * np.float32(rate), np.float32(1))
+      assert search.kept_count(c, rate) == int((ranks < bound).sum())
 
 
 def test_step_size():
@@ -27,10 +35,37 @@ def test_step_size():
   assert search.step_size(gates.GateSpec('h', 64, 1), 0.2) == 0.2
 
 
-def test_removal_cost_sums_next_slice_of_sorted_scores():
+def test_per_channel_cost_sums_next_slice_of_sorted_scores():
   scores = np.array([5., 0., 0., 1., 3., 2., 4., 0.])
   # rate 0.625: 3 channels gone (the zeros); delta 0.25 removes the next 2.
-  assert search.removal_cost(scores, 0.625, 0.25) == 1. + 2.
+  assert search.per_channel_cost(scores, 0.625, 0.25) == 1. + 2.
+
+
+def test_reference_cost_is_all_scores_until_pruned_then_zero():
+  scores = np.array([5., 0., 0., 1., 3., 2., 4., 0.])
+  # Untouched gate: the reference's [1,1,1,C] slice [0:k] keeps everything.
+  assert search.reference_cost(scores, 1.0, 0.25) == scores.sum()
+  # Pruned at least once: the slice [lo:hi] with lo >= 1 on an axis of
+  # length 1 is empty.
+  assert search.reference_cost(scores, 0.625, 0.25) == 0.0
+  assert search.reference_cost(scores, 0.875, 0.125) == 0.0
+
+
+def test_marking_default_is_reference_and_keeps_one_channel_gates():
+  specs = {g: gates.GateSpec(g, 8, 1) for g in 'abcdefg'}
+  rates = {'a': 1.0, 'b': 1.0, 'c': 1.0, 'd': 1.0, 'e': 0.75, 'f': 0.1,
+           'g': 0.0}
+  rng = np.random.default_rng(0)
+  scores = {g: rng.random(8) + i for i, g in enumerate(specs)}
+  marked = search.mark_candidates(specs, rates, scores,
+                                  search.SearchConfig())
+  # e and f were pruned: cost 0, always marked; f is at one channel (rate
+  # 0.1 > 0) and stays a candidate; g (rate 0) is retired.
+  assert 'e' in marked and 'f' in marked and 'g' not in marked
+  assert search.kept_count(8, 0.1) == 1
+  per_channel = search.mark_candidates(
+      specs, rates, scores, search.SearchConfig(marking='per_channel'))
+  assert per_channel != marked
 
 
 def test_otsu_threshold_splits_two_clusters():
@@ -42,15 +77,29 @@ def test_otsu_threshold_splits_two_clusters():
   assert search.otsu_threshold([1.0]) == math.inf
 
 
-def test_candidate_rate_fine_search_stops_at_target():
+def test_otsu_never_tries_the_last_split():
+  # After trimming [0, 0, 0, 10] stays; the best split (t = 3: {0,0,0} |
+  # {10}) is t = n' - 1, which the reference loop range(1, n' - 1) never
+  # tries; t = 2 ({0, 0} | {0, 10}) wins, threshold (0 + 0) / 2.
+  assert search.otsu_threshold([0., 0., 0., 10.], trim=0.0) == 0.0
+
+
+def test_candidate_rate_fine_search_as_the_reference():
   spec = gates.GateSpec('g', 10, 1)
   # FLOPs rate proportional to the rate: the target 0.45 lies inside a step.
   rate_of = lambda r: r
   cfg = search.SearchConfig(target_flops_rate=0.45, step=0.5)
+  # 0.3 < target: walk 0.3, 0.4, 0.5 (> 0.45) -> round(0.5 - 0.1, 5).
   assert search.candidate_rate(spec, 0.8, rate_of, cfg) == pytest.approx(0.4)
   cfg = search.SearchConfig(target_flops_rate=0.45, step=0.2)
   # 0.6 is above the target: no fine search.
   assert search.candidate_rate(spec, 0.8, rate_of, cfg) == pytest.approx(0.6)
+  # The reference tries round(w, 2): with C = 64 from 0.3, w = 0.3 + 2/64
+  # = 0.33125 is tried as 0.33 (<= 0.331) and w = 0.346875 as 0.35
+  # (> 0.331), so the result is round(0.346875 - 1/64, 5) = 0.33125.
+  spec = gates.GateSpec('g', 64, 1)
+  cfg = search.SearchConfig(target_flops_rate=0.331, step=0.2)
+  assert search.candidate_rate(spec, 0.5, rate_of, cfg) == 0.33125
 
 
 def test_teacher_is_running_mean_of_logits():
@@ -112,14 +161,46 @@ def test_fast_candidate_evaluation_equals_loop(problem, mode):
   assert len(set(np.round(objectives, 6))) > 1
 
 
-def finite_difference_scores(problem, masks, teacher_logits, gate, eps=1e-2):
-  """m_c * dObj/dm_c by central differences, per batch, |.| summed."""
+def test_prefix_reuses_the_importance_pass_boundaries(problem):
+  """The importance pass's forward gives the current network's segment
+  inputs; `prefix` fed with them equals the loop."""
+  kept, ranks = random_network(problem, 6)
   ev = problem.evaluator
+  masks = gates.masks_from_kept(kept, ranks)
+  teacher_logits = jax.random.normal(jax.random.key(8), (40, 10))
+  _, boundaries = ev.importance(problem.variables, problem.batches,
+                                teacher_logits, masks)
+  fresh = ev.boundaries(problem.variables, problem.batches.images, masks)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+      boundaries, fresh)
+  candidates = {g: max(kept[g] - 2, 1) for g in list(problem.specs)[::3]}
+  args = (problem.variables, problem.batches, teacher_logits, ranks, kept,
+          candidates)
+  plain = ev.evaluate_candidates('loop', *args)
+  fast = ev.evaluate_candidates('prefix', *args, boundaries=boundaries)
+  for g in candidates:
+    np.testing.assert_allclose(fast[g]['objective'], plain[g]['objective'],
+                               rtol=2e-5, err_msg=g)
+
+
+def test_same_channels_detects_ties_that_move_the_kept_set():
+  old = {'g': np.array([0, 1, 2, 3])}  # channels 0, 1 kept
+  assert search._same_channels({'g': 2}, old, {'g': np.array([1, 0, 3, 2])})
+  assert not search._same_channels({'g': 2},
+                                   old, {'g': np.array([0, 2, 1, 3])})
+
+
+def finite_difference_scores(problem, masks, teacher_logits, gate, eps=1e-2):
+  """m_c * dObj/dm_c by central differences, per batch, |.| summed; each
+  batch's objective is its sum over the nominal (largest) batch size."""
+  ev = problem.evaluator
+  nominal = max(problem.batches.sizes)
 
   @jax.jit
   def obj(m, x, y, t):
     logits = ev._apply(problem.variables, x, {**masks, gate: m})
-    return ev._terms(logits, y, t)[1].mean()
+    return ev._terms(logits, y, t)[1].sum() / nominal
 
   total = np.zeros(masks[gate].shape[0])
   for x, y, t in zip(problem.batches.images, problem.batches.labels,
@@ -135,13 +216,46 @@ def test_ekg_importance_matches_finite_differences(problem):
   kept, ranks = random_network(problem, 3)
   masks = gates.masks_from_kept(kept, ranks)
   teacher_logits = jax.random.normal(jax.random.key(7), (40, 10))
-  scores = problem.evaluator.importance(problem.variables, problem.batches,
+  scores, _ = problem.evaluator.importance(problem.variables, problem.batches,
                                         teacher_logits, masks)
   gate = 'stage2/block1'
   expected = finite_difference_scores(problem, masks, teacher_logits, gate)
   np.testing.assert_allclose(scores[gate], expected, rtol=2e-2, atol=1e-4)
   # Masked channels score exactly 0 (and so stay last).
   assert float(jnp.abs(scores[gate] * (1 - masks[gate])).max()) == 0.0
+
+
+def test_gbn_is_gamma_times_its_gradient_per_batch(problem):
+  """|gamma_c * dL_b/dgamma_c| summed over batches, for an inner gate (one
+  BN writes it) and a stream gate (every bn2/bn3 and the stem BN of its
+  stage), against per-layer gradients of a plainly written loss; masked
+  channels 0."""
+  kept, ranks = random_network(problem, 4)
+  masks = gates.masks_from_kept(kept, ranks)
+  ev, variables = problem.evaluator, problem.variables
+  scores = ev.gbn(variables, problem.batches, masks)
+  nominal = max(problem.batches.sizes)
+
+  def loss(params, x, y):
+    logits = ev.model.apply({**variables, 'params': params}, x,
+                            masks=masks, train=True,
+                            mutable=['batch_stats'])[0]
+    return losses.cross_entropy(logits, y).sum() / nominal
+
+  grads = [jax.grad(loss)(variables['params'], x, y)
+           for x, y in zip(problem.batches.images, problem.batches.labels)]
+  writers = {'stage1/block2': ['BasicBlock1.2/bn1'],
+             'stage2': ['BasicBlock2.0/bn3'] + [f'BasicBlock2.{b}/bn2'
+                                                for b in range(3)]}
+  for gate, layers in writers.items():
+    expected = sum(
+        np.abs(np.asarray(variables['params'][l]['scale'])
+               * np.asarray(g[l]['scale'])) for g in grads for l in layers)
+    expected = expected * np.asarray(masks[gate])
+    np.testing.assert_allclose(scores[gate], expected, rtol=1e-4,
+                               atol=1e-7, err_msg=gate)
+    assert float(jnp.abs(scores[gate] * (1 - masks[gate])).max()) == 0.0
+    assert float(scores[gate].max()) > 0.0
 
 
 def test_weight_criteria(problem):

@@ -18,45 +18,99 @@ def with_value(key, value):
   return config
 
 
+NAN = float('nan')
 BAD = [
-    ('search.target_flops_rate', 0.0, 'must lie in \\(0, 1\\)'),
-    ('search.target_flops_rate', 1.2, 'must lie in \\(0, 1\\)'),
-    ('search.criterion', 'l3', 'allowed: ekg, l1, l2, fpgm, bn_gamma, random'),
+    ('search.target_flops_rate', 0.0, 'must be in \\(0, 1\\)'),
+    ('search.target_flops_rate', 1.2, 'must be in \\(0, 1\\)'),
+    ('search.target_flops_rate', NAN, 'finite number in \\(0, 1\\)'),
+    ('search.criterion', 'l3',
+     'allowed: ekg, gbn, l1, l2, fpgm, bn_gamma, random'),
     ('search.allocation', 'even', 'allowed: greedy, uniform'),
     ('search.teacher', 'many', 'allowed: ensemble, single, none'),
     ('search.evaluation', 'gpu', 'allowed: auto, vmap, prefix, loop'),
+    ('search.marking', 'otsu', 'allowed: reference, per_channel'),
     ('search.chunk_size', 0, 'positive integer'),
-    ('search.step', 0.0, 'must lie in \\(0, 1\\]'),
+    ('search.step', 0.0, 'must be in \\(0, 1\\]'),
+    ('search.otsu_trim', 0.5, 'must be in \\[0, 0.5\\)'),
     ('data.val_per_class', 10, 'smaller than one search batch'),
-    ('model.name', 'resnet57', 'unknown model'),
-    ('data.name', 'mnist', 'unknown dataset'),
+    ('model.name', 'resnet57', 'allowed: mobilenet_v2'),
+    ('data.name', 'mnist', 'allowed: cifar10, cifar100, imagenet2012'),
+    ('data.image_size', 64, 'cifar10 images are 32x32'),
     ('finetune.knowledge', 'all', 'allowed: ensemble, single, none'),
     ('data.std', (1.0, 0.0, 1.0), 'every value must be > 0'),
+    ('data.std', (1.0, NAN, 1.0), 'every value must be a finite number'),
+    ('data.mean', (1.0, 2.0), 'needs 3 values'),
+    ('data.mean', (1.0, 2.0, 300.0), 'must be in \\[0, 255\\]'),
     ('memory_bank.num_teachers', 0, 'positive integer'),
-    ('finetune.epochs', -1, 'must be >= 0'),
+    ('finetune.epochs', -1, 'integer >= 0'),
     ('finetune.dtype', 'float16', 'allowed: float32, bfloat16'),
     ('finetune.program', 'while', 'allowed: auto, scan, loop'),
     ('memory_bank.dtype', 'int8', 'allowed: float32, bfloat16, float16'),
-    ('pretrain.epochs', -2, 'must be >= 0'),
+    ('pretrain.epochs', -2, 'integer >= 0'),
     ('finetune.learning_rate', 0.0, 'must be > 0'),
+    ('finetune.learning_rate', NAN, 'finite number > 0'),
+    ('warmup.learning_rate', float('inf'), 'finite number > 0'),
     ('finetune.batch_size', 0, 'positive integer'),
     ('pretrain.program', 'unrolled', 'allowed: auto, scan, loop'),
-    ('data.mean', (1.0, 2.0), 'one value per RGB channel'),
     ('init_checkpoint', '/nonexistent.pkl', 'no such file or directory'),
     ('phases', 'search,dance', "unknown or empty phases \\['dance'\\]"),
     ('finetune.temperature', 0.0, 'must be > 0'),
-    ('pretrain.lr_decay_factor', 0.0, 'must lie in \\(0, 1\\]'),
-    ('finetune.lr_decay_epochs_fraction', (0.5, 1.5), 'lie in \\[0, 1\\]'),
-    ('finetune.momentum', 1.0, 'must lie in \\[0, 1\\)'),
+    ('finetune.temperature', NAN, 'finite number > 0'),
+    ('pretrain.lr_decay_factor', 0.0, 'must be in \\(0, 1\\]'),
+    ('finetune.lr_decay_epochs_fraction', (0.5, 1.5),
+     'every value must be in \\[0, 1\\]'),
+    ('finetune.momentum', 1.0, 'must be in \\[0, 1\\)'),
     ('pretrain.weight_decay', -1e-4, 'must be >= 0'),
+    ('finetune.weight_decay', NAN, 'finite number >= 0'),
+    ('augment.contrast', (1.2, 0.8), 'low <= high'),
+    ('augment.brightness', -1.0, 'must be in \\[0, 255\\]'),
+    ('augment.pad', 32, 'smaller than the image'),
+    ('model.bn_epsilon', 0.0, 'must be > 0'),
+    ('model.bn_momentum', NAN, 'finite number in \\[0, 1\\)'),
+    ('warmup.loss_divisor', 0, 'must be > 0'),
+    ('landscape.bn', 'frozen', 'allowed: batch, running'),
+    ('landscape.num_eigenvalues', 40, 'cannot exceed'),
+    ('data.data_dir', '/nonexistent/tfds', 'no such folder'),
+    ('data.test_split', '', 'non-empty string'),
 ]
+
+
+def test_every_config_key_has_a_rule_that_refuses_bad_values():
+  """Each leaf of the default config is checked: None (which
+  ml_collections accepts for any field) is refused with the key's name, and
+  so is NaN for every float."""
+  config = default_config()
+  keys = validate.leaves(config)
+  assert set(keys) == set(validate.RULES), set(keys) ^ set(validate.RULES)
+  for key in keys:
+    default = validate._get(config, key)
+    bad = [None] + ([NAN] if isinstance(default, float) else [])
+    for value in bad:
+      with pytest.raises(validate.ConfigError) as e:
+        validate.validate_config(with_value(key, value))
+      assert str(e.value).startswith(f'config.{key}={value!r}: '), key
+
+
+def test_every_shipped_config_validates():
+  import importlib.util
+  import pathlib
+  for path in sorted(pathlib.Path(__file__).parents[1].glob('configs/*.py')):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    variants = {'resnet_imagenet': ('resnet18', 'resnet34', 'resnet50'),
+                'mobilenetv2_cifar': ('cifar10', 'cifar100')}.get(
+                    path.stem, (None,))
+    for arg in variants:
+      config = module.get_config() if arg is None else module.get_config(arg)
+      validate.validate_config(config)
 
 
 @pytest.mark.parametrize('key,value,match', BAD)
 def test_bad_value_is_named(key, value, match):
   with pytest.raises(validate.ConfigError) as e:
     validate.validate_config(with_value(key, value))
-  assert f'config.{key}={value!r}' in str(e.value)
+  assert str(e.value).startswith(f'config.{key}={value!r}: ')
   assert e.match(match)
 
 
@@ -107,8 +161,9 @@ SEARCHED = {'search': {'steps': 9}}  # a workdir whose search has 10 networks
      "needs a finished 'memory_bank'.*knowledge='ensemble'"),
     (['finetune'], SEARCHED, {'finetune.knowledge': 'single'},
      "needs a finished 'memory_bank'"),
-    (['memory_bank'], {'search': {'steps': 3}}, {},
-     'num_teachers=5: the search in this workdir has 4 networks'),
+    (['memory_bank'], {'search': {'steps': 4}}, {},
+     'num_teachers=5: the search in this workdir has 4 networks that may '
+     'teach'),
 ])
 def test_phase_prerequisites_are_named(phases, summary, overrides, match):
   config = default_config()

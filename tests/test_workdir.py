@@ -41,7 +41,7 @@ def test_another_config_is_refused_with_the_differing_keys(tmp_path):
   workdir.save_config(config, str(tmp_path))
   same = default_config()
   same.phases, same.quiet = 'search', True  # run control may change
-  workdir.check_config(same, str(tmp_path))
+  workdir.check_config(same, str(tmp_path), produced=['search'])
   other = default_config()
   other.search.target_flops_rate = 0.3
   other.model.name = 'resnet20'
@@ -49,4 +49,34 @@ def test_another_config_is_refused_with_the_differing_keys(tmp_path):
                      match=r"model.name: 'resnet56' -> 'resnet20', "
                            r"search.target_flops_rate: 0.45 -> 0.3\); use a "
                            r'new --workdir'):
-    workdir.check_config(other, str(tmp_path))
+    workdir.check_config(other, str(tmp_path), produced=['search'])
+
+
+def test_only_keys_of_phases_that_produced_something_are_pinned(tmp_path):
+  config = default_config()
+  workdir.save_config(config, str(tmp_path))
+  other = default_config()
+  other.finetune.knowledge = 'none'
+  other.memory_bank.num_teachers = 3
+  other.data.test_split = 'test[:100]'
+  # Nothing produced yet (a run that failed before computing): any change.
+  other.search.target_flops_rate = 0.3
+  workdir.check_config(other, str(tmp_path), produced=[])
+  other.search.target_flops_rate = 0.45
+  # A finished search pins the search keys, not the later phases' keys.
+  workdir.check_config(other, str(tmp_path), produced=['search'])
+  with pytest.raises(workdir.WorkdirError, match='finetune.knowledge'):
+    workdir.check_config(other, str(tmp_path),
+                         produced=['search', 'finetune'])
+  with pytest.raises(workdir.WorkdirError, match='data.test_split'):
+    workdir.check_config(other, str(tmp_path), produced=['evaluate'])
+
+
+def test_ci_has_the_shared_data():
+  """Under CI the data-dependent tests cannot skip (conftest.STRICT); this
+  says why they would fail."""
+  import conftest
+  if not conftest.STRICT:
+    pytest.skip('not under CI')
+  assert conftest.HAVE_CIFAR10, f'no CIFAR-10 under {conftest.TFDS_DIR}'
+  assert conftest.HAVE_OFFICIAL, f'no {conftest.OFFICIAL_RESNET56}'

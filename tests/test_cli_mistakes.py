@@ -1,0 +1,252 @@
+"""Mistaken inputs through the real command line, in subprocesses.
+
+Each mistake must end the CLI with a non-zero status and ONE line on stderr
+naming the problem, before any compute where the input allows (no phase
+results in the workdir), and the corrected command must then succeed in
+the same workdir. The counts are in the README (Reliability).
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, \
+    needs_official
+
+pytestmark = [pytest.mark.slow, needs_cifar10, needs_official]
+
+CONFIG = '--config=configs/resnet56_cifar.py'
+# The corrected command: evaluate the official network on 100 test images.
+GOOD = {'config.init_checkpoint': str(OFFICIAL_RESNET56),
+        'config.phases': 'evaluate', 'config.quiet': 'True',
+        'config.data.test_split': 'test[:100]',
+        'config.data.data_dir': TFDS_DIR}
+
+
+def _evil_pickle(path):
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f'touch {path}.pwned',))
+  with open(path, 'wb') as f:
+    pickle.dump({'conv/kernel:0': Payload()}, f)
+
+
+def _files(tmp):
+  """Paths the mistakes refer to, made once per test."""
+  files = {
+      'empty.pkl': b'',
+      'truncated.pkl': OFFICIAL_RESNET56.read_bytes()[:5000],
+      'text.pkl': b'these are not weights\n',
+      'list.pkl': pickle.dumps([1, 2, 3]),
+      'syntax.py': b'def get_config(:\n  pass\n',
+      'noconfig.py': b'x = 1\n',
+  }
+  for name, content in files.items():
+    (tmp / name).write_bytes(content)
+  _evil_pickle(str(tmp / 'evil.pkl'))
+  (tmp / 'notckpt').mkdir()
+  (tmp / 'a_file').write_text('')
+  return tmp
+
+
+# (name, extra args (overrides replace GOOD's), stderr must match, flags
+# that replace the config flag). Values with {tmp} are formatted.
+MISTAKES = [
+    # The command line itself.
+    ('no workdir', {'--workdir': None}, r'--workdir is required'),
+    ('no config', {'--config': None}, r'--config is required'),
+    ('config file missing', {'--config': 'configs/resnet65_cifar.py'},
+     r'configs/resnet65_cifar.py: no such config file'),
+    ('config syntax error', {'--config': '{tmp}/syntax.py'},
+     r'syntax error'),
+    ('config without get_config', {'--config': '{tmp}/noconfig.py'},
+     r'has no get_config\(\)'),
+    ('unknown key', {'--config.search.nope': '1'},
+     r'--config.search.nope: no such config key'),
+    ('unknown section', {'--config.serch.step': '0.1'},
+     r'--config.serch.step: no such config key'),
+    ('wrong type', {'--config.search.step': 'fast'},
+     r'--config.search.step: no such config key, or a value of the wrong'),
+    ('unknown flag', {'--wrkdir': 'x'}, r'Unknown command line flag'),
+    ('positional argument', {'search': ''}, r'unexpected arguments'),
+    # Config values.
+    ('target above 1', {'--config.search.target_flops_rate': '1.5'},
+     r'config.search.target_flops_rate=1.5: must be in \(0, 1\)'),
+    ('target NaN', {'--config.search.target_flops_rate': 'nan'},
+     r'target_flops_rate=nan: must be a finite number'),
+    ('target below the floor', {'--config.search.target_flops_rate': '0.001',
+                                '--config.phases': 'search'},
+     r'cannot get below a FLOPs rate'),
+    ('criterion typo', {'--config.search.criterion': 'L1'},
+     r"search.criterion='L1': allowed: ekg, gbn"),
+    ('teacher typo', {'--config.search.teacher': 'ensembel'},
+     r"search.teacher='ensembel': allowed"),
+    ('marking typo', {'--config.search.marking': 'channel'},
+     r"search.marking='channel': allowed: reference, per_channel"),
+    ('evaluation typo', {'--config.search.evaluation': 'gpu'},
+     r"search.evaluation='gpu': allowed"),
+    ('step zero', {'--config.search.step': '0'}, r'search.step=0.0'),
+    ('otsu trim half', {'--config.search.otsu_trim': '0.5'},
+     r'search.otsu_trim=0.5'),
+    ('chunk zero', {'--config.search.chunk_size': '0'},
+     r'chunk_size=0: must be a positive integer'),
+    ('learning rate NaN', {'--config.finetune.learning_rate': 'nan'},
+     r'finetune.learning_rate=nan: must be a finite number > 0'),
+    ('learning rate negative', {'--config.pretrain.learning_rate': '-0.1'},
+     r'pretrain.learning_rate=-0.1: must be > 0'),
+    ('weight decay inf', {'--config.finetune.weight_decay': 'inf'},
+     r'finetune.weight_decay=inf: must be a finite number'),
+    ('temperature NaN', {'--config.finetune.temperature': 'nan'},
+     r'temperature=nan'),
+    ('momentum 1', {'--config.finetune.momentum': '1.0'},
+     r'finetune.momentum=1.0: must be in \[0, 1\)'),
+    ('decay factor 0', {'--config.finetune.lr_decay_factor': '0'},
+     r'lr_decay_factor=0.0'),
+    ('decay point 1.5', {'--config.finetune.lr_decay_epochs_fraction':
+                         '(0.3, 1.5)'}, r'every value must be in \[0, 1\]'),
+    ('epochs negative', {'--config.finetune.epochs': '-1'},
+     r'finetune.epochs=-1: must be an integer >= 0'),
+    ('knowledge typo', {'--config.finetune.knowledge': 'ensembles'},
+     r"finetune.knowledge='ensembles': allowed"),
+    ('dtype typo', {'--config.finetune.dtype': 'float16'},
+     r"finetune.dtype='float16': allowed"),
+    ('mean above 255', {'--config.data.mean': '(1.0, 2.0, 300.0)'},
+     r'data.mean=\(1.0, 2.0, 300.0\): every value must be in \[0, 255\]'),
+    ('std zero', {'--config.data.std': '(1.0, 0.0, 1.0)'},
+     r'data.std=.*every value must be > 0'),
+    ('two means', {'--config.data.mean': '(1.0, 2.0)'},
+     r'data.mean=\(1.0, 2.0\): needs 3 values'),
+    ('image size', {'--config.data.image_size': '64'},
+     r'data.image_size=64: cifar10 images are 32x32'),
+    ('model typo', {'--config.model.name': 'resnet57'},
+     r"model.name='resnet57': allowed"),
+    ('dataset typo', {'--config.data.name': 'cifar'},
+     r"data.name='cifar': allowed"),
+    ('bn momentum NaN', {'--config.model.bn_momentum': 'nan'},
+     r'model.bn_momentum=nan'),
+    ('pad too big', {'--config.augment.pad': '40'},
+     r'augment.pad=40: a reflect pad must be smaller'),
+    ('contrast reversed', {'--config.augment.contrast': '(1.2, 0.8)'},
+     r'augment.contrast=.*low <= high'),
+    ('warm-up lr inf', {'--config.warmup.learning_rate': 'inf'},
+     r'warmup.learning_rate=inf'),
+    ('bank dtype', {'--config.memory_bank.dtype': 'int8'},
+     r"memory_bank.dtype='int8': allowed"),
+    ('no teachers', {'--config.memory_bank.num_teachers': '0'},
+     r'num_teachers=0: must be a positive integer'),
+    ('phase typo', {'--config.phases': 'evalute'},
+     r"unknown or empty phases \['evalute'\]"),
+    ('landscape bn', {'--config.landscape.bn': 'frozen'},
+     r"landscape.bn='frozen': allowed"),
+    ('val set smaller than a batch', {'--config.data.val_per_class': '10'},
+     r'data.val_per_class=10: the validation set \(100 images\)'),
+    # Files and folders.
+    ('workdir is a file', {'--workdir': '{tmp}/a_file/w'},
+     r'a_file is a file'),
+    ('data dir missing', {'--config.data.data_dir': '/nonexistent/tfds'},
+     r"data.data_dir='/nonexistent/tfds': no such folder"),
+    ('dataset not prepared', {'--config.data.name': 'cifar100',
+                              '--config.model.name': 'resnet56'},
+     r"dataset 'cifar100' .* is not prepared in"),
+    ('test split typo', {'--config.data.test_split': 'tset'},
+     r"config.data.test_split='tset': cifar10 has no split 'tset'"),
+    ('train split slice', {'--config.data.train_split': 'train[:abc]',
+                           '--config.phases': 'search'},
+     r"config.data.train_split='train\[:abc\]'"),
+    ('val per class above a class', {
+        '--config.data.train_split': 'train[:1000]',
+        '--config.data.val_per_class': '150', '--config.phases': 'search'},
+     r'data.val_per_class=150: the train split .* smallest class'),
+    ('fine-tune batch above the split', {
+        '--config.data.train_split': 'train[:100]',
+        '--config.finetune.batch_size': '128',
+        '--config.phases': 'search,finetune',
+        '--config.finetune.knowledge': 'none',
+        '--config.data.val_per_class': '26',
+        '--config.data.warmup_per_class': '5'},
+     r'finetune.batch_size=128: larger than the train split'),
+    ('checkpoint missing', {'--config.init_checkpoint': '/nope/w.pkl'},
+     r"init_checkpoint='/nope/w.pkl': no such file"),
+    ('checkpoint empty', {'--config.init_checkpoint': '{tmp}/empty.pkl'},
+     r'empty.pkl is not a readable .pkl checkpoint'),
+    ('checkpoint truncated', {'--config.init_checkpoint':
+                              '{tmp}/truncated.pkl'},
+     r'truncated.pkl is not a readable .pkl checkpoint'),
+    ('checkpoint text', {'--config.init_checkpoint': '{tmp}/text.pkl'},
+     r'text.pkl is not a readable .pkl checkpoint'),
+    ('checkpoint list', {'--config.init_checkpoint': '{tmp}/list.pkl'},
+     r'list.pkl holds a list'),
+    ('checkpoint malicious', {'--config.init_checkpoint': '{tmp}/evil.pkl'},
+     r'refusing to load posix.system'),
+    ('checkpoint of another model', {'--config.model.name': 'resnet20'},
+     r'does not fit the model'),
+    ('folder that is no checkpoint', {'--config.init_checkpoint':
+                                      '{tmp}/notckpt'},
+     r'notckpt'),
+    # Phases.
+    ('evaluate random weights', {'--config.init_checkpoint': ''},
+     r'would measure randomly initialised weights'),
+    ('memory bank before search', {'--config.phases': 'memory_bank'},
+     r"phase 'memory_bank' needs a finished 'search'"),
+    ('finetune before bank', {'--config.phases': 'finetune'},
+     r"phase 'finetune' needs a finished 'search'"),
+    ('distributed without cluster', {'--config.distributed': 'True'},
+     r'config.distributed=True: .* found no cluster'),
+]
+
+
+def command(workdir, changes, tmp):
+  args = {'--config': CONFIG.split('=', 1)[1], '--workdir': str(workdir),
+          **{f'--{k}': v for k, v in GOOD.items()}}
+  positional = []
+  for key, value in changes.items():
+    value = None if value is None else value.format(tmp=tmp)
+    if not key.startswith('--'):
+      positional.append(key)
+    elif value is None:
+      args.pop(key, None)
+    else:
+      args[key] = value
+  return [sys.executable, '-m', 'ekg_jax.main', *positional,
+          *(f'{k}={v}' for k, v in args.items())]
+
+
+def run(cmd):
+  env = dict(os.environ, TFDS_DATA_DIR=TFDS_DIR)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=env)
+
+
+@pytest.fixture(scope='module')
+def tmp(tmp_path_factory):
+  return _files(tmp_path_factory.mktemp('inputs'))
+
+
+@pytest.mark.parametrize('name,changes,match', MISTAKES,
+                         ids=[m[0] for m in MISTAKES])
+def test_mistake_is_one_line_and_the_fix_succeeds(tmp, tmp_path, name,
+                                                   changes, match):
+  workdir = tmp_path / 'w'
+  if changes.get('--workdir', '').startswith('{tmp}'):
+    workdir = changes['--workdir'].format(tmp=tmp)
+  result = run(command(tmp_path / 'w', changes, tmp))
+  assert result.returncode != 0, result.stdout[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith('ekg_jax: error: '), lines[0]
+  import re
+  assert re.search(match, lines[0]), lines[0]
+  assert not os.path.exists(f'{tmp}/evil.pkl.pwned')
+  # Before compute: no phase left results in the workdir.
+  summary = tmp_path / 'w' / 'summary.json'
+  assert not summary.exists() or not (
+      set(json.loads(summary.read_text())) - {'weights'})
+  # The corrected command succeeds in the same workdir.
+  fixed = run(command(tmp_path / 'w', {}, tmp))
+  assert fixed.returncode == 0, fixed.stderr[-3000:]
+  base = json.loads(summary.read_text())['base']
+  assert base['test_images'] == 100

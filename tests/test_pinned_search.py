@@ -1,0 +1,115 @@
+"""A pinned search trajectory: the first steps of the EKG search from the
+official ResNet-56 on CIFAR-10 (the real recipe: warm-up, 320 validation
+images), with their chosen gates, losses and importance scores. The authors'
+code, run on the same data and weights, chose the same three gates with the
+same validation CE (its units x 512/320; README, Fidelity). Any change to what the search computes (importance,
+marking, step sizes, the objective, the teacher) moves these numbers, so a
+refactor that passes this test changed no number.
+
+To re-pin after a deliberate change of the algorithm:
+  python tests/test_pinned_search.py   (prints the PINNED dict)
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
+from ekg_jax import checkpoint, gates, pipeline, search, warmup
+from ekg_jax.config import default_config
+from ekg_jax.models import create_model
+
+STEPS = 3
+SCORED_GATES = ('stage0', 'stage1', 'stage2', 'stage0/block0',
+                'stage2/block8')
+
+# Produced by `python tests/test_pinned_search.py` (XLA's default CPU
+# convolutions, as under pytest) on 2026-11-26.
+PINNED = {
+    'scores': {'stage0': 7.47776460647583, 'stage1': 9.33242416381836,
+               'stage2': 9.803506851196289,
+               'stage0/block0': 0.1549030840396881,
+               'stage2/block8': 0.10345472395420074},
+    'steps': [
+        {'gate': 'stage0/block8', 'kept': 13, 'candidates': 19,
+         'val_loss': 0.33825597167015076, 'objective': 0.45260515809059143},
+        {'gate': 'stage2/block8', 'kept': 52, 'candidates': 19,
+         'val_loss': 0.33633488416671753, 'objective': 0.45177850127220154},
+        {'gate': 'stage2/block7', 'kept': 52, 'candidates': 19,
+         'val_loss': 0.3283737003803253, 'objective': 0.4504317343235016},
+    ],
+    'initial_val_loss': 0.34010884165763855,
+}
+
+
+def trajectory() -> dict:
+  """The real search recipe (warm-up, the 320 validation images, EKG
+  objective), stopped after STEPS steps."""
+  config = default_config()
+  config.data.data_dir = TFDS_DIR
+  model = create_model('resnet56')
+  table = gates.layer_table(model, (32, 32, 3))
+  reference = jax.eval_shape(model.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56), reference)
+  warm = pipeline.class_subset(config, config.data.warmup_per_class,
+                               from_end=False)
+  variables = warmup.warmup(model, variables, warm, config.data.mean,
+                            config.data.std, config.warmup)
+  val = pipeline.class_subset(config, config.data.val_per_class,
+                              from_end=True)
+  batches = search.Batches.from_split(val, 256, config.data.mean,
+                                      config.data.std)
+  search_config = search.SearchConfig.from_config(config.search)
+  problem = search.SearchProblem(
+      search.Evaluator(model, table, search_config), variables, batches,
+      search_config)
+  state = search.init_state(problem)
+  masks = state.masks()
+  scores = jax.device_get(problem.scores(state, masks))
+  for _ in range(STEPS):
+    state = search.search_step(problem, state, 'prefix')
+  return {
+      'scores': {g: float(np.sum(scores[g])) for g in SCORED_GATES},
+      'steps': [{'gate': e['gate'], 'kept': e['kept'][e['gate']],
+                 'candidates': e['candidates'], 'val_loss': e['val_loss'],
+                 'objective': e['objective']}
+                for e in state.history[1:]],
+      'initial_val_loss': state.history[0]['val_loss'],
+  }
+
+
+@needs_cifar10
+@needs_official
+def test_search_trajectory_is_pinned():
+  got = trajectory()
+  # What the authors' TensorFlow code chose on the same data and weights.
+  assert [s['gate'] for s in got['steps']] == [
+      'stage0/block8', 'stage2/block8', 'stage2/block7']
+  # Its losses (each batch's sum / 256, averaged over the 2 batches: ours x
+  # 320 / 512), printed to 4 decimals; JPEG decoders and summation orders
+  # differ, so agreement is to 2e-4.
+  np.testing.assert_allclose([s['val_loss'] * 320 / 512
+                              for s in got['steps']],
+                             [0.2114, 0.2101, 0.2052], atol=2e-4)
+  assert [s['gate'] for s in got['steps']] == \
+      [s['gate'] for s in PINNED['steps']]
+  for mine, pinned in zip(got['steps'], PINNED['steps']):
+    assert mine['kept'] == pinned['kept']
+    assert mine['candidates'] == pinned['candidates']
+    np.testing.assert_allclose(mine['val_loss'], pinned['val_loss'],
+                               rtol=1e-4)
+    np.testing.assert_allclose(mine['objective'], pinned['objective'],
+                               rtol=1e-4)
+  for g in SCORED_GATES:
+    np.testing.assert_allclose(got['scores'][g], PINNED['scores'][g],
+                               rtol=1e-4, err_msg=g)
+  np.testing.assert_allclose(got['initial_val_loss'],
+                             PINNED['initial_val_loss'], rtol=1e-4)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+  print(json.dumps(trajectory(), indent=2))
