@@ -39,11 +39,11 @@ BN_MODES = ('batch', 'running')
 
 @dataclasses.dataclass(frozen=True)
 class LandscapeConfig:
-  lanczos_iterations: int = 30
+  lanczos_iterations: int = 20
   num_eigenvalues: int = 3
-  trace_samples: int = 30
+  trace_samples: int = 20
   slice_points: int = 21  # 1-D slice: alpha in linspace(-1, 1, n)
-  grid_points: int = 11  # 2-D slice: n x n grid over [-1, 1]^2
+  grid_points: int = 9  # 2-D slice: n x n grid over [-1, 1]^2
   bn: str = 'batch'
   seed: int = 0
 
@@ -138,9 +138,9 @@ def filter_normalized_direction(params: Any, key: jax.Array) -> Any:
       continue
     d = jax.random.normal(k, w.shape, w.dtype)
     axes = tuple(range(w.ndim - 1))
-    scale = (jnp.linalg.norm(w, axis=axes, keepdims=True)
-             / jnp.maximum(jnp.linalg.norm(d, axis=axes, keepdims=True),
-                           1e-12))
+    norm = lambda a: jnp.sqrt(jnp.sum(jnp.square(a), axis=axes,
+                                      keepdims=True))
+    scale = norm(w) / jnp.maximum(norm(d), 1e-12)
     out.append(d * scale)
   return jax.tree_util.tree_unflatten(tree, out)
 
