@@ -152,6 +152,12 @@ def main(argv):
       raise
     log = _log_traceback(_WORKDIR.value)
     fail(f'{e} (traceback in {log})')
+  except KeyboardInterrupt:
+    # Checkpoints are atomic: the last complete one is where a rerun
+    # resumes.
+    print(f'ekg_jax: interrupted; rerun the same command to resume in '
+          f'{_WORKDIR.value}', file=sys.stderr)
+    sys.exit(130)
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise

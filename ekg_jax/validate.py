@@ -109,20 +109,13 @@ def _phases(v) -> Optional[str]:
   return None
 
 
-def _existing_path(v) -> Optional[str]:
-  if not isinstance(v, str):
-    return 'must be a path'
-  if v and not os.path.exists(v):
-    return 'no such file or directory'
-  return None
-
-
-def _existing_dir(v) -> Optional[str]:
-  if not isinstance(v, str):
-    return 'must be a folder path'
-  if v and not os.path.isdir(v):
-    return 'no such folder'
-  return None
+def existing(exists: Callable[[str], bool], what: str) -> Rule:
+  """A path that is empty (not used) or names an existing `what`."""
+  def rule(v):
+    if not isinstance(v, str):
+      return f'must be the path of a {what}'
+    return f'no such {what}' if v and not exists(v) else None
+  return rule
 
 
 FRACTION = number(0, 1)
@@ -148,7 +141,7 @@ def _training_rules(section: str) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     'seed': integer(0),
     'phases': _phases,
-    'init_checkpoint': _existing_path,
+    'init_checkpoint': existing(os.path.exists, 'file or directory'),
     'quiet': boolean,
     'distributed': boolean,
     'model.name': choice(sorted(MODELS)),
@@ -158,7 +151,7 @@ RULES: dict[str, Rule] = {
     'model.bn_epsilon': number(0, low_open=True),
     'model.dtype': choice(('float32', 'bfloat16')),
     'data.name': choice(sorted(DATASETS)),
-    'data.data_dir': _existing_dir,
+    'data.data_dir': existing(os.path.isdir, 'folder'),
     'data.train_split': text,
     'data.test_split': text,
     'data.image_size': integer(1),

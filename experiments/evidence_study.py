@@ -81,12 +81,15 @@ def results_dir(arm: Arm) -> str:
   return os.path.join(RESULTS, arm.name)
 
 
-def committed_summary(arm: Arm) -> dict:
-  path = os.path.join(results_dir(arm), 'summary.json')
+def _read_json(path: str) -> dict:
   if not os.path.exists(path):
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def committed_summary(arm: Arm) -> dict:
+  return _read_json(os.path.join(results_dir(arm), 'summary.json'))
 
 
 def command(arm: Arm, phases: str) -> list[str]:
@@ -137,11 +140,7 @@ def restore_from_commit(arm: Arm) -> None:
 
 
 def read_summary(arm: Arm) -> dict:
-  path = os.path.join(workdir(arm), 'summary.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return _read_json(os.path.join(workdir(arm), 'summary.json'))
 
 
 def run_piece(arm: Arm, phases: str, log) -> float:

@@ -9,6 +9,7 @@ the same workdir. The counts are in the README (Reliability).
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -230,15 +231,11 @@ def tmp(tmp_path_factory):
                          ids=[m[0] for m in MISTAKES])
 def test_mistake_is_one_line_and_the_fix_succeeds(tmp, tmp_path, name,
                                                    changes, match):
-  workdir = tmp_path / 'w'
-  if changes.get('--workdir', '').startswith('{tmp}'):
-    workdir = changes['--workdir'].format(tmp=tmp)
   result = run(command(tmp_path / 'w', changes, tmp))
   assert result.returncode != 0, result.stdout[-2000:]
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1, result.stderr[-3000:]
   assert lines[0].startswith('ekg_jax: error: '), lines[0]
-  import re
   assert re.search(match, lines[0]), lines[0]
   assert not os.path.exists(f'{tmp}/evil.pkl.pwned')
   # Before compute: no phase left results in the workdir.
@@ -250,3 +247,73 @@ def test_mistake_is_one_line_and_the_fix_succeeds(tmp, tmp_path, name,
   assert fixed.returncode == 0, fixed.stderr[-3000:]
   base = json.loads(summary.read_text())['base']
   assert base['test_images'] == 100
+
+
+SMALL_SEARCH = {'--config': 'configs/resnet20_cifar.py',
+                'config.init_checkpoint': None, 'config.phases': 'search',
+                'config.data.train_split': 'train[:2000]',
+                'config.data.warmup_per_class': '64',
+                'config.search.target_flops_rate': '0.8',
+                'config.search.evaluation': 'loop'}
+
+
+def small_search(workdir, tmp):
+  changes = {k if k.startswith('--') else f'--{k}': v
+             for k, v in SMALL_SEARCH.items()}
+  changes['--config.init_checkpoint'] = None
+  return command(workdir, changes, tmp)
+
+
+def _wait_for(path, proc, timeout=300):
+  import time
+  start = time.time()
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - start < timeout, f'{path} never appeared'
+    time.sleep(0.2)
+
+
+def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
+  """A second run on a busy workdir is refused in one line; SIGINT stops a
+  run with one line; the rerun resumes and finishes."""
+  import signal
+  workdir = tmp_path / 'w'
+  env = dict(os.environ, TFDS_DATA_DIR=TFDS_DIR)
+  first = subprocess.Popen(small_search(workdir, tmp), cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    _wait_for(workdir / 'search' / 'state.npz', first)
+    second = run(small_search(workdir, tmp))
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f'in use by process {first.pid}' in lines[0]
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+  finally:
+    first.kill()
+  assert first.returncode == 130, err[-2000:]
+  assert err.strip().splitlines()[-1].startswith('ekg_jax: interrupted')
+  rerun = run(small_search(workdir, tmp))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['search']['flops_rate'] <= 0.8
+
+
+def test_disk_full_is_one_line_and_the_workdir_resumes(tmp, tmp_path):
+  workdir = tmp_path / 'w'
+  full = ('import errno, runpy, sys\n'
+          'import ekg_jax.checkpoint as c\n'
+          'def no_space(path, *a, **k):\n'
+          '  raise OSError(errno.ENOSPC, "No space left on device", path)\n'
+          'c.write_json_atomic = no_space\n'
+          'sys.argv = ["ekg_jax.main"] + sys.argv[1:]\n'
+          'runpy.run_module("ekg_jax.main", run_name="__main__")\n')
+  cmd = command(workdir, {}, tmp)
+  result = run([sys.executable, '-c', full, *cmd[3:]])
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'no space left on device' in lines[0], lines
+  assert 'rerun the same command to resume' in lines[0]
+  fixed = run(cmd)
+  assert fixed.returncode == 0, fixed.stderr[-3000:]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
+import pytest
 from ekg_jax import checkpoint, gates, pipeline, search, warmup
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
@@ -81,6 +82,7 @@ def trajectory() -> dict:
   }
 
 
+@pytest.mark.slow  # two minutes: the warm-up and three full-size steps
 @needs_cifar10
 @needs_official
 def test_search_trajectory_is_pinned():
