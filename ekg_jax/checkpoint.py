@@ -126,6 +126,8 @@ class _ArraysOnly(pickle.Unpickler):
       ('numpy', 'dtype'),
       ('numpy.core.multiarray', 'scalar'),
       ('numpy._core.multiarray', 'scalar'),
+      ('numpy.core.numeric', '_frombuffer'),  # pickle protocol 5
+      ('numpy._core.numeric', '_frombuffer'),
       ('collections', 'OrderedDict'),
   }
 

@@ -66,14 +66,18 @@ def _flag_message(error: Exception, argv) -> str:
   if 'SyntaxError' in text or 'invalid syntax' in text:
     return (f'--config={config}: the config file has a syntax error '
             f'({text[-160:]})')
+  if 'positional argument' in text:
+    return (f'--config={config}: its get_config() does not take that '
+            f'argument ({text[:160]})')
   if 'get_config' in text:
     return f'--config={config}: the config file has no get_config()'
-  for arg in argv:
+  plain = text.replace('\\', '')
+  for arg in reversed(argv):  # the last override is the one that failed
     if not arg.startswith('--config.'):
       continue
     flag = arg.split('=', 1)[0]
     parts = flag[len('--config.'):].split('.')
-    if any(p in text for p in parts):
+    if flag[2:] in plain or any(f"'{p}'" in plain for p in parts):
       hint = text[text.index('Did you mean'):] if 'Did you mean' in text \
           else text[:160]
       return (f'{flag}: no such config key, or a value of the wrong type '
@@ -100,12 +104,17 @@ def parse_flags(argv):
 
 
 def _log_traceback(workdir: str) -> str:
-  folder = workdir if workdir and os.path.isdir(workdir) else (
-      tempfile.gettempdir())
-  path = os.path.join(folder, 'error.log')
-  with open(path, 'a') as f:
-    traceback.print_exc(file=f)
-  return path
+  folders = [workdir] if workdir and os.path.isdir(workdir) else []
+  for folder in [*folders, tempfile.gettempdir()]:
+    path = os.path.join(folder, 'error.log')
+    try:
+      with open(path, 'a') as f:
+        traceback.print_exc(file=f)
+      return path
+    except OSError:
+      continue  # an unwritable workdir: the temp folder then
+  return 'nowhere (no writable folder)'
+
 
 
 class _TerminalFilter(logging.Filter):

@@ -465,13 +465,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate.validate_devices(config, jax.device_count())
   with workdir_lib.lock(workdir):
     summary = load_summary(workdir)
-    workdir_lib.check_config(config, workdir,
-                             produced_phases(workdir, summary))
+    produced = produced_phases(workdir, summary)
+    workdir_lib.check_config(config, workdir, produced)
     validate.validate_workdir(config, phases, summary)
     todo = [name for name in config_lib.PHASES
             if name in phases and PHASES[name][0] not in summary
             and not (name == 'pretrain' and config.init_checkpoint)]
     weights = preflight.check_weights(config, todo, workdir, PRETRAINED)
+    if produced and summary.get('weights', weights) != weights:
+      raise workdir_lib.WorkdirError(
+          f'{workdir} holds results computed from {summary["weights"]}; '
+          f'this run would use {weights}: use a new --workdir')
     preflight.check_data(config, todo)  # sizes and labels: seconds
     setup = make_setup(config, workdir)  # the checkpoint and model checks
     workdir_lib.save_config(config, workdir)

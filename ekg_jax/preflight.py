@@ -18,7 +18,8 @@ from ekg_jax import data as data_lib
 from ekg_jax.config import ConfigError
 
 # Phases that read each split (when they still have to run).
-TRAIN_READERS = ('pretrain', 'search', 'memory_bank', 'finetune')
+TRAIN_READERS = ('pretrain', 'search', 'landscape', 'memory_bank',
+                 'finetune')
 TEST_READERS = ('pretrain', 'evaluate', 'landscape', 'finetune')
 
 

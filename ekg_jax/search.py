@@ -304,17 +304,21 @@ class Evaluator:
     # size, so a partial last batch (64 of 320) weighs 64/256 of a full one.
     nominal = max(batches.sizes)
 
+    # With `prefix` evaluation the forward pass's segment inputs come out
+    # too, and are reused when this step's ranks keep the same channels
+    # (other paths do not need them: they would only hold memory).
+    keep = resolve_evaluation(self.config.evaluation) == 'prefix'
+
     def objective(masks, batch):
       x, y, t = batch
       logits, acts = self._forward_with_boundaries(variables, x, masks)
       _, obj = self._terms(logits, y, t)
-      return obj.sum() / nominal, acts
-    # The forward pass's segment boundaries come out too: the `prefix`
-    # evaluation reuses them when this step's ranks keep the same channels.
-    return importance_lib.gate_gradient_scores(
+      return obj.sum() / nominal, acts if keep else None
+    scores, acts = importance_lib.gate_gradient_scores(
         objective, masks, list(zip(batches.images, batches.labels,
                                    batches.split(teacher_logits))),
         has_aux=True)
+    return scores, acts if keep else None
 
   def _gbn(self, variables, batches, masks):
     nominal = max(batches.sizes)

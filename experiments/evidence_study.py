@@ -88,6 +88,14 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
+def _write_json(path: str, obj: dict) -> None:
+  """Atomic: a kill leaves the old file or the new one."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
 def committed_summary(arm: Arm) -> dict:
   return _read_json(os.path.join(results_dir(arm), 'summary.json'))
 
@@ -118,8 +126,7 @@ def seed_workdir(arm: Arm, source_dir: str, summary: dict) -> None:
     if os.path.abspath(src) != os.path.abspath(dst):
       shutil.copytree(src, dst, dirs_exist_ok=True)
     mine[key] = summary[key]
-  with open(os.path.join(workdir(arm), 'summary.json'), 'w') as f:
-    json.dump(mine, f, indent=2)
+  _write_json(os.path.join(workdir(arm), 'summary.json'), mine)
 
 
 def restore_from_commit(arm: Arm) -> None:
@@ -161,8 +168,7 @@ def run_piece(arm: Arm, phases: str, log) -> float:
 def save_results(arm: Arm, wall: dict, commit: bool) -> None:
   out = results_dir(arm)
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(workdir(arm), 'summary.json')) as f:
-    summary = json.load(f)
+  summary = read_summary(arm)
   copies = {'search/history.json': 'search_history.json',
             'search/state.npz': 'search_state.npz',
             'landscape/landscape.json': 'landscape.json',
@@ -180,8 +186,8 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
             'wall_seconds': {**record.get('wall_seconds', {}), **wall},
             'date': datetime.date.today().isoformat(),
             'machine': 'cpu2 (2 CPU cores, 24 GB, no GPU)'}
-  with open(os.path.join(out, 'summary.json'), 'w') as f:
-    json.dump({**summary, 'study': record}, f, indent=2)
+  _write_json(os.path.join(out, 'summary.json'),
+              {**summary, 'study': record})
   if commit:
     git_commit(out, f'evidence study: arm {arm.name} '
                f'({", ".join(wall)} finished)')
@@ -218,6 +224,9 @@ def run_arm(arm: Arm, commit: bool) -> None:
       if piece.split(',')[-1] in read_summary(arm):
         continue
       save_results(arm, {piece: run_piece(arm, piece, log)}, commit)
+  # A stop between a piece's end and its commit: commit what is missing.
+  if set(read_summary(arm)) - set(committed_summary(arm)):
+    save_results(arm, {}, commit)
 
 
 def main():

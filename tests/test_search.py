@@ -305,6 +305,23 @@ def test_search_compiles_once_and_resumes_identically(problem, tmp_path):
   assert straight.history[-1]['flops_rate'] < 1.0
 
 
+def test_search_trajectory_is_the_same_on_every_evaluation_path(problem):
+  """Whole steps (importance, marking, candidates, teacher), not single
+  evaluations: loop, vmap and prefix choose the same gates and widths."""
+  histories = {}
+  for mode in ('loop', 'vmap', 'prefix'):
+    state = search.init_state(problem)
+    for _ in range(3):
+      state = search.search_step(problem, state, mode)
+    histories[mode] = state.history
+  for mode in ('vmap', 'prefix'):
+    assert [(e['gate'], e['kept']) for e in histories[mode]] == \
+        [(e['gate'], e['kept']) for e in histories['loop']], mode
+    np.testing.assert_allclose([e['objective'] for e in histories[mode]],
+                               [e['objective'] for e in histories['loop']],
+                               rtol=2e-5)
+
+
 def test_vmap_search_compiles_once(problem):
   state = search.init_state(problem)
   for _ in range(2):
