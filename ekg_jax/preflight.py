@@ -70,11 +70,10 @@ def check_weights(config, todo: Sequence[str], workdir: str,
   to run. Evaluating random weights is refused (it reports chance accuracy
   as a result); other phases on random weights run with a warning."""
   if config.init_checkpoint:
-    return config.init_checkpoint
-  if os.path.isdir(os.path.join(workdir, pretrained)):
-    return os.path.join(workdir, pretrained)
-  if 'pretrain' in todo:
-    return 'the pretrain phase'
+    return os.path.abspath(config.init_checkpoint)
+  if 'pretrain' in todo or os.path.isdir(os.path.join(workdir, pretrained)):
+    # The same source before and after the phase ran (a rerun must agree).
+    return f'the pretrain phase of this workdir ({pretrained})'
   if 'evaluate' in todo:
     raise ConfigError(
         'config.init_checkpoint=\'\': phase evaluate would measure randomly '

@@ -270,9 +270,22 @@ def test_weight_criteria(problem):
       axis=(0, 1, 2))) for w in writers)
   np.testing.assert_allclose(importance.weight_scores(
       'l2', table, variables)['stage0'], expected, rtol=1e-5)
-  for criterion in ('fpgm', 'bn_gamma', 'random'):
-    scores = importance.weight_scores(criterion, table, variables, seed=0)
-    assert scores['stage1'].shape == (32,)
+  # FPGM, by hand: each filter's summed Euclidean distance to the others.
+  filters = np.moveaxis(np.asarray(kernel), -1, 0).reshape(16, -1)
+  fpgm = [sum(np.linalg.norm(filters[i] - filters[j]) for j in range(16))
+          for i in range(16)]
+  np.testing.assert_allclose(importance.weight_scores(
+      'fpgm', table, variables)['stage0/block1'], fpgm, rtol=1e-4)
+  # |BN scale|, summed over every BN writing the gate (stem + bn2 of each
+  # block for the stage-0 stream).
+  bns = ['bn'] + [f'BasicBlock0.{b}/bn2' for b in range(3)]
+  np.testing.assert_allclose(importance.weight_scores(
+      'bn_gamma', table, variables)['stage0'],
+      sum(np.abs(variables['params'][b]['scale']) for b in bns), rtol=1e-6)
+  random = importance.weight_scores('random', table, variables, seed=0)
+  assert random['stage1'].shape == (32,)
+  assert not np.array_equal(random['stage1'], importance.weight_scores(
+      'random', table, variables, seed=1)['stage1'])
   np.testing.assert_array_equal(
       importance.weight_scores('random', table, variables, seed=0)['stage1'],
       importance.weight_scores('random', table, variables, seed=0)['stage1'])
