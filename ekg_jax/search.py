@@ -18,10 +18,12 @@ the same numbers (tested):
   gate), so the whole search compiles once. Best where wide vmaps are cheap
   (GPU/TPU).
 - `prefix`: a candidate differs from the current network in one gate only, so
-  the segments before that gate's first layer are shared: one pass of the
-  current network stores the activation at every segment boundary, and each
-  candidate runs only the rest of the network (`lax.cond` skips unmarked
-  gates). Best on CPU, where compute is the bottleneck.
+  the segments before that gate's first layer are shared: the current
+  network's activation at every segment boundary (taken from the importance
+  pass's forward when the step's new ranks keep the same channels, else one
+  extra pass), and each candidate runs only the rest of the network
+  (`lax.cond` skips unmarked gates). Best on CPU, where compute is the
+  bottleneck.
 - `loop`: a Python loop over one jitted single-candidate evaluation (the
   plain version the others are tested against).
 """
