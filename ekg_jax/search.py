@@ -67,6 +67,17 @@ class SearchConfig:
   evaluation: str = 'auto'
   seed: int = 0
 
+  def __post_init__(self):
+    """The config file's rules hold for library calls too: `prune(...,
+    target_flops_rate=1.5)` fails here, before any compute."""
+    from ekg_jax import validate  # validate reads this module's choices
+    for field in dataclasses.fields(self):
+      rule = validate.RULES.get(f'search.{field.name}')
+      value = getattr(self, field.name)
+      why = rule(value) if rule else None
+      if why:
+        raise validate.ConfigError(f'{field.name}={value!r}: {why}')
+
   @classmethod
   def from_config(cls, search, seed=0) -> 'SearchConfig':
     names = {f.name for f in dataclasses.fields(cls)}
@@ -697,8 +708,8 @@ def prune(model, variables: Any, batches: Batches, target_flops_rate: float,
   Returns:
     The final `SearchState`: `.kept`, `.masks()`, `.history`.
   """
-  table = gates_lib.layer_table(model, batches.images[0].shape[1:])
   config = SearchConfig(target_flops_rate=target_flops_rate, **options)
+  table = gates_lib.layer_table(model, batches.images[0].shape[1:])
   problem = SearchProblem(Evaluator(model, table, config, objective),
                           variables, batches, config)
   return run_search(problem, init_state(problem), progress=progress)

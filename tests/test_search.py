@@ -357,3 +357,17 @@ def test_run_search_reaches_target_and_uniform_allocation(problem):
   assert state.step == 1 and state.history[-1]['flops_rate'] <= 0.9
   rates = set(state.rates.values())
   assert len(rates) == 1
+
+
+@pytest.mark.parametrize('options,match', [
+    ({'target_flops_rate': 1.5}, r'target_flops_rate=1.5: must be in'),
+    ({'target_flops_rate': 0.5, 'marking': 'otsu'}, r"marking='otsu'"),
+    ({'target_flops_rate': 0.5, 'step': float('nan')}, r'step=nan'),
+])
+def test_prune_refuses_bad_options_before_compute(options, match):
+  from ekg_jax.config import ConfigError
+  model = create_model('resnet20')
+  batches = search.Batches((jnp.zeros((4, 32, 32, 3)),),
+                           (jnp.zeros(4, jnp.int32),))
+  with pytest.raises(ConfigError, match=match):
+    search.prune(model, None, batches, **options)
