@@ -21,7 +21,7 @@ that write them (found through the layer table): `l1`, `l2` (filter norms),
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,42 @@ import numpy as np
 
 from ekg_jax import gates as gates_lib
 
-CRITERIA = ('ekg', 'gbn', 'l1', 'l2', 'fpgm', 'bn_gamma', 'random')
+class ScoreInputs(NamedTuple):
+  """What a criterion may use at a search step."""
+  table: Sequence[gates_lib.LayerSpec]
+  variables: Mapping
+  masks: Mapping  # the current network's 0/1 masks
+  seed: int = 0
+  evaluator: Any = None  # search.Evaluator: jitted passes over the batches
+  batches: Any = None  # search.Batches, the validation set
+  teacher_logits: Any = None  # the ensemble teacher's current logits
+
+
+# A criterion maps ScoreInputs to {gate: channel scores} (higher = more
+# important), or to (scores, segment inputs of the current network) when its
+# pass computed them, so the `prefix` evaluation can reuse them.
+Criterion = Callable[[ScoreInputs], Any]
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(name: str) -> Callable[[Criterion], Criterion]:
+  """Adds a criterion under `name` (usable as search.criterion and in
+  `prune(criterion=name)`); works from a notebook, no package edit."""
+  def add(fn: Criterion) -> Criterion:
+    CRITERIA[name] = fn
+    return fn
+  return add
+
+
+@register('ekg')
+def _ekg(inputs: ScoreInputs):
+  return inputs.evaluator.importance(inputs.variables, inputs.batches,
+                                     inputs.teacher_logits, inputs.masks)
+
+
+@register('gbn')
+def _gbn(inputs: ScoreInputs):
+  return inputs.evaluator.gbn(inputs.variables, inputs.batches, inputs.masks)
 
 
 def gate_gradient_scores(objective: Callable[..., Any], masks: Mapping,
@@ -100,27 +135,42 @@ def _fpgm(filters: np.ndarray) -> np.ndarray:
   return dist.sum(axis=1)
 
 
+def _from_filters(per_filter: Callable[[np.ndarray], np.ndarray]
+                  ) -> Criterion:
+  """A criterion summing `per_filter` over the kernels writing each gate."""
+  def criterion(inputs: ScoreInputs):
+    params = inputs.variables['params']
+    return {g: jnp.asarray(sum(per_filter(f) for f in
+                               _writer_kernels(inputs.table, params, g)),
+                           jnp.float32)
+            for g in gates_lib.gate_specs(inputs.table)}
+  return criterion
+
+
+register('l1')(_from_filters(lambda f: np.abs(f).sum(1)))
+register('l2')(_from_filters(lambda f: np.sqrt((f ** 2).sum(1))))
+register('fpgm')(_from_filters(_fpgm))
+
+
+@register('bn_gamma')
+def _bn_gamma(inputs: ScoreInputs):
+  params = inputs.variables['params']
+  return {g: jnp.asarray(sum(
+      np.abs(np.asarray(gates_lib.layer_variables(params, l.path)['scale']))
+      for l in inputs.table if l.kind == 'bn' and l.out_gate == g),
+                         jnp.float32)
+          for g in gates_lib.gate_specs(inputs.table)}
+
+
+@register('random')
+def _random(inputs: ScoreInputs):
+  """Seeded, so every step of a search sees the same scores."""
+  rng = np.random.default_rng(inputs.seed)
+  return {g: jnp.asarray(rng.random(spec.channels), jnp.float32)
+          for g, spec in gates_lib.gate_specs(inputs.table).items()}
+
+
 def weight_scores(criterion: str, table: Sequence[gates_lib.LayerSpec],
                   variables: Mapping, seed: int = 0) -> dict[str, jax.Array]:
-  """Scores that depend on the weights only (fixed during the search)."""
-  specs = gates_lib.gate_specs(table)
-  params = variables['params']
-  scores = {}
-  rng = np.random.default_rng(seed)
-  for gate, spec in specs.items():
-    if criterion == 'random':
-      scores[gate] = rng.random(spec.channels)
-      continue
-    if criterion == 'bn_gamma':
-      scores[gate] = sum(
-          np.abs(np.asarray(gates_lib.layer_variables(params, l.path)['scale']))
-          for l in table if l.kind == 'bn' and l.out_gate == gate)
-      continue
-    per_filter = {
-        'l1': lambda f: np.abs(f).sum(1),
-        'l2': lambda f: np.sqrt((f ** 2).sum(1)),
-        'fpgm': _fpgm,
-    }[criterion]
-    scores[gate] = sum(per_filter(f) for f in
-                       _writer_kernels(table, params, gate))
-  return {g: jnp.asarray(s, jnp.float32) for g, s in scores.items()}
+  """A criterion that needs the weights only (fixed during the search)."""
+  return CRITERIA[criterion](ScoreInputs(table, variables, {}, seed))

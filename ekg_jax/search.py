@@ -479,17 +479,11 @@ class SearchProblem:
   def scores_and_boundaries(self, state: SearchState, masks):
     """(channel scores, the segment inputs of the network `masks` describe
     when the criterion's pass computed them, else None)."""
-    if self.config.criterion == 'ekg':
-      return self.evaluator.importance(self.variables, self.batches,
-                                       state.teacher.logits, masks)
-    return self._criterion_scores(masks), None
-
-  def _criterion_scores(self, masks):
-    if self.config.criterion == 'gbn':
-      return self.evaluator.gbn(self.variables, self.batches, masks)
-    return importance_lib.weight_scores(self.config.criterion,
-                                        self.evaluator.table, self.variables,
-                                        self.config.seed)
+    result = importance_lib.CRITERIA[self.config.criterion](
+        importance_lib.ScoreInputs(
+            self.evaluator.table, self.variables, masks, self.config.seed,
+            self.evaluator, self.batches, state.teacher.logits))
+    return result if isinstance(result, tuple) else (result, None)
 
   def evaluate(self, kept, ranks, teacher_logits):
     return self.evaluator.evaluate_one(self.variables, self.batches,

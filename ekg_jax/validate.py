@@ -47,7 +47,7 @@ def _is_finite(v) -> bool:
 
 
 def choice(allowed) -> Rule:
-  allowed = tuple(allowed)
+  """One of `allowed`, read at check time (a registry can grow)."""
   return lambda v: None if v in allowed else (
       f'allowed: {", ".join(map(str, allowed))}')
 

@@ -371,3 +371,31 @@ def test_prune_refuses_bad_options_before_compute(options, match):
                            (jnp.zeros(4, jnp.int32),))
   with pytest.raises(ConfigError, match=match):
     search.prune(model, None, batches, **options)
+
+
+def test_a_criterion_registered_outside_the_package_runs_through_prune():
+  """As from a notebook: register, then name it in prune()."""
+  @importance.register('last_channels_first')
+  def last_channels_first(inputs):
+    # Higher index = more important, so pruning removes the first channels.
+    return {g: jnp.arange(s.channels, dtype=jnp.float32)
+            for g, s in gates.gate_specs(inputs.table).items()}
+
+  try:
+    model = create_model('resnet20')
+    x = jax.random.normal(jax.random.key(0), (24, 32, 32, 3))
+    variables = perturb(model.init(jax.random.key(1), x[:1]), seed=2)
+    batches = search.Batches((x,), (jnp.asarray(np.arange(24) % 10),))
+    state = search.prune(model, variables, batches, 0.9,
+                         criterion='last_channels_first', evaluation='loop')
+    assert state.history[-1]['flops_rate'] <= 0.9
+    pruned = [g for g, k in state.kept.items()
+              if k < gates.gate_specs(gates.layer_table(
+                  model, (32, 32, 3)))[g].channels]
+    assert pruned
+    masks = state.masks()
+    for g in pruned:  # the kept channels are the last ones
+      m = np.asarray(masks[g])
+      assert m[-1] == 1 and m[0] == 0 and np.all(np.diff(m) >= 0), g
+  finally:
+    del importance.CRITERIA['last_channels_first']
