@@ -9,6 +9,7 @@ normalisation run inside `jit`, per image, with explicit PRNG keys.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Optional, Sequence
 
@@ -102,12 +103,21 @@ def split_size(name: str, split: str, data_dir: Optional[str] = None
 def load_labels(name: str, split: str,
                 data_dir: Optional[str] = None) -> np.ndarray:
   """The labels of a split without decoding its images (seconds, not the
-  half minute a CIFAR-10 train split takes to decode)."""
+  half minute a CIFAR-10 train split takes to decode). Read once per
+  process: the preflight check, the warm-up and the validation subsets all
+  ask for them; the array is read-only."""
+  return _labels(name, split, resolve_data_dir(data_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _labels(name: str, split: str, data_dir: Optional[str]) -> np.ndarray:
   import tensorflow_datasets as tfds
   source = _source(name, split, data_dir,
                    decoders={'image': tfds.decode.SkipDecoding()})
-  return np.asarray([r['label'] for r in _read(source, range(len(source)))],
-                    dtype=np.int32)
+  labels = np.asarray([r['label'] for r in _read(source, range(len(source)))],
+                      dtype=np.int32)
+  labels.setflags(write=False)
+  return labels
 
 
 def class_subset_indices(labels: np.ndarray, per_class: int,
