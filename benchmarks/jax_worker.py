@@ -59,9 +59,12 @@ def parse_changes() -> set:
   return changes
 
 
-ACTIVE = parse_changes()
-if 'xla_flags' in ACTIVE:
-  xla_config.set_fast_cpu_flags()
+if __name__ == '__main__':
+  ACTIVE = parse_changes()
+  if 'xla_flags' in ACTIVE:
+    xla_config.set_fast_cpu_flags()
+else:  # imported (device_check.py): the toolkit's code paths; XLA flags
+  ACTIVE = set(CHANGES) - {'xla_flags'}  # are the importer's to set
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -105,15 +108,18 @@ class Train:
   """One training step of the toolkit (`finetune.make_step` on the
   StepRunner the pipeline uses) on random uint8 data held on device."""
 
-  def __init__(self, kind, batch, steps, widths, teachers, depth):
+  def __init__(self, kind, batch, steps, widths, teachers, depth,
+               program='auto', dtype='float32'):
     self.model = model_for(depth, widths)
+    if dtype != 'float32':  # as finetune.finetune does for model.dtype
+      self.model = self.model.clone(dtype=jnp.dtype(dtype))
     section = 'finetune' if kind == 'finetune' else 'pretrain'
     config = default_config()  # the CIFAR recipes, as the pipeline runs them
     self.config = finetune.StepConfig.from_config(config, section)
     tx = finetune.make_optimizer(config[section], 100)
     self.state = finetune.TrainState.create(init(self.model), tx)
     self.runner = finetune.StepRunner(
-        finetune.make_step(self.model, tx, self.config), 'auto')
+        finetune.make_step(self.model, tx, self.config), program)
     rng = np.random.default_rng(0)
     pool = 4 * batch
     self.data = finetune.TrainData(
@@ -163,13 +169,24 @@ def load_pretrained(model):
   return init(model), 'random'  # ResNet-20 (quick runs): no checkpoint
 
 
+def synthetic_split(images: int) -> data.Split:
+  """Random CIFAR-shaped images (timing only: no dataset needed)."""
+  rng = np.random.default_rng(0)
+  return data.Split(rng.integers(0, 256, (images, 32, 32, 3), np.uint8),
+                    (np.arange(images) % 10).astype(np.int32))
+
+
 def search_problem(chunk_size, images_per_class, depth, split,
                    evaluation='auto', target=0.45):
+  """`split`: a CIFAR-10 train split, or 'synthetic' (random images)."""
   model = model_for(depth)
   table = gates.layer_table(model, (32, 32, 3))
   variables, weights = load_pretrained(model)
-  train = data.load_split('cifar10', split, os.environ.get(
-      'TFDS_DATA_DIR', os.path.join(SHARED, 'tfds')))
+  if split == 'synthetic':
+    train = synthetic_split(10 * images_per_class)
+  else:
+    train = data.load_split('cifar10', split, os.environ.get(
+        'TFDS_DATA_DIR', os.path.join(SHARED, 'tfds')))
   val = train.subset(data.class_subset_indices(train.labels,
                                                images_per_class, True))
   batches = search.Batches.from_split(val, 256, REFERENCE_MEAN,
@@ -203,16 +220,25 @@ class SearchStep:
         state.rates[g] - search.step_size(specs[g], problem.config.step))
                   for g in marked}
     self.candidates = len(candidates)
+    self._step = (state.teacher.logits, ranks, kept, candidates)
     self.runs = {'importance': lambda: problem.scores(state, masks)}
-    for mode in modes:
-      self.runs[mode] = (lambda mode=mode: ev.evaluate_candidates(
-          mode, problem.variables, problem.batches, state.teacher.logits,
-          ranks, kept, candidates))
     self.compile_s = {}
-    for name, fn in self.runs.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      self.compile_s[name] = time.perf_counter() - start
+    self._compile('importance')
+    for mode in modes:
+      self.add(mode, ev)
+
+  def add(self, mode, evaluator, name=None):
+    """Compiles `mode` of `evaluator` (another chunk size, say) on this
+    step's candidates and times it as `name`."""
+    problem = self.problem
+    self.runs[name or mode] = lambda: evaluator.evaluate_candidates(
+        mode, problem.variables, problem.batches, *self._step)
+    self._compile(name or mode)
+
+  def _compile(self, name):
+    start = time.perf_counter()
+    jax.block_until_ready(self.runs[name]())
+    self.compile_s[name] = time.perf_counter() - start
 
   def time(self, mode) -> float:
     start = time.perf_counter()

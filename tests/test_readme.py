@@ -25,3 +25,15 @@ def test_readme_performance_tables_are_the_committed_results():
   section = readme[readme.index('## Performance'):readme.index(
       '## Reliability')]
   assert tables in section
+
+
+def test_readme_shows_every_committed_device_table():
+  """Each accelerator table device_check.sh wrote is in the README as
+  written (its rows after the title and the run's line)."""
+  readme = (REPO / 'README.md').read_text()
+  section = readme[readme.index('### On a GPU'):readme.index(
+      '## Reliability')]
+  tables = sorted((REPO / 'benchmarks' / 'results').glob('device-*.md'))
+  assert tables
+  for path in tables:
+    assert path.read_text().split('\n', 2)[2].strip() in section, path
