@@ -11,6 +11,7 @@ import pytest
 from conftest import perturb
 from ekg_jax import gates, importance, losses, search, teacher
 from ekg_jax.models import create_model
+from ekg_jax.search import greedy
 
 
 # --- host-side arithmetic ----------------------------------------------------
@@ -186,8 +187,8 @@ def test_prefix_reuses_the_importance_pass_boundaries(problem):
 
 def test_same_channels_detects_ties_that_move_the_kept_set():
   old = {'g': np.array([0, 1, 2, 3])}  # channels 0, 1 kept
-  assert search._same_channels({'g': 2}, old, {'g': np.array([1, 0, 3, 2])})
-  assert not search._same_channels({'g': 2},
+  assert greedy._same_channels({'g': 2}, old, {'g': np.array([1, 0, 3, 2])})
+  assert not greedy._same_channels({'g': 2},
                                    old, {'g': np.array([0, 2, 1, 3])})
 
 
