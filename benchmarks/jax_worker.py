@@ -71,7 +71,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from ekg_jax import checkpoint, data, finetune, flops, gates, memory_bank  # noqa: E402
+from ekg_jax import checkpoint, data, distill, flops, gates, memory_bank  # noqa: E402
+from ekg_jax import train as train_lib  # noqa: E402
 from ekg_jax import ops, search  # noqa: E402
 from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD, default_config  # noqa: E402
 from ekg_jax.models import create_model  # noqa: E402
@@ -105,24 +106,24 @@ def macs(model) -> int:
 
 
 class Train:
-  """One training step of the toolkit (`finetune.make_step` on the
+  """One training step of the toolkit (`train.make_step` on the
   StepRunner the pipeline uses) on random uint8 data held on device."""
 
   def __init__(self, kind, batch, steps, widths, teachers, depth,
                program='auto', dtype='float32'):
     self.model = model_for(depth, widths)
-    if dtype != 'float32':  # as finetune.finetune does for model.dtype
+    if dtype != 'float32':  # as trainer.train does for model.dtype
       self.model = self.model.clone(dtype=jnp.dtype(dtype))
     section = 'finetune' if kind == 'finetune' else 'pretrain'
     config = default_config()  # the CIFAR recipes, as the pipeline runs them
-    self.config = finetune.StepConfig.from_config(config, section)
-    tx = finetune.make_optimizer(config[section], 100)
-    self.state = finetune.TrainState.create(init(self.model), tx)
-    self.runner = finetune.StepRunner(
-        finetune.make_step(self.model, tx, self.config), program)
+    self.config = distill.StepConfig.from_config(config, section)
+    tx = train_lib.make_optimizer(config[section], 100)
+    self.state = train_lib.TrainState.create(init(self.model), tx)
+    self.runner = train_lib.StepRunner(
+        train_lib.make_step(self.model, tx, self.config), program)
     rng = np.random.default_rng(0)
     pool = 4 * batch
-    self.data = finetune.TrainData(
+    self.data = train_lib.TrainData(
         jnp.asarray(rng.integers(0, 256, (pool, 32, 32, 3), np.uint8)),
         jnp.asarray(rng.integers(0, 10, (pool,)), jnp.int32),
         jnp.asarray(rng.normal(size=(pool, teachers, 10)), jnp.float32)
@@ -144,11 +145,11 @@ class Train:
     images = self.data.images[:32]
     labels, bank = self.data.labels[:32], self.data.bank[:32]
     keys = jax.random.split(jax.random.key(2), 32)
-    views = finetune.augmented_views(self.config, keys, images)
+    views = distill.augmented_views(self.config, keys, images)
     variables = self.state.variables
     logits = self.model.apply(variables, views[0], train=False)
-    train_logits, _ = finetune.views_logits(self.model, variables, views)
-    loss, _ = finetune.views_loss(train_logits, labels, bank, self.config)
+    train_logits, _ = distill.views_logits(self.model, variables, views)
+    loss, _ = distill.views_loss(train_logits, labels, bank, self.config)
     flat = {'/'.join(k): np.asarray(v) for k, v in
             traverse_util.flatten_dict(jax.device_get(variables)).items()}
     np.savez(path, **flat, view0=np.asarray(views[0]),
@@ -253,7 +254,7 @@ def search_e2e(target, images_per_class, depth, split, chunk_size=4
   start = time.perf_counter()
   state = search.init_state(problem)
   compiles_at_step = []
-  evaluation = search.resolve_evaluation('auto')
+  evaluation = problem.evaluator.evaluation
   while not search.done(problem, state):
     state = search.search_step(problem, state, evaluation)
     compiles_at_step.append(COMPILES[0])

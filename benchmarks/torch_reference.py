@@ -17,7 +17,7 @@ state:
 
 The network is the toolkit's CIFAR ResNet (TensorFlow 'SAME' padding, BN
 eps 1e-5 / momentum 0.9, the same names), the step the same as
-`ekg_jax.finetune.make_step`: per view colour jitter, normalisation, flip,
+`ekg_jax.train.make_step`: per view colour jitter, normalisation, flip,
 reflect-pad crop; both views in one batch, CE plus KL_tau to the filtered
 teacher mean (`finetune`), or one view (no jitter) and CE only (`dense`); SGD with Nesterov momentum
 and weight decay. `check` loads the JAX variables and inputs from an .npz
@@ -171,7 +171,7 @@ def kl_divergence(teacher, student, t):
 
 
 def two_views(model, views: list) -> list:
-  """Both views through the network as one batch, as `finetune.views_logits`
+  """Both views through the network as one batch, as `distill.views_logits`
   (BN statistics over both)."""
   return list(model(torch.cat(views)).chunk(len(views)))
 

@@ -7,11 +7,13 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from flax import serialization
 
 # TensorFlow variable -> (collection, Flax variable name).
 _TF_NAMES = {
@@ -259,3 +261,65 @@ def load_model_variables(directory: str, reference: Mapping) -> dict:
     raise CheckpointError(f'{directory} does not fit the model: '
                           + ', '.join(diff[:12]))
   return restored
+
+
+class TrainCheckpoints:
+  """Orbax CheckpointManager over (train state, progress: a JSON dict);
+  atomic commits, the last `keep` kept."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False),
+        item_names=('state', 'progress'))
+
+  def save(self, state, progress: dict) -> None:
+    ocp = self._ocp
+    self.manager.save(
+        int(state.step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(serialization.to_state_dict(
+                jax.device_get(state))),
+            progress=ocp.args.JsonSave(progress)),
+        force=True)
+
+  def restore(self, template) -> Optional[tuple[Any, dict]]:
+    """The newest readable checkpoint. Unreadable newer ones (truncated or
+    corrupted files) are reported and moved aside; when none is readable,
+    CheckpointError (nothing is moved and nothing restarts from scratch)."""
+    ocp = self._ocp
+    target = serialization.to_state_dict(jax.device_get(template))
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            progress=ocp.args.JsonRestore()))
+        restored = (serialization.from_state_dict(template, out['state']),
+                    out['progress'])
+      except Exception as e:  # orbax/tensorstore raise many kinds
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s)', step,
+                        self.manager.directory, type(e).__name__,
+                        str(e)[:200])
+        failed.append((step, f'{type(e).__name__}: {str(e)[:200]}'))
+        continue
+      for bad, _ in failed:  # moved aside, so the step can be saved again
+        aside = os.path.join(f'{self.manager.directory}_unreadable', str(bad))
+        logging.warning('using checkpoint %d; %d moved to %s', step, bad,
+                        aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(self.manager.directory, str(bad)), aside)
+      if failed:
+        self.manager.reload()
+      return restored
+    if failed:
+      raise CheckpointError(
+          f'no readable checkpoint in {self.manager.directory}: '
+          + '; '.join(f'{step}: {why}' for step, why in failed))
+    return None
+
+  def close(self):
+    self.manager.close()

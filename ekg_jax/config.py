@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ekg_jax.search import options as search_options
+
 
 class ConfigError(ValueError):
   """A config value the toolkit refuses, named with what is allowed."""
@@ -95,25 +97,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.warmup.weight_decay = 5e-4  # added to every gradient, BN included
   c.warmup.loss_divisor = 128  # quirk: summed CE / 128 on batches of 256
 
-  c.search = ml_collections.ConfigDict()  # sections 3-5
-  c.search.target_flops_rate = 0.45
-  c.search.step = 0.2  # s in delta = max(1/C, s/u)
-  c.search.teacher = 'ensemble'  # 'ensemble' | 'single' | 'none'
-  c.search.criterion = 'ekg'  # 'ekg' | 'l1' | 'l2' | 'fpgm' | 'bn_gamma' | 'random'
-  c.search.allocation = 'greedy'  # 'greedy' | 'uniform'
+  # Sections 3-5. The options and their defaults (with what each means) are
+  # `search.SearchConfig`'s, the ones `prune` takes; the pipeline adds the
+  # validation batch size and the warm-up switch.
+  c.search = ml_collections.ConfigDict(search_options.defaults())
   c.search.batch_size = 256
-  c.search.chunk_size = 4  # candidates per vmapped call (memory bound)
-  # How candidates are evaluated (same numbers each way): 'vmap' (stacked
-  # masks, chunks; best on GPU/TPU), 'prefix' (shares the segments before
-  # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
-  c.search.evaluation = 'auto'
-  c.search.otsu_trim = 0.2  # fraction dropped at each end before Otsu
-  # Removal cost before the Otsu threshold (section 4): 'reference' (what
-  # the authors' code computes: an untouched gate costs the sum of all its
-  # scores, a gate pruned once costs 0) or 'per_channel' (the scores of the
-  # channels the next step would remove).
-  c.search.marking = 'reference'
-  c.search.flops_include_bn = True  # the reference total counts BN
   c.search.warmup = True  # run the warm-up before the search
 
   # Loss-landscape measures of the searched network (phase 'landscape';

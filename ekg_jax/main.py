@@ -23,7 +23,7 @@ from ekg_jax import pipeline, xla_config
 from ekg_jax.checkpoint import CheckpointError
 from ekg_jax.config import ConfigError
 from ekg_jax.data import DatasetNotFoundError
-from ekg_jax.finetune import NonFiniteError
+from ekg_jax.trainer import NonFiniteError
 from ekg_jax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file(

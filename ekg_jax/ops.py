@@ -14,6 +14,8 @@ import functools
 
 import jax
 
+from ekg_jax import backend
+
 # Images per piece of the kernel gradient on CPU (0: one piece; the
 # benchmarks' `before` variant sets it so).
 KERNEL_GRAD_SLICE = 16
@@ -55,7 +57,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1,
   """'SAME' NHWC x HWIO convolution, the kernel gradient summed over
   slices of the batch on CPU."""
   batch = x.shape[0]
-  if (not KERNEL_GRAD_SLICE or jax.default_backend() != 'cpu'
+  if (not KERNEL_GRAD_SLICE or not backend.policy().sliced_kernel_grad
       or batch <= KERNEL_GRAD_SLICE or batch % KERNEL_GRAD_SLICE):
     return _conv(x, kernel, strides, groups)
   return _sliced_grad_conv(x, kernel, strides, groups, KERNEL_GRAD_SLICE)

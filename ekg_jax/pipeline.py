@@ -22,7 +22,7 @@ from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
-from ekg_jax import finetune as finetune_lib
+from ekg_jax import trainer
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import landscape as landscape_lib
@@ -138,7 +138,7 @@ def load_test(config) -> data_lib.Split:
                              config.data.data_dir)
 
 
-def _training_summary(result: finetune_lib.FinetuneResult, epochs: int,
+def _training_summary(result: trainer.TrainResult, epochs: int,
                       seconds: float, accuracy: float) -> dict:
   return {'test_accuracy': accuracy, 'epochs': epochs,
           'seconds': round(seconds, 2),
@@ -150,7 +150,7 @@ def _training_summary(result: finetune_lib.FinetuneResult, epochs: int,
           'devices': jax.device_count()}
 
 
-def _final_accuracy(model, result: finetune_lib.FinetuneResult, test,
+def _final_accuracy(model, result: trainer.TrainResult, test,
                     setup: Setup) -> float:
   """The last epoch's test accuracy; with zero epochs, the model as it
   is."""
@@ -166,7 +166,7 @@ def pretrain_phase(setup: Setup) -> dict:
   folder = os.path.join(setup.workdir, 'pretrain')
   train, test = load_train(c), load_test(c)
   start = time.time()
-  result = finetune_lib.finetune(setup.model, setup.variables, train, None,
+  result = trainer.train(setup.model, setup.variables, train, None,
                                  test, c, folder, progress=setup.progress,
                                  section='pretrain')
   ckpt_lib.save_model(os.path.join(setup.workdir, PRETRAINED), c.model.name,
@@ -403,7 +403,7 @@ def finetune_phase(setup: Setup) -> dict:
           f'{SUMMARY}, then rerun to rebuild it')
     bank_logits = bank.logits
   start = time.time()
-  result = finetune_lib.finetune(model, variables, train, bank_logits, test,
+  result = trainer.train(model, variables, train, bank_logits, test,
                                  c, folder, progress=setup.progress)
   final = os.path.join(folder, 'final')
   ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},

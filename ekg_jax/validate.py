@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from ekg_jax import config as config_lib
-from ekg_jax import finetune, importance, landscape, search, teacher
+from ekg_jax import distill, importance, landscape, search, teacher, train
 from ekg_jax.models import MODELS
 
 
@@ -134,7 +134,7 @@ def _training_rules(section: str) -> dict[str, Rule]:
       f'{section}.checkpoint_every_steps': integer(1),
       f'{section}.sync_batch_norm': boolean,
       f'{section}.dtype': choice(('float32', 'bfloat16')),
-      f'{section}.program': choice(finetune.PROGRAMS),
+      f'{section}.program': choice(train.PROGRAMS),
   }
 
 
@@ -196,7 +196,7 @@ RULES: dict[str, Rule] = {
     'memory_bank.checkpoint_every_batches': integer(1),
     **_training_rules('pretrain'),
     **_training_rules('finetune'),
-    'finetune.knowledge': choice(finetune.KNOWLEDGE),
+    'finetune.knowledge': choice(distill.KNOWLEDGE),
     'finetune.temperature': number(0, low_open=True),
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe

@@ -22,7 +22,7 @@ sys.path.insert(0, __file__.rsplit('/', 1)[0])
 from test_finetune import random_split, tiny_config, tiny_model  # noqa: E402
 
 from ekg_jax import data as data_lib  # noqa: E402
-from ekg_jax import finetune as ft  # noqa: E402
+from ekg_jax import distill, train  # noqa: E402
 from ekg_jax import losses  # noqa: E402
 
 DEVICES = 4
@@ -60,7 +60,7 @@ def per_device_reference(model, tx, sc, state, keys, images, labels, bank):
       new_stats.append(upd['batch_stats'])
     logits = [jnp.concatenate(z) for z in logits]
     student = jax.lax.stop_gradient(sum(logits) / len(logits))
-    target, _ = ft.distillation_target(bank, student, sc.temperature)
+    target, _ = distill.distillation_target(bank, student, sc.temperature)
     loss = sum(losses.cross_entropy(z, labels).mean() +
                losses.kl_divergence(target, z, sc.temperature).mean()
                for z in logits) / len(logits)
@@ -77,22 +77,23 @@ def per_device_reference(model, tx, sc, state, keys, images, labels, bank):
 
 def main():
   assert jax.device_count() == DEVICES, jax.devices()
-  mesh = ft.data_mesh()
+  mesh = train.data_mesh()
   model, variables = tiny_model()
   config = tiny_config(knowledge='ensemble', batch_size=BATCH)
-  sc = ft.StepConfig.from_config(config)
-  tx = ft.make_optimizer(config.finetune, 10)
+  sc = distill.StepConfig.from_config(config)
+  tx = train.make_optimizer(config.finetune, 10)
   split = random_split(BATCH, 11)
   bank = jnp.asarray(np.random.default_rng(12).normal(size=(BATCH, 3, 10)),
                      jnp.float32)
   ok = True
   for sync in (True, False):
-    state = ft.TrainState.create(variables, tx)
+    state = train.TrainState.create(variables, tx)
     reference = state
-    parallel_model = model.clone(bn_axis_name=ft.DATA_AXIS) if sync else model
-    step = jax.jit(ft.data_parallel(
-        ft.make_step(parallel_model, tx, sc, ft.DATA_AXIS), mesh))
-    plain = jax.jit(ft.make_step(model, tx, sc))
+    parallel_model = (model.clone(bn_axis_name=train.DATA_AXIS) if sync
+                      else model)
+    step = jax.jit(train.data_parallel(
+        train.make_step(parallel_model, tx, sc, train.DATA_AXIS), mesh))
+    plain = jax.jit(train.make_step(model, tx, sc))
     for i in range(2):
       keys = jax.random.split(jax.random.key(i), BATCH)
       state, _ = step(state, keys, split.images, split.labels, bank)

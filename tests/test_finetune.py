@@ -17,7 +17,8 @@ import pytest
 from conftest import REPO
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
-from ekg_jax import finetune as ft
+from ekg_jax import checkpoint, distill, trainer
+from ekg_jax import train as train_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import losses
 from ekg_jax.models import create_model
@@ -56,11 +57,11 @@ def test_distillation_target_uses_teachers_closer_than_the_student():
   far = -top
   bank = jnp.asarray(np.stack([top, near, far], axis=1), jnp.float32)
   student = top + 1.0 * rng.normal(size=top.shape)
-  target, used = ft.distillation_target(bank, student, 4.0)
+  target, used = distill.distillation_target(bank, student, 4.0)
   np.testing.assert_array_equal(used, [True, True, False])
   np.testing.assert_allclose(target, (top + near) / 2, rtol=1e-6)
   # A student that matches teacher 0 exactly: only teacher 0 remains.
-  target, used = ft.distillation_target(bank, top, 4.0)
+  target, used = distill.distillation_target(bank, top, 4.0)
   np.testing.assert_array_equal(used, [True, False, False])
   np.testing.assert_allclose(target, top, rtol=1e-6)
 
@@ -68,13 +69,13 @@ def test_distillation_target_uses_teachers_closer_than_the_student():
 def test_learning_rate_steps_down_at_the_configured_fractions():
   c = tiny_config(epochs=10)
   # The reference pipeline's recipe: 0.01, x0.2 at 30/60/80% of the steps.
-  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=5)
+  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=5)
   lr = [float(schedule(s)) for s in (0, 14, 15, 29, 30, 39, 40, 49)]
   np.testing.assert_allclose(
       lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
   # One epoch keeps the shape (step-granular points).
   c = tiny_config(epochs=1)
-  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=10)
+  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=10)
   lr = [float(schedule(s)) for s in (0, 2, 3, 5, 6, 7, 8, 9)]
   np.testing.assert_allclose(
       lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
@@ -84,8 +85,8 @@ def test_optimizer_is_keras_nesterov_sgd_with_decay_in_the_gradient():
   """Keras: v = m * v - lr * (g + wd * w); w += m * v - lr * (g + wd * w);
   the velocity carries lr-scaled steps across a rate change."""
   c = tiny_config(epochs=1)
-  tx = ft.make_optimizer(c.finetune, steps_per_epoch=10)
-  schedule = ft.lr_schedule(c.finetune, steps_per_epoch=10)
+  tx = train_lib.make_optimizer(c.finetune, steps_per_epoch=10)
+  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=10)
   rng = np.random.default_rng(0)
   w = np.asarray(rng.normal(size=3), np.float64)
   params, state = jnp.asarray(w, jnp.float32), tx.init(jnp.zeros(3))
@@ -101,19 +102,19 @@ def test_optimizer_is_keras_nesterov_sgd_with_decay_in_the_gradient():
   np.testing.assert_allclose(params, w, rtol=1e-5)
 
 
-@pytest.mark.parametrize('knowledge', ft.KNOWLEDGE)
+@pytest.mark.parametrize('knowledge', distill.KNOWLEDGE)
 def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
   model, variables = tiny_model()
   c = tiny_config(knowledge=knowledge)
-  sc = ft.StepConfig.from_config(c)
-  tx = ft.make_optimizer(c.finetune, 10)
+  sc = distill.StepConfig.from_config(c)
+  tx = train_lib.make_optimizer(c.finetune, 10)
   split = random_split(8, 1)
   bank = jnp.asarray(np.random.default_rng(2).normal(size=(8, 3, 10)),
                      jnp.float32)
   keys = jax.random.split(jax.random.key(3), 8)
-  state, metrics = jax.jit(ft.make_step(model, tx, sc))(
-      ft.TrainState.create(variables, tx), keys, split.images, split.labels,
-      bank)
+  state, metrics = jax.jit(train_lib.make_step(model, tx, sc))(
+      train_lib.TrainState.create(variables, tx), keys, split.images,
+      split.labels, bank)
 
   total, kd_total = 0.0, 0.0
   augment = dict(sc.augment, color_jitter=sc.views == 2)  # as the reference
@@ -125,7 +126,7 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
                        mutable=['batch_stats'])
   logits = list(jnp.split(z, sc.views))
   target = {'single': bank[:, 0], 'none': None,
-            'ensemble': ft.distillation_target(
+            'ensemble': distill.distillation_target(
                 bank, sum(logits) / len(logits), 4.0)[0]}[knowledge]
   for z in logits:
     ce = losses.cross_entropy(z, split.labels).mean()
@@ -144,26 +145,27 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
 def test_step_runner_equals_plain_steps(program):
   model, variables = tiny_model()
   c = tiny_config()
-  sc = ft.StepConfig.from_config(c)
-  tx = ft.make_optimizer(c.finetune, 10)
+  sc = distill.StepConfig.from_config(c)
+  tx = train_lib.make_optimizer(c.finetune, 10)
   split = random_split(24, 4)
   bank = np.random.default_rng(5).normal(size=(24, 3, 10)).astype(np.float32)
   key = jax.random.key(6)
   indices = np.arange(24, dtype=np.int32)[::-1].reshape(3, 8)
 
-  plain_step = jax.jit(ft.make_step(model, tx, sc))
-  plain = ft.TrainState.create(variables, tx)
+  plain_step = jax.jit(train_lib.make_step(model, tx, sc))
+  plain = train_lib.TrainState.create(variables, tx)
   for i, idx in enumerate(indices):
     keys = jax.random.split(jax.random.fold_in(key, i), 8)
     plain, _ = plain_step(plain, keys, split.images[idx], split.labels[idx],
                           bank[idx])
 
-  runner = ft.StepRunner(ft.data_parallel(
-      ft.make_step(model, tx, sc, ft.DATA_AXIS), ft.data_mesh()), program)
-  data = ft.TrainData(jnp.asarray(split.images), jnp.asarray(split.labels),
-                      jnp.asarray(bank))
-  state, metrics = runner(ft.TrainState.create(variables, tx), data, indices,
-                          key)
+  runner = train_lib.StepRunner(train_lib.data_parallel(
+      train_lib.make_step(model, tx, sc, train_lib.DATA_AXIS),
+      train_lib.data_mesh()), program)
+  data = train_lib.TrainData(jnp.asarray(split.images),
+                             jnp.asarray(split.labels), jnp.asarray(bank))
+  state, metrics = runner(train_lib.TrainState.create(variables, tx), data,
+                          indices, key)
   assert metrics['loss'].shape == (3,) and int(state.step) == 3
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -172,7 +174,7 @@ def test_step_runner_equals_plain_steps(program):
 
 def _run(folder, config, train, bank, test):
   model, variables = tiny_model()
-  return ft.finetune(model, variables, train, bank, test, config, str(folder),
+  return trainer.train(model, variables, train, bank, test, config, str(folder),
                      progress=False)
 
 
@@ -216,15 +218,18 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
   # ... then the run is extended with an absurd learning rate: the update
   # of step 5 blows the weights up, step 6's loss is not finite.
   bad = tiny_config(knowledge='none', epochs=2, learning_rate=1e30)
-  with pytest.raises(ft.NonFiniteError, match=r'at step (\d+).*lower') as e:
+  with pytest.raises(trainer.NonFiniteError,
+                     match=r'at step (\d+).*lower') as e:
     _run(tmp_path, bad, train, None, test)
   bad_step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
   assert max(kept) == 4 < bad_step, (kept, bad_step)
   # The kept checkpoint is finite ...
   model, variables = tiny_model()
-  restored, _ = ft.Checkpoints(str(tmp_path / 'checkpoints')).restore(
-      ft.TrainState.create(variables, ft.make_optimizer(bad.finetune, 4)))
+  template = train_lib.TrainState.create(
+      variables, train_lib.make_optimizer(bad.finetune, 4))
+  restored, _ = checkpoint.TrainCheckpoints(
+      str(tmp_path / 'checkpoints')).restore(template)
   assert int(restored.step) == 4
   assert all(np.all(np.isfinite(a)) for a in
              jax.tree_util.tree_leaves(restored.variables))
@@ -240,14 +245,14 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 def test_bfloat16_compute_keeps_float32_parameters():
   model, variables = tiny_model()
   c = tiny_config(knowledge='none')
-  sc = ft.StepConfig.from_config(c)
-  tx = ft.make_optimizer(c.finetune, 10)
+  sc = distill.StepConfig.from_config(c)
+  tx = train_lib.make_optimizer(c.finetune, 10)
   split = random_split(8, 1)
   keys = jax.random.split(jax.random.key(3), 8)
-  state = ft.TrainState.create(variables, tx)
+  state = train_lib.TrainState.create(variables, tx)
   out = {}
   for dtype in (None, jnp.bfloat16):
-    step = jax.jit(ft.make_step(model.clone(dtype=dtype), tx, sc))
+    step = jax.jit(train_lib.make_step(model.clone(dtype=dtype), tx, sc))
     new, metrics = step(state, keys, split.images, split.labels, None)
     out[dtype] = metrics['loss']
     assert all(a.dtype == jnp.float32

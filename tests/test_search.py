@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 
 from conftest import perturb
 from ekg_jax import gates, importance, losses, search, teacher
 from ekg_jax.models import create_model
+from ekg_jax.models.common import Supernet
 from ekg_jax.search import greedy
+from ekg_jax.slimming import slim
 
 
 # --- host-side arithmetic ----------------------------------------------------
@@ -400,3 +403,36 @@ def test_a_criterion_registered_outside_the_package_runs_through_prune():
       assert m[-1] == 1 and m[0] == 0 and np.all(np.diff(m) >= 0), g
   finally:
     del importance.CRITERIA['last_channels_first']
+
+
+class _TwoConvNet(Supernet):
+  """A model written outside the package: no segments (it runs whole),
+  as a user would first write one."""
+
+  @nn.compact
+  def __call__(self, x, masks=None, train=False):
+    x = self.conv(self.width('a', 8), 3, out_gate='a', name='c1')(x, masks)
+    x = nn.relu(self.gate(self.bn('a', train, name='b1')(x), masks,
+                          'a'))
+    x = self.conv(self.width('b', 8), 3, in_gate='a', out_gate='b',
+                  name='c2')(x, masks)
+    x = nn.relu(self.gate(self.bn('b', train, name='b2')(x), masks,
+                          'b'))
+    return self.dense('b')(x.mean(axis=(1, 2)), masks)
+
+
+def test_a_model_without_segments_runs_through_prune_and_slim():
+  model = _TwoConvNet(num_classes=5)
+  x = jax.random.normal(jax.random.key(0), (20, 8, 8, 3))
+  variables = perturb(model.init(jax.random.key(1), x[:1]), seed=3)
+  batches = search.Batches((x[:16], x[16:]),
+                           (jnp.arange(16) % 5, jnp.arange(4) % 5))
+  table = gates.layer_table(model, (8, 8, 3))
+  assert gates.num_segments(table) == 1
+  state = search.prune(model, variables, batches, 0.6)  # 'auto' evaluation
+  assert state.history[-1]['flops_rate'] <= 0.6
+  slim_model, slim_vars = slim(model, variables, state.masks(), table)
+  assert dict(slim_model.widths) == state.kept
+  masked = model.apply(variables, x, masks=state.masks())
+  np.testing.assert_allclose(slim_model.apply(slim_vars, x), masked,
+                             rtol=1e-5, atol=1e-5)

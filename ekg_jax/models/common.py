@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from ekg_jax import backend
 from ekg_jax import gates as gates_lib
 
 Widths = tuple[tuple[str, int], ...]
@@ -30,10 +31,8 @@ class Supernet(nn.Module):
   # Mesh axis over which BN averages batch statistics (cross-device BN when
   # the model runs inside `shard_map`); None: per-device statistics.
   bn_axis_name: Optional[str] = None
-  # Materialise each segment's output (an optimisation barrier). None: on
-  # CPU only, where XLA otherwise fuses a stage's whole residual chain into
-  # every consumer, the kernel-gradient transposes above all, and recomputes
-  # it there: dense ResNet-56 train step 1.50x faster (benchmarks/README.md).
+  # Materialise each segment's output (an optimisation barrier). None: as
+  # `backend.BackendPolicy.materialize_segments` says (on CPU only).
   materialize_segments: Optional[bool] = None
 
   def width(self, gate: str, default: int) -> int:
@@ -72,7 +71,7 @@ class Supernet(nn.Module):
     stop = len(segments) if stop is None else stop
     materialize = self.materialize_segments
     if materialize is None:
-      materialize = jax.default_backend() == 'cpu'
+      materialize = backend.policy().materialize_segments
     for index in range(start, stop):
       self.enter_segment(index)
       x = segments[index](x)

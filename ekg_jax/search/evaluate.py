@@ -22,7 +22,7 @@ of `Evaluator.STRATEGIES`:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,23 @@ class Batches(NamedTuple):
     return [per_sample[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+class PrunableModel(Protocol):
+  """What `prune` needs of a model: a Flax module whose
+  `apply(variables, x, masks=..., train=...)` returns logits [B, classes]
+  (with `mutable=['batch_stats']` when `train=True`), and whose prunable
+  layers are `gates.GatedConv` / `GatedDense` / `GatedBatchNorm` with
+  `gates.apply_gate` between them, so `gates.layer_table` can trace it.
+
+  Optional: a model that is a chain of segments (`Supernet.run_segments`)
+  also takes `start=` / `stop=`; only then does the `prefix` strategy share
+  the segments before each candidate's gate.
+  """
+
+  def apply(self, variables: Any, x: jax.Array, *, masks: Any,
+            train: bool, **kwargs: Any) -> Any:
+    ...
+
+
 class Evaluator:
   """Jitted evaluation of sub-networks on the validation batches.
 
@@ -76,7 +93,11 @@ class Evaluator:
     self.first_segment = gates_lib.first_segments(table)
     self.config = config
     self.use_teacher = config.teacher != 'none'
+    # Segments are declared by the model (`Supernet.enter_segment`); a model
+    # without them runs whole, and `auto` evaluation never picks `prefix`.
+    self.segmented = gates_lib.num_segments(table) > 1
     self.starts = sorted(set(self.first_segment.values()) - {0})
+    self.evaluation = resolve_evaluation(config.evaluation, self.segmented)
     self.importance = jax.jit(self._importance)
     self.boundaries = jax.jit(self._boundaries)
     self.gbn = jax.jit(self._gbn)
@@ -90,9 +111,9 @@ class Evaluator:
 
   def _apply(self, variables, x, masks, start=0, stop=None):
     # Batch statistics; the updated running statistics are dropped.
+    segment = {'start': start, 'stop': stop} if self.segmented else {}
     return self.model.apply(variables, x, masks=masks, train=True,
-                            start=start, stop=stop,
-                            mutable=['batch_stats'])[0]
+                            mutable=['batch_stats'], **segment)[0]
 
   def _forward_with_boundaries(self, variables, x, masks):
     """(logits, {segment: activation entering it}) for every segment where
@@ -139,7 +160,7 @@ class Evaluator:
     # With `prefix` evaluation the forward pass's segment inputs come out
     # too, and are reused when this step's ranks keep the same channels
     # (other paths do not need them: they would only hold memory).
-    keep = resolve_evaluation(self.config.evaluation) == 'prefix'
+    keep = self.evaluation == 'prefix'
 
     def objective(masks, batch):
       x, y, t = batch
@@ -198,10 +219,11 @@ class Evaluator:
     boundaries = [{0: x, **acts} for x, acts in zip(batches.images,
                                                   boundaries)]
     labels = jnp.concatenate(batches.labels)
+    logits_shape = jax.eval_shape(self._logits, variables, batches.images,
+                                  masks).shape
     shapes = jax.eval_shape(
-        lambda: self._summarise(
-            jnp.zeros((labels.shape[0], self.model.num_classes)), labels,
-            teacher_logits))
+        lambda: self._summarise(jnp.zeros(logits_shape), labels,
+                                teacher_logits))
     outs = []
     for g in self.gate_names:
       def run(g=g):

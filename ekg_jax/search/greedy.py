@@ -27,7 +27,7 @@ from ekg_jax import teacher as teacher_lib
 from ekg_jax.search.evaluate import Batches, Evaluator, _as_int32
 from ekg_jax.search.marking import (candidate_rate, kept_count,
                                     kept_from_rates, mark_candidates)
-from ekg_jax.search.options import SearchConfig, resolve_evaluation
+from ekg_jax.search.options import SearchConfig
 from ekg_jax.search.state import SearchState, history_entry
 
 @dataclasses.dataclass
@@ -181,7 +181,7 @@ def run_search(problem: SearchProblem, state: SearchState,
   """Steps until the FLOPs target; `on_step` sees each accepted state
   (checkpointing, logging)."""
   from tqdm import tqdm
-  evaluation = resolve_evaluation(problem.config.evaluation)
+  evaluation = problem.evaluator.evaluation
   if problem.config.allocation == 'uniform':
     if state.step == 0:
       state = uniform_allocation(problem, state)
@@ -218,7 +218,8 @@ def prune(model, variables: Any, batches: Batches, target_flops_rate: float,
   """The EKG search on any model that follows the gate protocol.
 
   Args:
-    model: a Flax module taking `masks=` and `train=` (see `gates.py`).
+    model: a `PrunableModel` (a Flax module taking `masks=` and `train=`;
+      `start=`/`stop=` too if it has segments).
     variables: its variables ({'params': ..., 'batch_stats': ...}).
     batches: the validation data the search scores sub-networks on.
     target_flops_rate: stop at FLOPs(sub-network) / FLOPs(dense) <= this.

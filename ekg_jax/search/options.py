@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
+from ekg_jax import backend
 
 EVALUATIONS = ('auto', 'vmap', 'prefix', 'loop')
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
+  """The search's options; `config.py`'s `search` section starts from these
+  defaults, and `prune(**options)` takes the same names."""
   target_flops_rate: float = 0.45
-  step: float = 0.2
-  teacher: str = 'ensemble'
-  criterion: str = 'ekg'
-  allocation: str = 'greedy'
-  chunk_size: int = 4
-  otsu_trim: float = 0.2
+  step: float = 0.2  # s in delta = max(1/C, s/u)
+  teacher: str = 'ensemble'  # 'ensemble' | 'single' | 'none'
+  criterion: str = 'ekg'  # an entry of importance.CRITERIA
+  allocation: str = 'greedy'  # 'greedy' | 'uniform'
+  chunk_size: int = 4  # candidates per vmapped call (memory bound)
+  otsu_trim: float = 0.2  # fraction dropped at each end before Otsu
+  # Removal cost before the Otsu threshold (section 4): 'reference' (what
+  # the authors' code computes: an untouched gate costs the sum of all its
+  # scores, a gate pruned once costs 0) or 'per_channel' (the scores of the
+  # channels the next step would remove).
   marking: str = 'reference'
-  flops_include_bn: bool = True
+  flops_include_bn: bool = True  # the reference total counts BN
+  # How candidates are evaluated (same numbers each way): 'vmap' (stacked
+  # masks, chunks; best on GPU/TPU), 'prefix' (shares the segments before
+  # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
   evaluation: str = 'auto'
-  seed: int = 0
+  seed: int = 0  # the `random` criterion's; the pipeline passes config.seed
 
   def __post_init__(self):
     """The config file's rules hold for library calls too: `prune(...,
@@ -41,8 +50,17 @@ class SearchConfig:
     return cls(**{k: v for k, v in search.items() if k in names}, seed=seed)
 
 
-def resolve_evaluation(mode: str) -> str:
-  """'auto': shared prefixes on CPU, wide vmaps on accelerators."""
+def defaults() -> dict:
+  """The options a config file sets (the seed is the run's own)."""
+  return {f.name: f.default for f in dataclasses.fields(SearchConfig)
+          if f.name != 'seed'}
+
+
+def resolve_evaluation(mode: str, segmented: bool = True) -> str:
+  """'auto': as `backend.BackendPolicy` says (shared prefixes on CPU where
+  the model has segments, wide vmaps on accelerators)."""
   if mode != 'auto':
     return mode
-  return 'prefix' if jax.default_backend() == 'cpu' else 'vmap'
+  policy = backend.policy()
+  return (policy.search_evaluation if segmented
+          else policy.search_evaluation_unsegmented)

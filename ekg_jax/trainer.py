@@ -1,0 +1,189 @@
+"""The training loop: epochs of compiled step stretches, checkpoints that
+resume to the same parameters, metrics and a test evaluation per epoch.
+Fine-tuning (`section='finetune'`, with the memory bank's knowledge) and
+pretraining (`section='pretrain'`) both run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from ekg_jax import checkpoint
+from ekg_jax import config as config_lib
+from ekg_jax import data as data_lib
+from ekg_jax import evaluation
+from ekg_jax import metrics as metrics_lib
+from ekg_jax.distill import StepConfig
+from ekg_jax.train import (DATA_AXIS, StepRunner, TrainData, TrainState,
+                           data_mesh, data_parallel, epoch_order,
+                           lr_schedule, make_optimizer, make_step,
+                           steps_per_epoch)
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class Progress:
+  """Host-side bookkeeping saved with every checkpoint."""
+  history: list  # one dict per finished epoch
+  sums: dict  # this epoch's metric sums so far
+  steps: int  # steps in `sums`
+  train_seconds: float = 0.0  # compiled training programs, compile excluded
+  compile_seconds: float = 0.0
+
+
+
+@dataclasses.dataclass
+class TrainResult:
+  variables: Any
+  history: list
+  train_seconds: float
+  compile_seconds: float
+  images_trained: int
+
+
+def train(model, variables: Any, train: data_lib.Split,
+             bank_logits: Optional[np.ndarray], test: data_lib.Split,
+             config, folder: str, mesh: Optional[Mesh] = None,
+             progress: bool = True, section: str = 'finetune',
+             loss: Optional[Callable] = None) -> TrainResult:
+  """Fine-tunes `model` (the slimmed network) from `variables`; resumes
+  from the latest checkpoint in `folder/checkpoints`.
+
+  Args:
+    bank_logits: [N, K, classes] teachers' logits on `train` (None when
+      config[section].knowledge == 'none').
+    config: the whole config (config[section], data, augment, seed).
+    section: the config section with the recipe: 'finetune', or
+      'pretrain' (plain supervised training of the dense network).
+    loss: replaces `distill.views_loss` (see `train.make_step`).
+  """
+  c = config[section]
+  mesh = mesh or data_mesh()
+  config_lib.check_divides_over_devices(c.batch_size, mesh.size,
+                                        f'{section}.batch_size')
+  if c.sync_batch_norm:
+    model = model.clone(bn_axis_name=DATA_AXIS)
+  if c.dtype != 'float32':
+    model = model.clone(dtype=jnp.dtype(c.dtype))
+  spe = steps_per_epoch(len(train), c.batch_size)
+  if spe == 0 and c.epochs:
+    raise ValueError(f'config.{section}.batch_size={c.batch_size} is larger '
+                     f'than the train split ({len(train)} images)')
+  total = c.epochs * spe
+  tx = make_optimizer(c, spe)
+  schedule = lr_schedule(c, spe)
+  step_config = StepConfig.from_config(config, section)
+  run_steps = StepRunner(data_parallel(
+      make_step(model, tx, step_config, DATA_AXIS, loss), mesh), c.program)
+
+  replicated = NamedSharding(mesh, P())
+  put = lambda x: jax.device_put(x, replicated)
+  bank = None
+  if step_config.knowledge != 'none':
+    bank = put(bank_logits)
+  data = TrainData(put(train.images), put(train.labels), bank)
+  key = put(jax.random.key(config.seed))
+
+  checkpoints = checkpoint.TrainCheckpoints(
+      os.path.join(folder, 'checkpoints'))
+  writer = metrics_lib.MetricsWriter(folder, section, step_key='epoch')
+  state = TrainState.create(variables, tx)
+  restored = checkpoints.restore(state)
+  if restored:
+    state, prog = restored[0], Progress(**restored[1])
+    logging.info('%s: resuming at step %d', section, int(state.step))
+    writer.write(prog.history)  # a kill may have come before the last write
+  else:
+    prog = Progress(history=[], sums={}, steps=0)
+  state = put(state)
+  every = c.checkpoint_every_steps
+  bar = tqdm(total=total, initial=int(state.step), desc=f'{section} (steps)',
+             disable=not progress)
+  try:
+    while int(state.step) < total:
+      step = int(state.step)
+      epoch, within = divmod(step, spe)
+      # Checkpoints every `every` steps counted from the epoch's start: at
+      # most two stretch lengths, so at most two compiles of a `scan`.
+      stop = min((epoch + 1) * spe,
+                 epoch * spe + (within // every + 1) * every)
+      indices = epoch_order(config.seed, epoch, len(train), spe,
+                            c.batch_size)[within:within + stop - step]
+      n = len(indices)
+      compile_before = run_steps.compile_seconds
+      t = time.time()
+      state, metrics = run_steps(state, data, indices, key, bar.update)
+      metrics = jax.device_get(metrics)
+      compiled = run_steps.compile_seconds - compile_before
+      prog.train_seconds += time.time() - t - compiled
+      prog.compile_seconds += compiled
+      _check_finite(metrics, step, folder, section)
+      for k, v in metrics.items():
+        prog.sums[k] = prog.sums.get(k, 0.0) + float(np.sum(v))
+      prog.steps += n
+      if stop == (epoch + 1) * spe:
+        entry = _epoch_entry(epoch, prog, state, model, test, config,
+                             float(schedule(stop - 1)), progress)
+        prog = dataclasses.replace(prog, history=[*prog.history, entry],
+                                   sums={}, steps=0)
+        bar.write(_epoch_line(section, entry, c.epochs))
+        checkpoints.save(state, dataclasses.asdict(prog))
+        writer.write(prog.history)
+      else:
+        checkpoints.save(state, dataclasses.asdict(prog))
+  finally:
+    bar.close()
+    checkpoints.close()
+    writer.close()
+  return TrainResult(jax.device_get(state.variables), prog.history,
+                        prog.train_seconds, prog.compile_seconds,
+                        total * c.batch_size)
+
+
+def _check_finite(metrics, step, folder, section):
+  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
+  if bad:
+    first = min(int(np.argmax(~np.isfinite(metrics[k]))) for k in bad)
+    raise NonFiniteError(
+        f'{section}: non-finite {", ".join(bad)} at step {step + first + 1}; '
+        f'the last good checkpoint in {folder}/checkpoints is kept. To '
+        'resume from it, rerun the same command with a lower '
+        f'--config.{section}.learning_rate (rerunning unchanged replays '
+        'the same steps)')
+
+
+def _epoch_entry(epoch, prog: Progress, state, model, test, config, lr,
+                 progress) -> dict:
+  """The epoch's mean train metrics and the test accuracy (running BN
+  statistics, one device)."""
+  mean = {k: v / prog.steps for k, v in prog.sums.items()}
+  accuracy = evaluation.accuracy(
+      model.clone(bn_axis_name=None), jax.device_get(state.variables), test,
+      config.data.mean, config.data.std, config.data.eval_batch_size,
+      progress=progress)
+  return {'epoch': epoch + 1, 'train_loss': mean['loss'], 'ce': mean['ce'],
+          'kd_loss': mean['kd'], 'teachers_used': mean['teachers_used'],
+          'grad_norm': mean['grad_norm'], 'learning_rate': lr,
+          'test_accuracy': accuracy}
+
+
+def _epoch_line(section, entry, epochs) -> str:
+  return (f"{section} epoch {entry['epoch']}/{epochs}: loss "
+          f"{entry['train_loss']:.4f} (CE {entry['ce']:.4f}, KD "
+          f"{entry['kd_loss']:.4f}), teachers {entry['teachers_used']:.2f}, "
+          f"lr {entry['learning_rate']:.4g}, test acc "
+          f"{entry['test_accuracy']:.2f}%")
