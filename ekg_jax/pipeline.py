@@ -22,7 +22,6 @@ from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
-from ekg_jax import trainer
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import landscape as landscape_lib
@@ -33,6 +32,7 @@ from ekg_jax import preflight
 from ekg_jax import report as report_lib
 from ekg_jax import search as search_lib
 from ekg_jax import slimming
+from ekg_jax import trainer
 from ekg_jax import validate
 from ekg_jax import warmup as warmup_lib
 from ekg_jax import workdir as workdir_lib

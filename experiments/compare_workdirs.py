@@ -29,17 +29,21 @@ def _without_timings(obj):
   return obj
 
 
-def _json(path):
+def _json(path, workdir=None):
   with open(path) as f:
-    return _without_timings(json.load(f))
+    text = f.read()
+  if workdir:  # paths inside the workdir name it: compare them relative
+    for form in (os.path.abspath(workdir), workdir.rstrip('/')):
+      text = text.replace(form, '<workdir>')
+  return _without_timings(json.loads(text))
 
 
 def _npz(path):
   with np.load(path) as z:
     out = {k: z[k] for k in z.files}
-  if 'history' in out:  # the search state's history holds timings too
-    out['history'] = json.dumps(_without_timings(json.loads(
-        str(out['history']))))
+  for key in ('history', 'meta'):  # JSON entries that hold timings too
+    if key in out:
+      out[key] = json.dumps(_without_timings(json.loads(str(out[key]))))
   return out
 
 
@@ -54,6 +58,10 @@ def _model(path):
                   traverse_util.flatten_dict(raw).items()}
 
 
+def _up(path):
+  return os.path.dirname(path)
+
+
 def _same_arrays(a: dict, b: dict) -> list:
   if set(a) != set(b):
     return [f'entries differ: {sorted(set(a) ^ set(b))[:5]}']
@@ -63,7 +71,8 @@ def _same_arrays(a: dict, b: dict) -> list:
 
 
 CHECKS = {
-    'summary.json': lambda a, b: [] if _json(a) == _json(b) else ['differ'],
+    'summary.json': lambda a, b: ([] if _json(a, _up(a)) == _json(b, _up(b))
+                                  else ['differ']),
     'search/history.json': lambda a, b: ([] if _json(a) == _json(b)
                                          else ['differ']),
     'search/state.npz': lambda a, b: _same_arrays(_npz(a), _npz(b)),
