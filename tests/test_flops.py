@@ -1,5 +1,6 @@
 import pytest
 
+from conftest import HiddenDenseNet
 from ekg_jax import flops, gates
 from ekg_jax.models import create_model
 
@@ -57,3 +58,17 @@ def test_bad_kept_counts_are_rejected():
     flops.count_flops(table, {'stage0': 17})
   with pytest.raises(ValueError, match='is 0'):
     flops.count_flops(table, {'stage0': 0})
+
+
+def test_dense_out_gate_and_a_new_layer_kind_are_counted():
+  # HiddenDenseNet: 8 -> fc1 (6, BN) -> fc2 (5, ChannelScale) -> fc3 (10).
+  table = gates.layer_table(HiddenDenseNet(), (8,))
+  # ChannelScale's cost is 1 per channel, always counted; BN 2 per channel
+  # only with include_bn.
+  assert flops.count_flops(table) == 8 * 6 + 6 * 5 + 5 + 5 * 10
+  kept = {'h1': 2, 'h2': 3}
+  assert flops.count_flops(table, kept) == 8 * 2 + 2 * 3 + 3 + 3 * 10
+  assert flops.count_flops(table, kept, include_bn=True) == (
+      8 * 2 + 2 * 3 + 3 + 3 * 10 + 2 * 2)
+  assert flops.count_params(table, kept) == (
+      8 * 2 + 2 + 2 * 2 + 2 * 3 + 3 + 3 + 3 * 10 + 10)

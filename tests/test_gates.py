@@ -1,4 +1,7 @@
+import dataclasses
+
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +142,36 @@ def test_first_segments_of_resnet20():
   assert first['stage0/block1'] == 2  # block 0.1 is segment 2
   assert first['stage1'] == 4  # created at block 1.0's projection
   assert first['stage2/block2'] == 9
+
+
+@pytest.mark.parametrize('renormalize', [True, False])
+def test_dense_out_gate_masks_kernel_outputs_and_bias(renormalize):
+  layer = gates.GatedDense(5, in_gate='a', out_gate='b',
+                           renormalize=renormalize)
+  x = jax.random.normal(jax.random.key(1), (3, 4))
+  variables = layer.init(jax.random.key(0), x)
+  kernel = variables['params']['kernel']
+  bias = jnp.arange(1.0, 6.0)
+  variables = {'params': {'kernel': kernel, 'bias': bias}}
+  a, b = jnp.array([1., 0, 1, 1]), jnp.array([0., 1, 1, 0, 1])
+  masked = kernel * a[:, None] * b
+  if renormalize:
+    masked = masked * jnp.linalg.norm(kernel) / jnp.linalg.norm(masked)
+  np.testing.assert_allclose(
+      layer.apply(variables, x, {'a': a, 'b': b}),
+      x @ masked + bias * b, rtol=1e-5, atol=1e-6)
+
+
+def test_description_that_disagrees_with_the_variables_is_refused():
+  class Mislabelled(gates.GatedDense):
+    def describe_layer(self, x, y):
+      spec = super().describe_layer(x, y)
+      return dataclasses.replace(spec, variables=spec.variables[:1])
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return Mislabelled(3, name='fc')(x)
+
+  with pytest.raises(ValueError, match="fc: describe_layer lists"):
+    gates.layer_table(Net(), (4,))
