@@ -107,7 +107,7 @@ def test_masked_apply_equals_op_with_masked_kernel(renormalize):
       conv(x, masked), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
+@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg16'])
 def test_segments_compose_to_the_whole_network(name):
   """Running segments [0, k) then [k, end) equals one full pass, with masks
   and BN in batch-statistics mode (split after the stem, mid-network and
@@ -142,6 +142,25 @@ def test_first_segments_of_resnet20():
   assert first['stage0/block1'] == 2  # block 0.1 is segment 2
   assert first['stage1'] == 4  # created at block 1.0's projection
   assert first['stage2/block2'] == 9
+
+
+def test_vgg16_has_a_gate_per_conv_and_one_for_the_hidden_layer():
+  table = gates.layer_table(create_model('vgg16'), (32, 32, 3))
+  specs = gates.gate_specs(table)
+  widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  assert specs == {
+      **{f'conv{i}': gates.GateSpec(f'conv{i}', w, 1)
+         for i, w in enumerate(widths)},
+      'fc1': gates.GateSpec('fc1', 512, 1)}
+  # One segment per conv block, then the hidden layer and the classifier;
+  # each gate starts in the segment of the layer writing it.
+  assert gates.num_segments(table) == 13 + 2
+  assert gates.first_segments(table) == {
+      **{f'conv{i}': i for i in range(13)}, 'fc1': 13}
+  by_name = {l.name: l for l in table}
+  assert (by_name['fc1'].in_gate, by_name['fc1'].out_gate) == ('conv12',
+                                                               'fc1')
+  assert (by_name['fc2'].in_gate, by_name['fc2'].out_gate) == ('fc1', None)
 
 
 @pytest.mark.parametrize('renormalize', [True, False])

@@ -10,7 +10,8 @@ from ekg_jax import flops, gates, slimming
 from ekg_jax.models import create_model
 
 FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),
-            ('resnet18', 32), ('resnet34', 32), ('resnet50', 32)]
+            ('resnet18', 32), ('resnet34', 32), ('resnet50', 32),
+            ('vgg16', 32)]
 
 
 @pytest.mark.parametrize('name,size,seed', [
