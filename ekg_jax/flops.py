@@ -1,22 +1,26 @@
 """FLOPs and parameter counts from a layer table and kept channel counts.
 
-Convention (the reference code's): a FLOP is one multiply-accumulate.
+Convention (the reference code's): a FLOP is one multiply-accumulate. Each
+layer's FLOPs are the sum of its `Cost` terms (layers.py), e.g.
   conv      H_out * W_out * kh * kw * C_in_kept * C_out_kept
             (depthwise: H_out * W_out * kh * kw * C_kept)
-  dense     C_in_kept * C_out
+  dense     C_in_kept * C_out_kept
   BN        H * W * C_kept * 2, only with `include_bn=True` (the reference
             total; off by default, as most papers count)
-Parameters are the trainable ones: conv/dense kernels, dense biases and BN
-scale and offset (running statistics are not parameters).
+Parameters are the trainable ones (collection 'params': kernels, biases, BN
+scale and offset; running statistics are not parameters), each variable's
+size with its gated axes at the kept widths.
 Counting the masked supernet with kept counts k gives exactly the counts of
 the physically slimmed network whose gates have widths k.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Sequence
 
-from ekg_jax.gates import GateSpec, LayerSpec, gate_specs, validate_gate_names
+from ekg_jax.gates import validate_gate_names
+from ekg_jax.layers import IN, OUT, GateSpec, LayerSpec, gate_specs
 
 
 def _widths(table: Sequence[LayerSpec], kept: Optional[Mapping[str, int]]):
@@ -35,22 +39,22 @@ def _widths(table: Sequence[LayerSpec], kept: Optional[Mapping[str, int]]):
 
 def layer_flops(layer: LayerSpec, c_in: int, c_out: int,
                 include_bn: bool) -> int:
-  h, w = layer.out_hw
-  if layer.kind == 'conv':
-    kh, kw = layer.kernel_size
-    return h * w * kh * kw * c_out * (1 if layer.depthwise else c_in)
-  if layer.kind == 'dense':
-    return c_in * c_out
-  return h * w * c_out * 2 if include_bn else 0
+  kept = {IN: c_in, OUT: c_out}
+  return sum(cost.factor * math.prod(kept[side] for side in cost.sides)
+             for cost in layer.flops if include_bn or not cost.batch_norm)
 
 
 def layer_params(layer: LayerSpec, c_in: int, c_out: int) -> int:
-  if layer.kind == 'conv':
-    kh, kw = layer.kernel_size
-    return kh * kw * c_out * (1 if layer.depthwise else c_in)
-  if layer.kind == 'dense':
-    return c_in * c_out + (c_out if layer.use_bias else 0)
-  return 2 * c_out
+  kept = {IN: c_in, OUT: c_out}
+  total = 0
+  for variable in layer.variables:
+    if variable.collection != 'params':
+      continue
+    shape = list(variable.shape)
+    for axis, side in variable.axes:
+      shape[axis] = kept[side]
+    total += math.prod(shape)
+  return total
 
 
 def count_flops(table: Sequence[LayerSpec],

@@ -3,9 +3,10 @@
 A *gate* is a set of channels that must be pruned together (ekg_algorithm.md
 section 2). Models are written with the gated layers below, each naming the gate
 on its input and output channel axes, and call `apply_gate` where the algorithm
-multiplies activations by a mask. Everything else (the gate list, FLOPs,
-slimming, importance) is derived from one trace of the model by `layer_table`,
-so no per-model bookkeeping exists outside the model's own file.
+multiplies activations by a mask. Each gated layer describes its variables
+and cost (`describe_layer`, see layers.py); everything else (the gate list,
+FLOPs, slimming, importance) is derived from one trace of the model by
+`layer_table`, so no per-model bookkeeping exists outside the model's own file.
 
 Masks are a dict from gate name to a float vector of that gate's width; a gate
 absent from the dict (or `masks=None`) is dense. Masks are built from kept
@@ -15,9 +16,8 @@ leading axis and `jax.vmap` over it needs no Python.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -25,48 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ekg_jax import ops
+# Re-exported: callers reach the layer table through `gates` too.
+from ekg_jax.layers import (IN, OUT, Cost, GateSpec, LayerSpec,  # noqa: F401
+                            VariableSpec, first_segments, gate_specs,
+                            layer_table, layer_variables, num_segments)
 
 Masks = Optional[Mapping[str, jax.Array]]
-
-
-@dataclasses.dataclass(frozen=True)
-class GateSpec:
-  """One prunable channel group.
-
-  Attributes:
-    name: unique gate name.
-    channels: full width C.
-    writers: u in the algorithm, the number of (non-depthwise) convs whose
-      outputs land in this gate; it sets the search step size max(1/C, s/u).
-  """
-  name: str
-  channels: int
-  writers: int
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-  """One conv, dense or batch-norm layer and the gates on its channel axes.
-
-  `in_gate`/`out_gate` are None where the axis is not prunable (image
-  channels, classes). A depthwise conv has `in_gate == out_gate`: its channels
-  follow one gate. `path` locates the layer's variables in every collection.
-  """
-  path: tuple[str, ...]
-  kind: str  # 'conv' | 'dense' | 'bn'
-  in_gate: Optional[str]
-  out_gate: Optional[str]
-  in_channels: int
-  out_channels: int
-  kernel_size: tuple[int, int] = (1, 1)
-  out_hw: tuple[int, int] = (1, 1)
-  depthwise: bool = False
-  use_bias: bool = False
-  segment: int = 0  # index of the model segment holding the layer
-
-  @property
-  def name(self) -> str:
-    return '/'.join(self.path)
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +170,9 @@ def _kernel_mask(masks: Masks, gate: Optional[str], channels: int):
 
 
 # --------------------------------------------------------------------------
-# Gated layers. Models build from these; `layer_table` reads their attributes.
+# Gated layers. Models build from these; each describes itself for
+# `layer_table` (`describe_layer`: the trace's input and output shapes in,
+# a `LayerSpec` out).
 
 
 class GatedConv(nn.Module):
@@ -248,11 +214,42 @@ class GatedConv(nn.Module):
 
     return masked_apply(conv, x, kernel, in_mask, out_mask, self.renormalize)
 
+  @nn.nowrap
+  def describe_layer(self, x, y) -> LayerSpec:
+    kh, kw = self.kernel_size
+    positions = y.shape[1] * y.shape[2] * kh * kw
+    if self.depthwise:
+      # Channel c reads input channel c only: one gate on both sides, and
+      # the kernel's input axis has size 1.
+      kernel = VariableSpec('params', 'kernel', (kh, kw, 1, self.features),
+                            ((-1, OUT),), self.renormalize)
+      return LayerSpec(
+          path=self.path, kind='conv', in_gate=self.out_gate,
+          out_gate=self.out_gate, in_channels=x.shape[-1],
+          out_channels=self.features, variables=(kernel,),
+          flops=(Cost(positions, (OUT,)),), kernel_size=(kh, kw),
+          out_hw=tuple(y.shape[1:3]))
+    kernel = VariableSpec('params', 'kernel',
+                          (kh, kw, x.shape[-1], self.features),
+                          ((-2, IN), (-1, OUT)), self.renormalize)
+    return LayerSpec(
+        path=self.path, kind='conv', in_gate=self.in_gate,
+        out_gate=self.out_gate, in_channels=x.shape[-1],
+        out_channels=self.features, variables=(kernel,),
+        flops=(Cost(positions, (IN, OUT)),), filters='kernel',
+        kernel_size=(kh, kw), out_hw=tuple(y.shape[1:3]))
+
 
 class GatedDense(nn.Module):
-  """A dense layer whose kernel is masked on its input channels."""
+  """A dense layer whose kernel is masked on its input and output channels.
+
+  With an `out_gate` (a hidden layer) the bias is masked with the kernel's
+  outputs, so a pruned channel is exactly 0, as in the slimmed network where
+  it does not exist.
+  """
   features: int
   in_gate: Optional[str] = None
+  out_gate: Optional[str] = None
   renormalize: bool = True
   use_bias: bool = True
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
@@ -263,107 +260,54 @@ class GatedDense(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (x.shape[-1], self.features))
     in_mask = _kernel_mask(masks, self.in_gate, x.shape[-1])
+    out_mask = _kernel_mask(masks, self.out_gate, self.features)
     dtype = self.dtype or x.dtype
     y = masked_apply(lambda x, k: x.astype(dtype) @ k.astype(dtype), x,
-                     kernel, in_mask, None, self.renormalize)
+                     kernel, in_mask, out_mask, self.renormalize)
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros,
-                         (self.features,)).astype(dtype)
+      bias = self.param('bias', nn.initializers.zeros,
+                        (self.features,)).astype(dtype)
+      if out_mask is not None:
+        bias = bias * out_mask.astype(dtype)
+      y = y + bias
     return y
+
+  @nn.nowrap
+  def describe_layer(self, x, y) -> LayerSpec:
+    del y
+    variables = (VariableSpec('params', 'kernel', (x.shape[-1], self.features),
+                              ((-2, IN), (-1, OUT)), self.renormalize),)
+    if self.use_bias:
+      variables += (VariableSpec('params', 'bias', (self.features,),
+                                 ((-1, OUT),)),)
+    return LayerSpec(
+        path=self.path, kind='dense', in_gate=self.in_gate,
+        out_gate=self.out_gate, in_channels=x.shape[-1],
+        out_channels=self.features, variables=variables,
+        flops=(Cost(1, (IN, OUT)),), filters='kernel')
 
 
 class GatedBatchNorm(nn.BatchNorm):
   """BatchNorm over the channels of `gate` (sliced with it when slimming)."""
   gate: Optional[str] = None
 
-
-# --------------------------------------------------------------------------
-# The layer table: one trace of a model gives every gated layer and gate.
-
-
-def layer_table(model: nn.Module, input_shape: Sequence[int],
-                **apply_kwargs) -> list[LayerSpec]:
-  """Traces `model.init` (shapes only, no FLOPs spent) and lists its layers."""
-  records: list[LayerSpec] = []
-  segment = [0]
-
-  def record(next_fun, args, kwargs, context):
-    if context.method_name == 'enter_segment':
-      segment[0] = args[0]
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if context.method_name != '__call__':
-      return out
-    if isinstance(module, GatedConv):
-      records.append(LayerSpec(
-          path=module.path, kind='conv',
-          in_gate=module.out_gate if module.depthwise else module.in_gate,
-          out_gate=module.out_gate, in_channels=args[0].shape[-1],
-          out_channels=module.features,
-          kernel_size=tuple(module.kernel_size), out_hw=tuple(out.shape[1:3]),
-          depthwise=module.depthwise, segment=segment[0]))
-    elif isinstance(module, GatedDense):
-      records.append(LayerSpec(
-          path=module.path, kind='dense', in_gate=module.in_gate,
-          out_gate=None, in_channels=args[0].shape[-1],
-          out_channels=module.features, use_bias=module.use_bias,
-          segment=segment[0]))
-    elif isinstance(module, GatedBatchNorm):
-      channels = args[0].shape[-1]
-      records.append(LayerSpec(
-          path=module.path, kind='bn', in_gate=module.gate,
-          out_gate=module.gate, in_channels=channels, out_channels=channels,
-          out_hw=tuple(args[0].shape[1:3]) if args[0].ndim == 4 else (1, 1),
-          segment=segment[0]))
-    return out
-
-  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **apply_kwargs),
-                   x)
-  return records
-
-
-def layer_variables(tree: Mapping, path: Sequence[str]) -> Mapping:
-  """The variables of the layer at `path` in one collection's tree."""
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def gate_specs(table: Sequence[LayerSpec]) -> dict[str, GateSpec]:
-  """Gates in first-use order, with widths and writer counts from the table."""
-  channels: dict[str, int] = {}
-  writers: dict[str, int] = {}
-  for layer in table:
-    for gate, width in ((layer.in_gate, layer.in_channels),
-                        (layer.out_gate, layer.out_channels)):
-      if gate is None:
-        continue
-      if channels.setdefault(gate, width) != width:
-        raise ValueError(f'gate {gate!r} has layers of widths '
-                         f'{channels[gate]} and {width} ({layer.name})')
-      writers.setdefault(gate, 0)
-    if layer.kind == 'conv' and layer.out_gate and not layer.depthwise:
-      writers[layer.out_gate] += 1
-  return {g: GateSpec(g, channels[g], max(writers[g], 1)) for g in channels}
-
-
-def first_segments(table: Sequence[LayerSpec]) -> dict[str, int]:
-  """Gate -> the first segment with a layer reading or writing the gate.
-
-  Changing a gate's mask leaves every earlier segment's output unchanged.
-  """
-  first: dict[str, int] = {}
-  for layer in table:
-    for gate in (layer.in_gate, layer.out_gate):
-      if gate is not None:
-        first[gate] = min(first.get(gate, layer.segment), layer.segment)
-  return first
-
-
-def num_segments(table: Sequence[LayerSpec]) -> int:
-  return max(layer.segment for layer in table) + 1
+  @nn.nowrap
+  def describe_layer(self, x, y) -> LayerSpec:
+    del y
+    channels = x.shape[-1]
+    hw = tuple(x.shape[1:3]) if x.ndim == 4 else (1, 1)
+    names = ([('params', 'scale')] if self.use_scale else []) + (
+        [('params', 'bias')] if self.use_bias else []) + [
+            ('batch_stats', 'mean'), ('batch_stats', 'var')]
+    return LayerSpec(
+        path=self.path, kind='bn', in_gate=self.gate, out_gate=self.gate,
+        in_channels=channels, out_channels=channels,
+        variables=tuple(VariableSpec(c, n, (channels,), ((-1, OUT),))
+                        for c, n in names),
+        # Normalise, then scale and shift: 2 per value (the reference's
+        # count), counted only with include_bn.
+        flops=(Cost(hw[0] * hw[1] * 2, (OUT,), batch_norm=True),),
+        channel_scale='scale' if self.use_scale else None, out_hw=hw)
 
 
 # --------------------------------------------------------------------------

@@ -13,10 +13,12 @@ batch statistics), absolute value per batch, summed over the validation
 batches; recomputed at every step on the current sub-network, masked
 channels 0.
 
-Weight-based baselines score each gate's channels from the kernels and BNs
-that write them (found through the layer table): `l1`, `l2` (filter norms),
-`fpgm` (distance to the other filters: near the geometric median = redundant),
+Weight-based baselines score each gate's channels from the filters and
+per-channel scales that write them, as each layer's description names them
+(`LayerSpec.filters`, `.channel_scale`): `l1`, `l2` (filter norms), `fpgm`
+(distance to the other filters: near the geometric median = redundant),
 `bn_gamma` (|BN scale|) and `random` (seeded, fixed for the whole search).
+`gbn` likewise takes its gammas from `LayerSpec.channel_scale`.
 """
 
 from __future__ import annotations
@@ -102,29 +104,32 @@ def bn_taylor_scores(loss: Callable[..., jax.Array], params: Mapping,
   |gamma * dL_b/dgamma|, times the gate's 0/1 mask (a masked channel's
   gradient can pass a straight-through gate; it must still score 0).
   `loss(params, batch)` is L on one batch; jit the caller."""
-  bns = [layer for layer in table
-         if layer.kind == 'bn' and layer.out_gate is not None]
+  scaled = [layer for layer in table
+            if layer.channel_scale is not None and layer.out_gate is not None]
   specs = gates_lib.gate_specs(table)
   total = {g: jnp.zeros(s.channels) for g, s in specs.items()}
   for batch in batches:
     grads = jax.grad(loss)(params, batch)
-    for layer in bns:
-      scale = gates_lib.layer_variables(params, layer.path)['scale']
-      grad = gates_lib.layer_variables(grads, layer.path)['scale']
+    for layer in scaled:
+      name = layer.channel_scale
+      scale = gates_lib.layer_variables(params, layer.path)[name]
+      grad = gates_lib.layer_variables(grads, layer.path)[name]
       total[layer.out_gate] = total[layer.out_gate] + jnp.abs(scale * grad)
   return {g: t * (masks[g] != 0) if g in masks else t
           for g, t in total.items()}
 
 
 def _writer_kernels(table, params, gate):
-  """Each writer's kernel of `gate` reshaped to [filters, fan_in]."""
+  """Each writer's filters of `gate` as a [filters, fan_in] array."""
   out = []
   for layer in table:
-    if (layer.kind == 'conv' and layer.out_gate == gate
-        and not layer.depthwise):
-      kernel = np.asarray(
-          gates_lib.layer_variables(params, layer.path)['kernel'])
-      out.append(np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1))
+    if layer.filters is None or layer.out_gate != gate:
+      continue
+    spec = layer.variable(layer.filters)
+    axis = next(a for a, side in spec.axes if side == gates_lib.OUT)
+    kernel = np.asarray(
+        gates_lib.layer_variables(params, layer.path)[layer.filters])
+    out.append(np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1))
   return out
 
 
@@ -156,9 +161,10 @@ register('fpgm')(_from_filters(_fpgm))
 def _bn_gamma(inputs: ScoreInputs):
   params = inputs.variables['params']
   return {g: jnp.asarray(sum(
-      np.abs(np.asarray(gates_lib.layer_variables(params, l.path)['scale']))
-      for l in inputs.table if l.kind == 'bn' and l.out_gate == g),
-                         jnp.float32)
+      np.abs(np.asarray(gates_lib.layer_variables(params, l.path)[
+          l.channel_scale]))
+      for l in inputs.table
+      if l.channel_scale is not None and l.out_gate == g), jnp.float32)
           for g in gates_lib.gate_specs(inputs.table)}
 
 

@@ -1,9 +1,9 @@
 """Slimming: masks + supernet variables -> a physically smaller network.
 
-Every variable listed in the layer table is sliced on its gated axes; kernels
-are rescaled to the full kernel's L2 norm when the model renormalises masked
-kernels (ekg_algorithm.md section 7), so the slimmed network computes what
-the masked supernet computes.
+Every variable the layer table describes is sliced on its gated axes; those
+the masked layer renormalises (kernels, when the model renormalises) are
+rescaled to the full variable's L2 norm (ekg_algorithm.md section 7), so the
+slimmed network computes what the masked supernet computes.
 """
 
 from __future__ import annotations
@@ -55,27 +55,19 @@ def slim(model: Supernet, variables: Mapping[str, Any],
   index = kept_indices(masks)
   out = _unfreeze(variables)
 
-  def take(array, axis, gate):
-    if gate is None or gate not in index:
-      return array
-    return jnp.take(array, index[gate], axis=axis)
-
   for layer in table:
-    for collection in variables:
-      try:
-        leaves = gates_lib.layer_variables(variables[collection],
-                                          layer.path)
-      except KeyError:
+    for variable in layer.variables:
+      if variable.collection not in variables:
         continue
-      for name, value in leaves.items():
-        if layer.kind == 'bn' or name == 'bias':
-          new = take(value, -1, layer.out_gate)
-        else:  # kernels: (..., in, out); a depthwise kernel has in = 1
-          new = take(value, -1, layer.out_gate)
-          if not layer.depthwise:
-            new = take(new, -2, layer.in_gate)
-          if model.renormalize and new.shape != value.shape:
-            new = new * gates_lib.renormalization_factor(value, new)
-        _set(out[collection], (*layer.path, name), new)
+      path = (*layer.path, variable.name)
+      value = gates_lib.layer_variables(variables[variable.collection], path)
+      new = value
+      for axis, side in variable.axes:
+        gate = layer.gate(side)
+        if gate is not None and gate in index:
+          new = jnp.take(new, index[gate], axis=axis)
+      if variable.renormalize and new.shape != value.shape:
+        new = new * gates_lib.renormalization_factor(value, new)
+      _set(out[variable.collection], path, new)
   widths = tuple(sorted((g, int(i.size)) for g, i in index.items()))
   return model.clone(widths=widths), out

@@ -3,9 +3,13 @@
 import os
 import pathlib
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+
+from ekg_jax import gates
+from ekg_jax.models.common import Supernet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -40,3 +44,45 @@ def perturb(variables, seed=0, scale=0.1):
     noisy['batch_stats'] = jax.tree_util.tree_map(
         lambda a: np.abs(a) + 0.5, noisy['batch_stats'])
   return noisy
+
+
+class ChannelScale(nn.Module):
+  """A layer kind the library does not know: a learned per-channel factor.
+
+  Its `describe_layer` is all FLOPs, slimming and the criteria learn of it:
+  a test of the extension path for new layer kinds.
+  """
+  gate: str
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    return x * scale
+
+  @nn.nowrap
+  def describe_layer(self, x, y):
+    del y
+    c = x.shape[-1]
+    return gates.LayerSpec(
+        path=self.path, kind='channel scale', in_gate=self.gate,
+        out_gate=self.gate, in_channels=c, out_channels=c,
+        variables=(gates.VariableSpec('params', 'scale', (c,),
+                                      ((-1, gates.OUT),)),),
+        flops=(gates.Cost(1, (gates.OUT,)),), channel_scale='scale')
+
+
+class HiddenDenseNet(Supernet):
+  """Input (8 features) -> dense 'fc1' (6, gate h1) -> BN, ReLU -> dense
+  'fc2' (5, gate h2) -> ChannelScale, ReLU -> classifier: hidden dense
+  layers pruned on both kernel axes and their biases."""
+
+  @nn.compact
+  def __call__(self, x, masks=None, train=False, start=0, stop=None):
+    x = self.dense(None, name='fc1', features=self.width('h1', 6),
+                   out_gate='h1')(x, masks)
+    x = self.gate(nn.relu(self.bn('h1', train, name='fc1_bn')(x)), masks,
+                  'h1')
+    x = self.dense('h1', name='fc2', features=self.width('h2', 5),
+                   out_gate='h2')(x, masks)
+    x = self.gate(nn.relu(ChannelScale('h2', name='scale')(x)), masks, 'h2')
+    return self.dense('h2', name='fc3')(x, masks)

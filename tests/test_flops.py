@@ -1,5 +1,6 @@
 import pytest
 
+from conftest import HiddenDenseNet
 from ekg_jax import flops, gates
 from ekg_jax.models import create_model
 
@@ -57,3 +58,61 @@ def test_bad_kept_counts_are_rejected():
     flops.count_flops(table, {'stage0': 17})
   with pytest.raises(ValueError, match='is 0'):
     flops.count_flops(table, {'stage0': 0})
+
+
+# The CIFAR VGG-16 configuration, written out here rather than read from
+# the model: 'M' is a 2x2 max-pool.
+VGG16_CFG = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
+             512, 512, 512, 'M', 512, 512, 512, 'M']
+
+
+def vgg16_by_hand():
+  """(MACs, parameters) of VGG-16 at 32x32: every 3x3 conv at its input's
+  size (SAME padding, stride 1), BN on each conv, then fc1 512 -> 512 with
+  BN and the classifier 512 -> 10, both with biases."""
+  macs = params = 0
+  size, c_in = 32, 3
+  for v in VGG16_CFG:
+    if v == 'M':
+      size //= 2
+      continue
+    macs += size * size * 3 * 3 * c_in * v
+    params += 3 * 3 * c_in * v + 2 * v  # kernel; BN scale + offset
+    c_in = v
+  macs += 512 * 512 + 512 * 10
+  params += 512 * 512 + 512 + 2 * 512 + 512 * 10 + 10
+  return macs, params
+
+
+def test_vgg16_flops_by_hand():
+  macs, params = vgg16_by_hand()
+  # The same total, one term per resolution (32, 16, 8, 4, 2):
+  assert macs == (32 * 32 * 9 * (3 * 64 + 64 * 64)
+                  + 16 * 16 * 9 * (64 * 128 + 128 * 128)
+                  + 8 * 8 * 9 * (128 * 256 + 2 * 256 * 256)
+                  + 4 * 4 * 9 * (256 * 512 + 2 * 512 * 512)
+                  + 2 * 2 * 9 * 3 * 512 * 512
+                  + 512 * 512 + 512 * 10) == 313_463_808  # ~313M
+  table = gates.layer_table(create_model('vgg16'), (32, 32, 3))
+  assert flops.count_flops(table) == macs
+  assert flops.count_params(table) == params == 14_987_722
+  # Pruning the hidden layer's gate to k channels leaves k of fc1's
+  # outputs and of the classifier's inputs.
+  assert flops.count_flops(table, {'fc1': 100}) == (
+      macs - 412 * 512 - 412 * 10)
+  assert flops.count_params(table, {'fc1': 100}) == (
+      params - 412 * (512 + 1 + 2 + 10))
+
+
+def test_dense_out_gate_and_a_new_layer_kind_are_counted():
+  # HiddenDenseNet: 8 -> fc1 (6, BN) -> fc2 (5, ChannelScale) -> fc3 (10).
+  table = gates.layer_table(HiddenDenseNet(), (8,))
+  # ChannelScale's cost is 1 per channel, always counted; BN 2 per channel
+  # only with include_bn.
+  assert flops.count_flops(table) == 8 * 6 + 6 * 5 + 5 + 5 * 10
+  kept = {'h1': 2, 'h2': 3}
+  assert flops.count_flops(table, kept) == 8 * 2 + 2 * 3 + 3 + 3 * 10
+  assert flops.count_flops(table, kept, include_bn=True) == (
+      8 * 2 + 2 * 3 + 3 + 3 * 10 + 2 * 2)
+  assert flops.count_params(table, kept) == (
+      8 * 2 + 2 + 2 * 2 + 2 * 3 + 3 + 3 + 3 * 10 + 10)

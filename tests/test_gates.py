@@ -1,4 +1,7 @@
+import dataclasses
+
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +107,7 @@ def test_masked_apply_equals_op_with_masked_kernel(renormalize):
       conv(x, masked), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
+@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg16'])
 def test_segments_compose_to_the_whole_network(name):
   """Running segments [0, k) then [k, end) equals one full pass, with masks
   and BN in batch-statistics mode (split after the stem, mid-network and
@@ -139,3 +142,55 @@ def test_first_segments_of_resnet20():
   assert first['stage0/block1'] == 2  # block 0.1 is segment 2
   assert first['stage1'] == 4  # created at block 1.0's projection
   assert first['stage2/block2'] == 9
+
+
+def test_vgg16_has_a_gate_per_conv_and_one_for_the_hidden_layer():
+  table = gates.layer_table(create_model('vgg16'), (32, 32, 3))
+  specs = gates.gate_specs(table)
+  widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  assert specs == {
+      **{f'conv{i}': gates.GateSpec(f'conv{i}', w, 1)
+         for i, w in enumerate(widths)},
+      'fc1': gates.GateSpec('fc1', 512, 1)}
+  # One segment per conv block, then the hidden layer and the classifier;
+  # each gate starts in the segment of the layer writing it.
+  assert gates.num_segments(table) == 13 + 2
+  assert gates.first_segments(table) == {
+      **{f'conv{i}': i for i in range(13)}, 'fc1': 13}
+  by_name = {l.name: l for l in table}
+  assert (by_name['fc1'].in_gate, by_name['fc1'].out_gate) == ('conv12',
+                                                               'fc1')
+  assert (by_name['fc2'].in_gate, by_name['fc2'].out_gate) == ('fc1', None)
+
+
+@pytest.mark.parametrize('renormalize', [True, False])
+def test_dense_out_gate_masks_kernel_outputs_and_bias(renormalize):
+  layer = gates.GatedDense(5, in_gate='a', out_gate='b',
+                           renormalize=renormalize)
+  x = jax.random.normal(jax.random.key(1), (3, 4))
+  variables = layer.init(jax.random.key(0), x)
+  kernel = variables['params']['kernel']
+  bias = jnp.arange(1.0, 6.0)
+  variables = {'params': {'kernel': kernel, 'bias': bias}}
+  a, b = jnp.array([1., 0, 1, 1]), jnp.array([0., 1, 1, 0, 1])
+  masked = kernel * a[:, None] * b
+  if renormalize:
+    masked = masked * jnp.linalg.norm(kernel) / jnp.linalg.norm(masked)
+  np.testing.assert_allclose(
+      layer.apply(variables, x, {'a': a, 'b': b}),
+      x @ masked + bias * b, rtol=1e-5, atol=1e-6)
+
+
+def test_description_that_disagrees_with_the_variables_is_refused():
+  class Mislabelled(gates.GatedDense):
+    def describe_layer(self, x, y):
+      spec = super().describe_layer(x, y)
+      return dataclasses.replace(spec, variables=spec.variables[:1])
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return Mislabelled(3, name='fc')(x)
+
+  with pytest.raises(ValueError, match="fc: describe_layer lists"):
+    gates.layer_table(Net(), (4,))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import HiddenDenseNet, perturb
 from ekg_jax import gates, importance
 
 
@@ -69,3 +70,32 @@ def test_plain_gradient_with_respect_to_the_mask_is_unchanged(problem):
   grad = jax.grad(two_place_objective)(masks, batches[0])['g']
   np.testing.assert_allclose(
       grad, np.sum(np.asarray(p * x - 2 * q * x), axis=0), rtol=1e-5)
+
+
+def test_weight_criteria_read_each_layers_description():
+  """Hidden dense layers' filters (kernel columns) score their out_gate, and
+  a layer kind known only by its description (ChannelScale) gives bn_gamma
+  and gbn its per-channel scale, as a BN does."""
+  model = HiddenDenseNet()
+  table = gates.layer_table(model, (8,))
+  x = jax.random.normal(jax.random.key(1), (4, 8))
+  variables = perturb(model.init(jax.random.key(0), x))
+  params = jax.tree_util.tree_map(np.asarray, variables['params'])
+  l1 = importance.weight_scores('l1', table, variables)
+  np.testing.assert_allclose(l1['h1'], np.abs(params['fc1']['kernel']).sum(0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(l1['h2'], np.abs(params['fc2']['kernel']).sum(0),
+                             rtol=1e-6)
+  gamma = importance.weight_scores('bn_gamma', table, variables)
+  np.testing.assert_allclose(gamma['h1'], np.abs(params['fc1_bn']['scale']))
+  np.testing.assert_allclose(gamma['h2'], np.abs(params['scale']['scale']))
+
+  def loss(p, x):
+    return model.apply({**variables, 'params': p}, x, train=True,
+                       mutable=['batch_stats'])[0].sum()
+  grads = jax.grad(loss)(variables['params'], x)
+  gbn = importance.bn_taylor_scores(loss, variables['params'], table, {},
+                                    [x])
+  np.testing.assert_allclose(
+      gbn['h2'], np.abs(params['scale']['scale']
+                        * np.asarray(grads['scale']['scale'])), rtol=1e-6)

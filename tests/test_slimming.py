@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import perturb
+from conftest import HiddenDenseNet, perturb
 from ekg_jax import flops, gates, slimming
 from ekg_jax.models import create_model
 
 FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),
-            ('resnet18', 32), ('resnet34', 32), ('resnet50', 32)]
+            ('resnet18', 32), ('resnet34', 32), ('resnet50', 32),
+            ('vgg16', 32)]
 
 
 @pytest.mark.parametrize('name,size,seed', [
@@ -52,3 +53,30 @@ def test_slim_rejects_empty_gate():
     slimming.slim(model, variables, {'stage0': jnp.zeros(16)}, table)
   with pytest.raises(KeyError, match='unknown gates'):
     slimming.slim(model, variables, {'stage7': jnp.ones(16)}, table)
+
+
+@pytest.mark.parametrize('renormalize', [True, False])
+def test_hidden_dense_layers_slim_on_both_axes(renormalize):
+  """Dense layers with an out_gate (kernel outputs and bias) and a layer
+  kind known only by its description (ChannelScale) slim exactly."""
+  model = HiddenDenseNet(renormalize=renormalize)
+  table = gates.layer_table(model, (8,))
+  x = jax.random.normal(jax.random.key(1), (4, 8))
+  variables = perturb(model.init(jax.random.key(0), x))
+  masks = {'h1': jnp.array([0., 1, 1, 0, 1, 0]),
+           'h2': jnp.array([1., 0, 0, 1, 1])}
+  slim_model, slim_vars = slimming.slim(model, variables, masks, table)
+  params = slim_vars['params']
+  assert params['fc1']['kernel'].shape == (8, 3)
+  assert params['fc1']['bias'].shape == (3,)
+  assert params['fc2']['kernel'].shape == (3, 3)
+  assert params['scale']['scale'].shape == (3,)
+  assert params['fc3']['kernel'].shape == (3, 10)
+  np.testing.assert_array_equal(
+      params['fc1']['bias'],
+      np.asarray(variables['params']['fc1']['bias'])[[1, 2, 4]])
+  np.testing.assert_allclose(
+      slim_model.apply(slim_vars, x),
+      model.apply(variables, x, masks=masks), rtol=1e-5, atol=1e-6)
+  assert flops.count_params(table, gates.kept_from_masks(masks)) == sum(
+      a.size for a in jax.tree_util.tree_leaves(params))

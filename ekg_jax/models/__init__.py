@@ -8,6 +8,7 @@ from ekg_jax.models.common import Supernet
 from ekg_jax.models.mobilenet_v2 import MobileNetV2
 from ekg_jax.models.resnet_cifar import CifarResNet
 from ekg_jax.models.resnet_imagenet import ImageNetResNet
+from ekg_jax.models.vgg_cifar import CifarVGG
 
 MODELS: dict[str, Callable[..., Supernet]] = {
     'resnet20': lambda **kw: CifarResNet(depth=20, **kw),
@@ -18,6 +19,7 @@ MODELS: dict[str, Callable[..., Supernet]] = {
     'resnet18': lambda **kw: ImageNetResNet(depth=18, **kw),
     'resnet34': lambda **kw: ImageNetResNet(depth=34, **kw),
     'resnet50': lambda **kw: ImageNetResNet(depth=50, **kw),
+    'vgg16': lambda **kw: CifarVGG(**kw),
 }
 
 

@@ -54,10 +54,13 @@ class Supernet(nn.Module):
         scale_init=(nn.initializers.zeros if zero_init
                     else nn.initializers.ones), name=name)
 
-  def dense(self, in_gate, name='fc'):
-    return gates_lib.GatedDense(self.num_classes, in_gate=in_gate,
-                                renormalize=self.renormalize,
-                                dtype=self.dtype, name=name)
+  def dense(self, in_gate, name='fc', features=None, out_gate=None):
+    """The classifier by default; a hidden layer with `features` and an
+    `out_gate` (then prunable like a conv's output channels)."""
+    return gates_lib.GatedDense(
+        self.num_classes if features is None else features, in_gate=in_gate,
+        out_gate=out_gate, renormalize=self.renormalize, dtype=self.dtype,
+        name=name)
 
   def run_segments(self, segments: Sequence[Callable[[jax.Array], jax.Array]],
                    x: jax.Array, start: int = 0,
