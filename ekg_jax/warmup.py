@@ -1,8 +1,9 @@
 """The reference code's warm-up before the search (ekg_algorithm.md 1.2).
 
 One pass over a small fixed train subset, no augmentation, BN in training
-mode (running statistics updated), SGD with Nesterov momentum and weight
-decay added to the gradient of every trainable variable. The loss keeps the
+mode (running statistics updated), the reference's one optimizer
+(`train.sgd_nesterov`: Nesterov SGD, weight decay added to the gradient of
+every trainable variable). The loss keeps the
 reference quirk: the batch's summed CE divided by `loss_divisor` (128) while
 batches hold 256 images.
 """
@@ -16,19 +17,14 @@ import jax.numpy as jnp
 import optax
 
 from ekg_jax import data as data_lib
-from ekg_jax import losses
-
-
-def make_optimizer(learning_rate, momentum, weight_decay):
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.sgd(learning_rate, momentum, nesterov=True))
+from ekg_jax import losses, train
 
 
 def warmup(model, variables: Any, split: data_lib.Split, mean, std,
            config) -> Any:
   """Returns the variables after one warm-up pass over `split` (in order)."""
-  tx = make_optimizer(config.learning_rate, config.momentum,
-                      config.weight_decay)
+  tx = train.sgd_nesterov(config.learning_rate, config.momentum,
+                          config.weight_decay)
   params, stats = variables['params'], variables['batch_stats']
   opt_state = tx.init(params)
 
