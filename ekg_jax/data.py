@@ -18,6 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# Datasets the toolkit knows: classes and image size (the input pipeline for
+# ImageNet is another issue; its configs still validate).
+DATASETS = {
+    'cifar10': dict(num_classes=10, image_size=32),
+    'cifar100': dict(num_classes=100, image_size=32),
+    'imagenet2012': dict(num_classes=1000, image_size=224),
+}
+
+
 class DatasetNotFoundError(FileNotFoundError):
   pass
 

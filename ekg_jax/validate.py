@@ -13,20 +13,13 @@ import ml_collections
 import numpy as np
 
 from ekg_jax import config as config_lib
+from ekg_jax import data as data_lib
 from ekg_jax import distill, importance, landscape, search, teacher, train
 from ekg_jax.models import MODELS
 
 
 ConfigError = config_lib.ConfigError
 
-
-# Datasets the toolkit knows: classes and image size (the input pipeline for
-# ImageNet is another issue; its configs still validate).
-DATASETS = {
-    'cifar10': dict(num_classes=10, image_size=32),
-    'cifar100': dict(num_classes=100, image_size=32),
-    'imagenet2012': dict(num_classes=1000, image_size=224),
-}
 
 # ---------------------------------------------------------------------------
 # One rule per config key. A rule returns why a value is refused (None when
@@ -150,7 +143,7 @@ RULES: dict[str, Rule] = {
     'model.bn_momentum': UNIT_OPEN,
     'model.bn_epsilon': number(0, low_open=True),
     'model.dtype': choice(('float32', 'bfloat16')),
-    'data.name': choice(sorted(DATASETS)),
+    'data.name': choice(sorted(data_lib.DATASETS)),
     'data.data_dir': existing(os.path.isdir, 'folder'),
     'data.train_split': text,
     'data.test_split': text,
@@ -246,7 +239,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     why = rule(_get(config, key))
     if why:
       fail(key, why)
-  dataset = DATASETS[config.data.name]
+  dataset = data_lib.DATASETS[config.data.name]
   if config.data.image_size != dataset['image_size']:
     fail('data.image_size', f'{config.data.name} images are '
          f'{dataset["image_size"]}x{dataset["image_size"]} (FLOPs are '
@@ -264,20 +257,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          f'landscape.lanczos_iterations ({config.landscape.lanczos_iterations})')
 
 
-def validate_workdir_path(workdir: str) -> None:
-  """The workdir must exist as a writable folder or be creatable."""
-  path = os.path.abspath(workdir)
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ConfigError(f'--workdir={workdir!r}: {existing} is a file, so the '
-                      'workdir cannot be created; choose another folder')
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ConfigError(f'--workdir={workdir!r}: {existing} is not writable; '
-                      'choose a folder you can write to')
-
-
 def validate_devices(config: ml_collections.ConfigDict,
                      device_count: int) -> None:
   """Training batches are sharded over every device."""
@@ -285,35 +264,6 @@ def validate_devices(config: ml_collections.ConfigDict,
     config_lib.check_divides_over_devices(config[section].batch_size,
                                           device_count,
                                           f'{section}.batch_size')
-
-
-def validate_workdir(config: ml_collections.ConfigDict, phases, summary
-                     ) -> None:
-  """Phases need what earlier phases leave in the workdir (`summary` holds
-  the finished ones): refuse before any compute, naming what to run."""
-  ready = set(summary) | set(phases)  # phase names are their summary keys
-  knowledge = config.finetune.knowledge != 'none'
-  needs = {'landscape': ['search'], 'memory_bank': ['search'],
-           'finetune': ['search'] + (['memory_bank'] if knowledge else [])}
-  for phase in phases:
-    for before in needs.get(phase, []):
-      if before not in ready:
-        why = (f' (finetune.knowledge={config.finetune.knowledge!r} '
-               'distils from it; finetune.knowledge=none needs none)'
-               if before == 'memory_bank' else '')
-        raise ConfigError(
-            f'phase {phase!r} needs a finished {before!r} phase in this '
-            f'workdir{why}: run --config.phases={before} first, or add it '
-            f'to config.phases')
-  if 'search' in summary:  # a finished search is skipped, so it is final
-    # The history holds steps + 1 networks; the final one never teaches.
-    networks = summary['search']['steps']
-    if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
-      raise ConfigError(
-          f'config.memory_bank.num_teachers='
-          f'{config.memory_bank.num_teachers}: the search in this workdir '
-          f'has {networks} networks that may teach (its history without the '
-          f'final network); choose 1..{networks}')
 
 
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:

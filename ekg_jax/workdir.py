@@ -1,4 +1,6 @@
-"""One workdir, one experiment, one running process.
+"""One workdir, one experiment, one running process: where the phases keep
+their files, the summary, the lock, the config pinning and the checks of
+what a run finds there.
 
 `lock(workdir)` holds a `flock` on `workdir/.lock` (which names the owner's
 PID) while a run works there: a second run refuses; a killed run's lock is
@@ -16,8 +18,30 @@ from typing import Iterator
 
 import ml_collections
 
+from ekg_jax import checkpoint as ckpt_lib
+from ekg_jax.config import ConfigError
+
 CONFIG = 'config.json'
 LOCK = '.lock'
+
+# Where the phases keep their files, relative to the workdir: the one place
+# the phases, the resume checks and the report read them from. Each phase
+# writes its metrics, plots and checkpoints in `phase_dir(workdir, phase)`.
+SUMMARY = 'summary.json'
+PRETRAINED = 'pretrain/final'
+WARMED_UP = 'search/warmup'
+SEARCH_STATE = 'search/state.npz'
+SEARCH_HISTORY = 'search/history.json'
+MEMORY_BANK = 'memory_bank/bank.npz'
+FINETUNED = 'finetune/final'
+# Files whose presence means a phase has started producing results (it
+# resumes from them), before its summary entry marks it finished.
+STATE_FILES = {
+    'pretrain': ('pretrain/checkpoints', PRETRAINED),
+    'search': (SEARCH_STATE, WARMED_UP),
+    'memory_bank': (MEMORY_BANK,),
+    'finetune': ('finetune/checkpoints',),
+}
 # Keys that control how a run runs, not what it computes: they may change
 # between the runs that share a workdir. Learning rates too, so that a run
 # stopped by a non-finite loss can resume from its last good checkpoint with
@@ -121,3 +145,78 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   from ekg_jax.checkpoint import write_json_atomic
   write_json_atomic(os.path.join(workdir, CONFIG),
                     json.loads(config.to_json()))
+
+
+def phase_dir(workdir: str, phase: str) -> str:
+  return os.path.join(workdir, phase)
+
+
+def load_summary(workdir: str) -> dict:
+  path = os.path.join(workdir, SUMMARY)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+def record(workdir: str, results: dict) -> dict:
+  """Adds a phase's results (summary key -> fields) in one atomic write."""
+  summary = {**load_summary(workdir), **results}
+  ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), summary)
+  return summary
+
+
+def produced_phases(workdir: str, summary: dict,
+                    summary_keys: dict[str, str]) -> list[str]:
+  """Phases (name -> the summary key that marks them finished) that
+  finished or left state behind in `workdir`."""
+  def present(rel):
+    path = os.path.join(workdir, rel)
+    return (os.path.isfile(path) or ckpt_lib.npz_exists(path)
+            if not os.path.isdir(path) else bool(os.listdir(path)))
+  return [name for name, key in summary_keys.items()
+          if key in summary or any(present(f) for f in
+                                   STATE_FILES.get(name, ()))]
+
+
+def validate_workdir_path(workdir: str) -> None:
+  """The workdir must exist as a writable folder or be creatable."""
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is a file, so the '
+                      'workdir cannot be created; choose another folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is not writable; '
+                      'choose a folder you can write to')
+
+
+def validate_workdir(config: ml_collections.ConfigDict, phases, summary
+                     ) -> None:
+  """Phases need what earlier phases leave in the workdir (`summary` holds
+  the finished ones): refuse before any compute, naming what to run."""
+  ready = set(summary) | set(phases)  # phase names are their summary keys
+  knowledge = config.finetune.knowledge != 'none'
+  needs = {'landscape': ['search'], 'memory_bank': ['search'],
+           'finetune': ['search'] + (['memory_bank'] if knowledge else [])}
+  for phase in phases:
+    for before in needs.get(phase, []):
+      if before not in ready:
+        why = (f' (finetune.knowledge={config.finetune.knowledge!r} '
+               'distils from it; finetune.knowledge=none needs none)'
+               if before == 'memory_bank' else '')
+        raise ConfigError(
+            f'phase {phase!r} needs a finished {before!r} phase in this '
+            f'workdir{why}: run --config.phases={before} first, or add it '
+            f'to config.phases')
+  if 'search' in summary:  # a finished search is skipped, so it is final
+    # The history holds steps + 1 networks; the final one never teaches.
+    networks = summary['search']['steps']
+    if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
+      raise ConfigError(
+          f'config.memory_bank.num_teachers='
+          f'{config.memory_bank.num_teachers}: the search in this workdir '
+          f'has {networks} networks that may teach (its history without the '
+          f'final network); choose 1..{networks}')

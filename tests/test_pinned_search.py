@@ -18,7 +18,7 @@ import numpy as np
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
 import pytest
-from ekg_jax import checkpoint, gates, pipeline, search, warmup
+from ekg_jax import checkpoint, gates, phases, search, warmup
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
@@ -55,11 +55,11 @@ def trajectory() -> dict:
   reference = jax.eval_shape(model.init, jax.random.key(0),
                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
   variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56), reference)
-  warm = pipeline.class_subset(config, config.data.warmup_per_class,
+  warm = phases.class_subset(config, config.data.warmup_per_class,
                                from_end=False)
   variables = warmup.warmup(model, variables, warm, config.data.mean,
                             config.data.std, config.warmup)
-  val = pipeline.class_subset(config, config.data.val_per_class,
+  val = phases.class_subset(config, config.data.val_per_class,
                               from_end=True)
   batches = search.Batches.from_split(val, 256, config.data.mean,
                                       config.data.std)

@@ -3,7 +3,7 @@ allowed."""
 
 import pytest
 
-from ekg_jax import gates, pipeline, validate
+from ekg_jax import data, gates, pipeline, validate, workdir
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
@@ -136,7 +136,7 @@ def test_pipeline_refuses_before_reading_data(tmp_path, monkeypatch, key,
                                               value, match):
   def no_data(*args, **kwargs):
     raise AssertionError('data was read before validation')
-  monkeypatch.setattr(pipeline.data_lib, 'load_split', no_data)
+  monkeypatch.setattr(data, 'load_split', no_data)
   config = with_value(key, value)
   with pytest.raises(validate.ConfigError, match=match) as e:
     pipeline.run(config, str(tmp_path / 'w'))
@@ -171,7 +171,7 @@ def test_phase_prerequisites_are_named(phases, summary, overrides, match):
     section, leaf = key.split('.')
     config[section][leaf] = value
   with pytest.raises(validate.ConfigError, match=match) as e:
-    validate.validate_workdir(config, phases, summary)
+    workdir.validate_workdir(config, phases, summary)
   assert 'run --config.phases=' in str(e.value) or 'choose 1..4' in str(
       e.value)
 
@@ -184,7 +184,7 @@ def test_phase_prerequisites_are_named(phases, summary, overrides, match):
 ])
 def test_phase_prerequisites_met(phases, summary, knowledge):
   config = with_value('finetune.knowledge', knowledge)
-  validate.validate_workdir(config, phases, summary)
+  workdir.validate_workdir(config, phases, summary)
 
 
 @pytest.mark.parametrize('section,other', [('finetune', 'pretrain'),

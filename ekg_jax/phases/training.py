@@ -1,0 +1,95 @@
+"""The phases that train or evaluate a network: pretrain, evaluate and
+finetune (slimming the searched network, then training it with the memory
+bank's knowledge)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ekg_jax import checkpoint as ckpt_lib
+from ekg_jax import flops as flops_lib
+from ekg_jax import gates as gates_lib
+from ekg_jax import memory_bank as bank_lib
+from ekg_jax import slimming
+from ekg_jax import trainer
+from ekg_jax import validate
+from ekg_jax import workdir as workdir_lib
+from ekg_jax.phases.common import (Setup, _accuracy, _final_accuracy,
+                                   _finished_search, _training_summary,
+                                   _warmed_up, input_shape, load_test,
+                                   load_train)
+
+
+def pretrain_phase(setup: Setup) -> dict:
+  """Supervised training of the dense network from its random init (the
+  recipe in config.pretrain); later phases start from it."""
+  c = setup.config
+  folder = workdir_lib.phase_dir(setup.workdir, 'pretrain')
+  train, test = load_train(c), load_test(c)
+  start = time.time()
+  result = trainer.train(setup.model, setup.variables, train, None, test, c,
+                         folder, progress=setup.progress, section='pretrain')
+  ckpt_lib.save_model(os.path.join(setup.workdir, workdir_lib.PRETRAINED),
+                      c.model.name, {}, result.variables)
+  setup.variables = result.variables
+  accuracy = _final_accuracy(setup.model, result, test, setup)
+  return {'pretrain': _training_summary(result, c.pretrain.epochs,
+                                        time.time() - start, accuracy)}
+
+
+def evaluate_phase(setup: Setup) -> dict:
+  """Test accuracy (running BN statistics), FLOPs and params of the initial
+  network."""
+  c = setup.config
+  start = time.time()
+  test = load_test(c)
+  acc = _accuracy(setup.model, setup.variables, test, setup)
+  return {'base': {'test_accuracy': acc, 'test_images': len(test),
+                   'flops': flops_lib.count_flops(setup.table),
+                   'params': flops_lib.count_params(setup.table),
+                   'seconds': round(time.time() - start, 2)}}
+
+
+def finetune_phase(setup: Setup) -> dict:
+  """Slims the searched network and fine-tunes it with the memory bank's
+  knowledge (sections 7-8); saves the final model in finetune/final."""
+  c = setup.config
+  state = _finished_search(setup)
+  folder = workdir_lib.phase_dir(setup.workdir, 'finetune')
+  os.makedirs(folder, exist_ok=True)
+  train, test = load_train(c), load_test(c)
+  variables, _ = _warmed_up(setup)
+  model, variables = slimming.slim(setup.model, variables,
+                                   state.masks(), setup.table)
+  table = gates_lib.layer_table(model, input_shape(c))
+  flops, params = flops_lib.count_flops(table), flops_lib.count_params(table)
+  searched = workdir_lib.load_summary(setup.workdir)['search']
+  if flops != searched['flops']:
+    raise RuntimeError(f'slimmed network has {flops} FLOPs, the search '
+                       f'reported {searched["flops"]}')
+  bank_logits = None
+  if c.finetune.knowledge != 'none':
+    bank = bank_lib.MemoryBank.load(
+        os.path.join(setup.workdir, workdir_lib.MEMORY_BANK))
+    if not bank.complete or len(bank.logits) != len(train):
+      raise validate.ConfigError(
+          'the memory bank does not cover the train split '
+          f'({bank.done} of {len(train)} images; damaged?): remove '
+          f'{setup.workdir}/memory_bank and the "memory_bank" entry of '
+          f'{workdir_lib.SUMMARY}, then rerun to rebuild it')
+    bank_logits = bank.logits
+  start = time.time()
+  result = trainer.train(model, variables, train, bank_logits, test, c,
+                         folder, progress=setup.progress)
+  final = os.path.join(setup.workdir, workdir_lib.FINETUNED)
+  ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
+                      result.variables)
+  accuracy = _final_accuracy(model, result, test, setup)
+  dense = flops_lib.count_flops(setup.table)
+  return {
+      'finetune': {**_training_summary(result, c.finetune.epochs,
+                                       time.time() - start, accuracy),
+                   'knowledge': c.finetune.knowledge, 'checkpoint': final},
+      'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
+                'flops_reduction': round(1.0 - flops / dense, 4)}}
