@@ -38,11 +38,11 @@ IMAGENET_MEAN = (123.7, 116.3, 103.5)
 IMAGENET_STD = (58.4, 57.1, 57.4)
 
 PHASES = ('pretrain', 'evaluate', 'search', 'landscape', 'memory_bank',
-          'finetune')
+          'finetune', 'export')
 # What a run does unless config.phases says otherwise: 'landscape' (Hessian
 # measures of the searched network, minutes) runs only when asked for.
 DEFAULT_PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank',
-                  'finetune')
+                  'finetune', 'export')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -128,6 +128,11 @@ def default_config() -> ml_collections.ConfigDict:
   # no init_checkpoint. The usual CIFAR ResNet recipe (He et al. 2016: lr
   # 0.1, x0.1 at 50% and 75% of 164 epochs, weight decay 1e-4, batch 128),
   # one augmented view, cross-entropy.
+  # The fine-tuned network as deployable artifacts (ekg_jax/export.py): a
+  # jax.export program for these platforms, and widths + arrays.
+  c.export = ml_collections.ConfigDict()
+  c.export.platforms = 'cpu,cuda,tpu'
+
   c.pretrain = training_recipe(epochs=164, learning_rate=0.1,
                                lr_decay_epochs_fraction=(0.5, 0.75))
 

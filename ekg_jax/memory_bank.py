@@ -24,6 +24,9 @@ from ekg_jax import checkpoint
 from ekg_jax import data as data_lib
 from ekg_jax import gates as gates_lib
 
+# How the bank may store logits (bfloat16, the default: 2 bytes a value).
+STORAGE_DTYPES = ('float32', 'bfloat16', 'float16')
+
 
 def select_teachers(val_losses: Sequence[float], num_teachers: int
                     ) -> list[int]:

@@ -58,6 +58,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1,
   slices of the batch on CPU."""
   batch = x.shape[0]
   if (not KERNEL_GRAD_SLICE or not backend.policy().sliced_kernel_grad
+      or not isinstance(batch, int)  # symbolic (jax.export): plain conv
       or batch <= KERNEL_GRAD_SLICE or batch % KERNEL_GRAD_SLICE):
     return _conv(x, kernel, strides, groups)
   return _sliced_grad_conv(x, kernel, strides, groups, KERNEL_GRAD_SLICE)

@@ -14,8 +14,11 @@ import numpy as np
 
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
-from ekg_jax import distill, importance, landscape, search, teacher, train
+from ekg_jax import distill, export, importance, landscape, memory_bank
+from ekg_jax import search
+from ekg_jax import teacher, train
 from ekg_jax.models import MODELS
+from ekg_jax.models.common import COMPUTE_DTYPES
 
 
 ConfigError = config_lib.ConfigError
@@ -102,6 +105,15 @@ def _phases(v) -> Optional[str]:
   return None
 
 
+def _platforms(v) -> Optional[str]:
+  names = [p.strip() for p in str(v).split(',') if p.strip()]
+  if not isinstance(v, str) or not names or not set(names) <= set(
+      export.PLATFORMS):
+    return (f'must be a comma-separated list of {", ".join(export.PLATFORMS)}'
+            ' (jax.export platforms)')
+  return None
+
+
 def existing(exists: Callable[[str], bool], what: str) -> Rule:
   """A path that is empty (not used) or names an existing `what`."""
   def rule(v):
@@ -126,7 +138,7 @@ def _training_rules(section: str) -> dict[str, Rule]:
       f'{section}.weight_decay': number(0),
       f'{section}.checkpoint_every_steps': integer(1),
       f'{section}.sync_batch_norm': boolean,
-      f'{section}.dtype': choice(('float32', 'bfloat16')),
+      f'{section}.dtype': choice(COMPUTE_DTYPES),
       f'{section}.program': choice(train.PROGRAMS),
   }
 
@@ -142,7 +154,7 @@ RULES: dict[str, Rule] = {
     'model.straight_through': boolean,
     'model.bn_momentum': UNIT_OPEN,
     'model.bn_epsilon': number(0, low_open=True),
-    'model.dtype': choice(('float32', 'bfloat16')),
+    'model.dtype': choice(COMPUTE_DTYPES),
     'data.name': choice(sorted(data_lib.DATASETS)),
     'data.data_dir': existing(os.path.isdir, 'folder'),
     'data.train_split': text,
@@ -168,7 +180,7 @@ RULES: dict[str, Rule] = {
     'search.step': number(0, 1, low_open=True),
     'search.teacher': choice(teacher.MODES),
     'search.criterion': choice(importance.CRITERIA),
-    'search.allocation': choice(('greedy', 'uniform')),
+    'search.allocation': choice(search.ALLOCATIONS),
     'search.batch_size': integer(1),
     'search.chunk_size': integer(1),
     'search.evaluation': choice(search.EVALUATIONS),
@@ -185,11 +197,12 @@ RULES: dict[str, Rule] = {
     'landscape.seed': integer(0),
     'memory_bank.num_teachers': integer(1),
     'memory_bank.batch_size': integer(1),
-    'memory_bank.dtype': choice(('float32', 'bfloat16', 'float16')),
+    'memory_bank.dtype': choice(memory_bank.STORAGE_DTYPES),
     'memory_bank.checkpoint_every_batches': integer(1),
     **_training_rules('pretrain'),
     **_training_rules('finetune'),
     'finetune.knowledge': choice(distill.KNOWLEDGE),
+    'export.platforms': _platforms,
     'finetune.temperature': number(0, low_open=True),
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe

@@ -93,6 +93,7 @@ PHASE_KEYS = {
     'landscape': ('landscape.', 'data.test_split'),
     'memory_bank': ('memory_bank.',),
     'finetune': ('finetune.', 'augment.', 'data.test_split'),
+    'export': ('export.',),
 }
 
 
@@ -200,7 +201,8 @@ def validate_workdir(config: ml_collections.ConfigDict, phases, summary
   ready = set(summary) | set(phases)  # phase names are their summary keys
   knowledge = config.finetune.knowledge != 'none'
   needs = {'landscape': ['search'], 'memory_bank': ['search'],
-           'finetune': ['search'] + (['memory_bank'] if knowledge else [])}
+           'finetune': ['search'] + (['memory_bank'] if knowledge else []),
+           'export': ['finetune']}
   for phase in phases:
     for before in needs.get(phase, []):
       if before not in ready:

@@ -11,6 +11,9 @@ from ekg_jax import backend
 from ekg_jax import gates as gates_lib
 
 Widths = tuple[tuple[str, int], ...]
+# Compute dtypes a model (and a training recipe) may run in; parameters and
+# optimizer state stay float32.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 class Supernet(nn.Module):

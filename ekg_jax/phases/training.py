@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+
 from ekg_jax import checkpoint as ckpt_lib
+from ekg_jax import export as export_lib
 from ekg_jax import flops as flops_lib
 from ekg_jax import gates as gates_lib
 from ekg_jax import memory_bank as bank_lib
@@ -93,3 +97,26 @@ def finetune_phase(setup: Setup) -> dict:
                    'knowledge': c.finetune.knowledge, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
                 'flops_reduction': round(1.0 - flops / dense, 4)}}
+
+
+def export_phase(setup: Setup) -> dict:
+  """The fine-tuned network as artifacts that need neither ekg_jax nor its
+  config (ekg_jax/export.py): a jax.export program, widths and arrays."""
+  c = setup.config
+  final = os.path.join(setup.workdir, workdir_lib.FINETUNED)
+  if 'finetune' not in workdir_lib.load_summary(setup.workdir):
+    raise validate.ConfigError(
+        f'no fine-tuned network in {setup.workdir}: run '
+        '--config.phases=finetune first')
+  model = setup.model.clone(widths=tuple(
+      (g, int(w)) for g, w in ckpt_lib.read_model_config(final)['widths']))
+  reference = jax.eval_shape(model.init, jax.random.key(0),
+                             jnp.zeros((1, *input_shape(c))))
+  variables = ckpt_lib.load_model_variables(final, reference)
+  start = time.time()
+  paths = export_lib.export(
+      model, variables, workdir_lib.phase_dir(setup.workdir, 'export'),
+      c.model.name, input_shape(c), c.data.mean, c.data.std,
+      [p.strip() for p in c.export.platforms.split(',') if p.strip()])
+  return {'export': {**paths, 'seconds': round(time.time() - start, 2)}}
+

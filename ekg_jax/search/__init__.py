@@ -10,7 +10,8 @@
 """
 
 from ekg_jax.search.evaluate import STRATEGIES, Batches, Evaluator
-from ekg_jax.search.greedy import (SearchProblem, done, init_state, prune,
+from ekg_jax.search.greedy import (ALLOCATIONS, SearchProblem, done,
+                                   init_state, prune,
                                    run_search, search_step,
                                    uniform_allocation)
 from ekg_jax.search.marking import (MARKINGS, candidate_rate, kept_count,
@@ -23,7 +24,7 @@ from ekg_jax.search.state import (HistoryEntry, SearchState, history_entry,
                                   load_state, save_state)
 
 __all__ = [
-    'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry', 'MARKINGS',
+    'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry', 'MARKINGS',
     'STRATEGIES', 'SearchConfig', 'SearchProblem', 'SearchState',
     'candidate_rate', 'done', 'history_entry', 'init_state', 'kept_count',
     'kept_from_rates', 'load_state', 'mark_candidates', 'otsu_threshold',

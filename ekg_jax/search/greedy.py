@@ -173,21 +173,18 @@ def uniform_allocation(problem: SearchProblem,
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints of the search state (atomic, previous copy kept).
+def _run_uniform(problem, state, on_step, progress) -> SearchState:
+  del progress  # one step
+  if state.step == 0:
+    state = uniform_allocation(problem, state)
+    if on_step:
+      on_step(state)
+  return state
 
-def run_search(problem: SearchProblem, state: SearchState,
-               on_step: Optional[Callable[[SearchState], None]] = None,
-               progress: bool = True) -> SearchState:
-  """Steps until the FLOPs target; `on_step` sees each accepted state
-  (checkpointing, logging)."""
+
+def _run_greedy(problem, state, on_step, progress) -> SearchState:
   from tqdm import tqdm
   evaluation = problem.evaluator.evaluation
-  if problem.config.allocation == 'uniform':
-    if state.step == 0:
-      state = uniform_allocation(problem, state)
-      if on_step:
-        on_step(state)
-    return state
   target = problem.config.target_flops_rate
   start_rate = state.history[-1]['flops_rate']
   bar = tqdm(total=round(1.0 - target, 4), initial=round(1.0 - start_rate, 4),
@@ -210,6 +207,20 @@ def run_search(problem: SearchProblem, state: SearchState,
       on_step(state)
   bar.close()
   return state
+
+
+# search.allocation -> how a run spends the FLOPs reduction.
+ALLOCATIONS: dict[str, Callable[..., SearchState]] = {
+    'greedy': _run_greedy, 'uniform': _run_uniform}
+
+
+def run_search(problem: SearchProblem, state: SearchState,
+               on_step: Optional[Callable[[SearchState], None]] = None,
+               progress: bool = True) -> SearchState:
+  """Runs the configured allocation to the FLOPs target (or resumes it);
+  `on_step` sees each accepted state (checkpointing, logging)."""
+  return ALLOCATIONS[problem.config.allocation](problem, state, on_step,
+                                                progress)
 
 
 def prune(model, variables: Any, batches: Batches, target_flops_rate: float,

@@ -18,7 +18,7 @@ class SearchConfig:
   step: float = 0.2  # s in delta = max(1/C, s/u)
   teacher: str = 'ensemble'  # 'ensemble' | 'single' | 'none'
   criterion: str = 'ekg'  # an entry of importance.CRITERIA
-  allocation: str = 'greedy'  # 'greedy' | 'uniform'
+  allocation: str = 'greedy'  # an entry of search.ALLOCATIONS
   chunk_size: int = 4  # candidates per vmapped call (memory bound)
   otsu_trim: float = 0.2  # fraction dropped at each end before Otsu
   # Removal cost before the Otsu threshold (section 4): 'reference' (what

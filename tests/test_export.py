@@ -1,0 +1,113 @@
+"""Export (issue 16): the slimmed network as a jax.export program that a
+process without ekg_jax or flax runs, and as widths + arrays that `load`
+rebuilds; damaged files give one clear error."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TFDS_DIR, needs_cifar10, perturb
+from ekg_jax import config as config_lib
+from ekg_jax import data, export, gates, slimming, workdir
+from ekg_jax.models import create_model
+
+MEAN, STD = config_lib.REFERENCE_MEAN, config_lib.REFERENCE_STD
+
+# Run in a fresh interpreter that refuses to import ekg_jax or flax.
+LOADER = r'''
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('ekg_jax', 'flax'):
+      raise ImportError(f'the exported program needed {name}')
+sys.meta_path.insert(0, Refuse())
+import jax, numpy as np
+with open(sys.argv[1], 'rb') as f:
+  exported = jax.export.deserialize(bytearray(f.read()))
+np.save(sys.argv[3], np.asarray(exported.call(np.load(sys.argv[2]))))
+'''
+
+
+@pytest.fixture(scope='module')
+def slimmed():
+  model = create_model('resnet20')
+  variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
+                      seed=1)
+  table = gates.layer_table(model, (32, 32, 3))
+  specs = gates.gate_specs(table)
+  rng = np.random.default_rng(2)
+  masks = {g: jnp.asarray(rng.permutation(s.channels) < max(1, s.channels // 3),
+                          jnp.float32) for g, s in specs.items()}
+  return slimming.slim(model, variables, masks, table)
+
+
+def _logits(model, variables, images):
+  return np.asarray(model.apply(
+      variables, data.normalize(jnp.asarray(images), MEAN, STD), train=False))
+
+
+@needs_cifar10
+def test_exported_program_runs_without_ekg_jax_and_matches_the_model(
+    slimmed, tmp_path):
+  model, variables = slimmed
+  paths = export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
+                        (32, 32, 3), MEAN, STD)
+  images = data.load_split('cifar10', 'test[:7]', TFDS_DIR).images
+  want = _logits(model, variables, images)
+  np.save(tmp_path / 'x.npy', images)
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  subprocess.run([sys.executable, '-c', LOADER, paths['program'],
+                  str(tmp_path / 'x.npy'), str(tmp_path / 'y.npy')],
+                 cwd=tmp_path, env=env, check=True, timeout=300)
+  got = np.load(tmp_path / 'y.npy')
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  exported = export.load_program(paths['program'])
+  assert exported.platforms == export.PLATFORMS
+  # The batch is symbolic: another batch size runs the same program.
+  np.testing.assert_allclose(exported.call(jnp.asarray(images[:2])),
+                             want[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_load_rebuilds_the_slimmed_network_without_a_config(slimmed,
+                                                            tmp_path):
+  model, variables = slimmed
+  export.export(model, variables, str(tmp_path), 'resnet20', (32, 32, 3),
+                MEAN, STD, platforms=('cpu',))
+  rebuilt, rebuilt_variables = export.load(str(tmp_path))
+  assert rebuilt.widths == model.widths
+  x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), np.uint8)
+  np.testing.assert_array_equal(_logits(rebuilt, rebuilt_variables, x),
+                                _logits(model, variables, x))
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage', 'missing'])
+def test_a_damaged_export_is_one_clear_error(slimmed, tmp_path, damage):
+  model, variables = slimmed
+  paths = export.export(model, variables, str(tmp_path), 'resnet20',
+                        (32, 32, 3), MEAN, STD, platforms=('cpu',))
+  program = paths['program']
+  payload = open(program, 'rb').read()
+  if damage == 'missing':
+    os.remove(program)
+  else:
+    with open(program, 'wb') as f:
+      f.write(payload[:len(payload) // 3] if damage == 'truncate'
+              else b'\x00not a program' * 50)
+  with pytest.raises(export.ExportError, match='model.jax'):
+    export.load_program(program)
+  os.remove(paths['variables'])
+  with pytest.raises(export.ExportError, match='export it again'):
+    export.load(str(tmp_path))
+
+
+def test_export_before_finetune_names_the_phase_to_run(tmp_path):
+  config = config_lib.default_config()
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"'export' needs a finished 'finetune'.*"
+                     r"--config.phases=finetune"):
+    workdir.validate_workdir(config, ['export'], {'search': {'steps': 3}})
