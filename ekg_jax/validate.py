@@ -187,6 +187,7 @@ RULES: dict[str, Rule] = {
     'search.otsu_trim': number(0, 0.5, high_open=True),
     'search.marking': choice(search.MARKINGS),
     'search.flops_include_bn': boolean,
+    'search.round_to': integer(1),
     'search.warmup': boolean,
     'landscape.lanczos_iterations': integer(2),
     'landscape.num_eigenvalues': integer(1),

@@ -1,6 +1,7 @@
 """The search: marking arithmetic, importance, candidate evaluation paths,
 compile-once, resume."""
 
+import dataclasses
 import math
 
 import jax
@@ -436,3 +437,33 @@ def test_a_model_without_segments_runs_through_prune_and_slim():
   masked = model.apply(variables, x, masks=state.masks())
   np.testing.assert_allclose(slim_model.apply(slim_vars, x), masked,
                              rtol=1e-5, atol=1e-5)
+
+
+def test_round_to_keeps_multiples_and_one_means_the_reference():
+  for c in (16, 32, 64):
+    for rate in np.round(np.linspace(-0.1, 1.0, 111), 5):
+      assert search.kept_count(c, rate, 1) == search.kept_count(c, rate)
+      k = search.kept_count(c, rate, 8)
+      assert k == c or (k % 8 == 0 and 8 <= k <= max(8, search.kept_count(
+          c, rate)))
+  assert search.kept_count(12, 0.5, 16) == 12  # narrower than N: whole
+  spec = gates.GateSpec('g', 32, 10)
+  assert search.step_size(spec, 0.2, 8) == 8 / 32  # a step removes >= N
+
+
+@pytest.mark.parametrize('evaluation', ['loop'])
+def test_search_with_round_to_meets_the_target_with_multiples_of_n(
+    problem, evaluation):
+  config = dataclasses.replace(problem.config, round_to=8, step=0.3,
+                               target_flops_rate=0.7)
+  rounded = search.SearchProblem(
+      search.Evaluator(problem.evaluator.model, problem.evaluator.table,
+                       config), problem.variables, problem.batches, config)
+  state = search.init_state(rounded)
+  while not search.done(rounded, state):
+    state = search.search_step(rounded, state, evaluation)
+  assert state.history[-1]['flops_rate'] <= 0.7
+  for entry in state.history:
+    for g, k in entry['kept'].items():
+      assert k % 8 == 0, (entry['step'], g, k)  # ResNet-20: widths 16..64
+  assert any(k < rounded.specs[g].channels for g, k in state.kept.items())

@@ -24,8 +24,8 @@ from ekg_jax.search.state import (HistoryEntry, SearchState, history_entry,
                                   load_state, save_state)
 
 __all__ = [
-    'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry', 'MARKINGS',
-    'STRATEGIES', 'SearchConfig', 'SearchProblem', 'SearchState',
+    'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry',
+    'MARKINGS', 'STRATEGIES', 'SearchConfig', 'SearchProblem', 'SearchState',
     'candidate_rate', 'done', 'history_entry', 'init_state', 'kept_count',
     'kept_from_rates', 'load_state', 'mark_candidates', 'otsu_threshold',
     'per_channel_cost', 'prune', 'reference_cost', 'resolve_evaluation',

@@ -82,7 +82,7 @@ def init_state(problem: SearchProblem) -> SearchState:
   specs = problem.specs
   rates = {g: 1.0 for g in specs}
   ranks = {g: np.arange(s.channels, dtype=np.int32) for g, s in specs.items()}
-  kept = kept_from_rates(specs, rates)
+  kept = kept_from_rates(specs, rates, problem.config.round_to)
   start = time.time()
   logits = problem.evaluator.logits(problem.variables,
                                     problem.batches.images, None)
@@ -97,7 +97,8 @@ def init_state(problem: SearchProblem) -> SearchState:
 
 
 def done(problem: SearchProblem, state: SearchState) -> bool:
-  kept = kept_from_rates(problem.specs, state.rates)
+  kept = kept_from_rates(problem.specs, state.rates,
+                         problem.config.round_to)
   return problem.flops_rate(kept) <= problem.config.target_flops_rate
 
 
@@ -106,7 +107,7 @@ def search_step(problem: SearchProblem, state: SearchState,
   """One greedy step: importance, marking, candidate evaluation, accept."""
   start = time.time()
   specs, config = problem.specs, problem.config
-  kept = kept_from_rates(specs, state.rates)
+  kept = kept_from_rates(specs, state.rates, config.round_to)
   masks = gates_lib.masks_from_kept(kept, _np_to_jnp(state.ranks))
   scores, boundaries = problem.scores_and_boundaries(state, masks)
   scores = jax.device_get(scores)
@@ -121,9 +122,9 @@ def search_step(problem: SearchProblem, state: SearchState,
   new_rates = {}
   for g in marked:
     rate_of = lambda r, g=g: problem.flops_rate(
-        {**kept, g: kept_count(specs[g].channels, r)})
+        {**kept, g: kept_count(specs[g].channels, r, config.round_to)})
     new_rates[g] = candidate_rate(specs[g], state.rates[g], rate_of, config)
-  candidates = {g: kept_count(specs[g].channels, r)
+  candidates = {g: kept_count(specs[g].channels, r, config.round_to)
                 for g, r in new_rates.items()}
   results = problem.evaluator.evaluate_candidates(
       evaluation, problem.variables, problem.batches, state.teacher.logits,
@@ -131,7 +132,7 @@ def search_step(problem: SearchProblem, state: SearchState,
   objectives = {g: float(r['objective']) for g, r in results.items()}
   best = min(marked, key=lambda g: (objectives[g], marked.index(g)))
   rates = {**state.rates, best: new_rates[best]}
-  kept = kept_from_rates(specs, rates)
+  kept = kept_from_rates(specs, rates, problem.config.round_to)
   teacher = teacher_lib.update(state.teacher, results[best]['logits'],
                                config.teacher)
   step = state.step + 1
@@ -148,7 +149,8 @@ def uniform_allocation(problem: SearchProblem,
   target; channels ranked once by the criterion on the full network."""
   start = time.time()
   specs = problem.specs
-  kept_of = lambda r: {g: kept_count(s.channels, r) for g, s in specs.items()}
+  kept_of = lambda r: {g: kept_count(s.channels, r, problem.config.round_to)
+                       for g, s in specs.items()}
   lo, hi = 0.0, 1.0  # flops_rate(kept_of(lo)) <= target < flops_rate(hi)
   if problem.flops_rate(kept_of(lo)) > problem.config.target_flops_rate:
     raise RuntimeError('the FLOPs target is below the one-channel network')
@@ -159,8 +161,9 @@ def uniform_allocation(problem: SearchProblem,
     else:
       hi = mid
   kept = kept_of(lo)
-  masks = gates_lib.masks_from_kept(kept_from_rates(specs, state.rates),
-                                    _np_to_jnp(state.ranks))
+  masks = gates_lib.masks_from_kept(
+      kept_from_rates(specs, state.rates, problem.config.round_to),
+      _np_to_jnp(state.ranks))
   ranks = gates_lib.ranks_from_scores(
       jax.device_get(problem.scores(state, masks)))
   result = problem.evaluate(kept, ranks, state.teacher.logits)

@@ -12,21 +12,31 @@ from ekg_jax import gates as gates_lib
 from ekg_jax.search.options import SearchConfig
 
 
-def kept_count(channels: int, rate: float) -> int:
+def kept_count(channels: int, rate: float, round_to: int = 1) -> int:
   """Channels kept at `rate`: those whose rank r satisfies
-  r < max(C * rate, 1), in float32 as the reference's masks compute it."""
+  r < max(C * rate, 1), in float32 as the reference's masks compute it.
+  `round_to` N > 1 (not the reference): a pruned gate keeps a multiple of N
+  channels, rounded down (at least N), so the network runs on kernels of
+  friendly widths; a gate narrower than N stays whole."""
   bound = max(np.float32(channels) * np.float32(rate), np.float32(1.0))
-  return min(int(np.ceil(bound)), channels)
+  kept = min(int(np.ceil(bound)), channels)
+  if round_to > 1 and kept < channels:
+    kept = min(channels, max(round_to, kept // round_to * round_to))
+  return kept
 
 
 def kept_from_rates(specs: Mapping[str, gates_lib.GateSpec],
-                    rates: Mapping[str, float]) -> dict[str, int]:
-  return {g: kept_count(specs[g].channels, r) for g, r in rates.items()}
+                    rates: Mapping[str, float],
+                    round_to: int = 1) -> dict[str, int]:
+  return {g: kept_count(specs[g].channels, r, round_to)
+          for g, r in rates.items()}
 
 
-def step_size(spec: gates_lib.GateSpec, step: float) -> float:
-  """delta = max(1/C, s/u), a fraction of the gate's width."""
-  return max(1.0 / spec.channels, step / spec.writers)
+def step_size(spec: gates_lib.GateSpec, step: float,
+              round_to: int = 1) -> float:
+  """delta = max(N/C, s/u), a fraction of the gate's width (N = round_to:
+  1 in the reference), so every step removes at least N channels."""
+  return max(round_to / spec.channels, step / spec.writers)
 
 
 def _next_slice(scores, rate: float, delta: float):
@@ -87,7 +97,7 @@ def mark_candidates(specs, rates, scores, config: SearchConfig) -> list[str]:
   trimmed-Otsu threshold."""
   cost_of = MARKINGS[config.marking]
   costs = {g: cost_of(np.asarray(scores[g]), rates[g],
-                      step_size(spec, config.step))
+                      step_size(spec, config.step, config.round_to))
            for g, spec in specs.items() if rates[g] > 0}
   threshold = otsu_threshold(list(costs.values()), config.otsu_trim)
   return [g for g, c in costs.items() if c <= threshold]
@@ -96,14 +106,15 @@ def mark_candidates(specs, rates, scores, config: SearchConfig) -> list[str]:
 def candidate_rate(spec, rate: float, flops_rate_of: Callable[[float], float],
                    config: SearchConfig) -> float:
   """The rate after one step, as the reference: rate - delta; when that
-  falls below the FLOPs target, the fine search walks w = r, r + 1/C, ...
+  falls below the FLOPs target, the fine search walks w = r, r + N/C, ...
   (below r + s), trying round(w, 2), and at the first w that overshoots the
-  target takes round(w - 1/C, 5) (the rounding is the reference's)."""
-  new = round(rate - step_size(spec, config.step), 5)
+  target takes round(w - N/C, 5) (the rounding is the reference's; N =
+  round_to, 1 in the reference)."""
+  new = round(rate - step_size(spec, config.step, config.round_to), 5)
   target = config.target_flops_rate
   if flops_rate_of(new) >= target:
     return new
-  fine = 1.0 / spec.channels
+  fine = config.round_to / spec.channels
   for w in np.arange(new, new + config.step, fine):
     tried = round(float(w), 2)
     if flops_rate_of(tried) > target:

@@ -27,6 +27,9 @@ class SearchConfig:
   # channels the next step would remove).
   marking: str = 'reference'
   flops_include_bn: bool = True  # the reference total counts BN
+  # Kept channel counts are multiples of this (1: the reference). Widths
+  # that are multiples of 8 suit vector units and GPU kernels.
+  round_to: int = 1
   # How candidates are evaluated (same numbers each way): 'vmap' (stacked
   # masks, chunks; best on GPU/TPU), 'prefix' (shares the segments before
   # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
