@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
+import ekg_jax
 from conftest import perturb
 from ekg_jax import gates, importance, losses, search, teacher
 from ekg_jax.models import create_model
@@ -467,3 +468,31 @@ def test_search_with_round_to_meets_the_target_with_multiples_of_n(
     for g, k in entry['kept'].items():
       assert k % 8 == 0, (entry['step'], g, k)  # ResNet-20: widths 16..64
   assert any(k < rounded.specs[g].channels for g, k in state.kept.items())
+
+
+def test_a_criterion_and_a_model_from_outside_run_through_prune_and_slim():
+  """Both written here, as a researcher would in a notebook."""
+  @importance.register('first_channels_first')
+  def first_channels_first(inputs):
+    return {g: -jnp.arange(s.channels, dtype=jnp.float32)
+            for g, s in gates.gate_specs(inputs.table).items()}
+
+  try:
+    model = _TwoConvNet(num_classes=5)
+    x = jax.random.normal(jax.random.key(4), (16, 8, 8, 3))
+    variables = perturb(model.init(jax.random.key(5), x[:1]), seed=6)
+    batches = search.Batches((x,), (jnp.arange(16) % 5,))
+    state = ekg_jax.prune(model, variables, batches, 0.7,
+                          criterion='first_channels_first')
+    assert state.history[-1]['flops_rate'] <= 0.7
+    assert any(k < 8 for k in state.kept.values())
+    for g, m in state.masks().items():  # the first channels are kept
+      m = np.asarray(m)
+      assert np.all(np.diff(m) <= 0) and m[0] == 1, g
+    table = ekg_jax.layer_table(model, (8, 8, 3))
+    small, small_vars = ekg_jax.slim(model, variables, state.masks(), table)
+    np.testing.assert_allclose(
+        small.apply(small_vars, x),
+        model.apply(variables, x, masks=state.masks()), rtol=1e-5, atol=1e-5)
+  finally:
+    del importance.CRITERIA['first_channels_first']
