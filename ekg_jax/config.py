@@ -55,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
   # The official `.pkl` or a checkpoint directory written by this project.
   c.init_checkpoint = ''
   c.quiet = False  # no progress bars (CI logs)
+  # Decoded splits and compiled programs kept between runs (ekg_jax/cache.py):
+  # 'auto' = $EKG_JAX_CACHE or ~/.cache/ekg_jax; '' = none.
+  c.cache_dir = 'auto'
   # Multi-host: call jax.distributed.initialize() first (its settings come
   # from the cluster environment, e.g. Cloud TPU or SLURM); the data mesh
   # then spans every host's devices.

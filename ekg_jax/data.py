@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import breakdown
+from ekg_jax import cache as cache_lib
+
 
 # Datasets the toolkit knows: classes and image size (the input pipeline for
 # ImageNet is another issue; its configs still validate).
@@ -88,18 +91,34 @@ def _read(source, indices: Sequence[int]) -> list:
 
 
 def load_split(name: str, split: str, data_dir: Optional[str] = None,
-               indices: Optional[Sequence[int]] = None) -> Split:
+               indices: Optional[Sequence[int]] = None,
+               cache_dir: Optional[str] = None) -> Split:
   """Reads a TFDS split (slicing such as 'test[:1000]' works), or only the
   records at `indices` of it, in that order (decoding only those images).
+  With `cache_dir` (`cache.resolve`), a whole split is decoded once and
+  read back from there while the dataset's files are unchanged.
 
   Raises DatasetNotFoundError naming the dataset, the directory searched and
   TFDS_DATA_DIR when the prepared dataset is not there.
   """
+  with breakdown.reading_data():
+    return _load_split(name, split, data_dir, indices, cache_dir)
+
+
+def _load_split(name, split, data_dir, indices, cache_dir) -> Split:
   source = _source(name, split, data_dir)
+  path = None
+  if indices is None and cache_dir:
+    path = cache_lib.decoded_path(cache_dir, source.dataset_info.data_dir,
+                                  name, split)
+    cached = cache_lib.read_decoded(path)
+    if cached is not None and len(cached[1]) == len(source):
+      return Split(*cached)
   records = _read(source, range(len(source)) if indices is None
                   else [int(i) for i in indices])
   images = np.stack([r['image'] for r in records]).astype(np.uint8)
   labels = np.asarray([r['label'] for r in records], dtype=np.int32)
+  cache_lib.write_decoded(path, images, labels)
   return Split(images, labels)
 
 
@@ -120,6 +139,12 @@ def load_labels(name: str, split: str,
 
 @functools.lru_cache(maxsize=8)
 def _labels(name: str, split: str, data_dir: Optional[str]) -> np.ndarray:
+  with breakdown.reading_data():
+    return _read_labels(name, split, data_dir)
+
+
+def _read_labels(name: str, split: str, data_dir: Optional[str]
+                 ) -> np.ndarray:
   import tensorflow_datasets as tfds
   source = _source(name, split, data_dir,
                    decoders={'image': tfds.decode.SkipDecoding()})

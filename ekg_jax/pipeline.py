@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import jax
 import ml_collections
 
+from ekg_jax import breakdown
+from ekg_jax import cache as cache_lib
 from ekg_jax import config as config_lib
 from ekg_jax import phases as phases_lib
 from ekg_jax import preflight
@@ -41,6 +44,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.validate_workdir_path(workdir)
   phases = validate.parse_phases(config.phases)
   validate.validate_devices(config, jax.device_count())
+  cache_lib.enable_compilation_cache(cache_lib.resolve(config.cache_dir))
+  breakdown.listen()
   with workdir_lib.lock(workdir):
     summary = workdir_lib.load_summary(workdir)
     produced = produced_phases(workdir, summary)
@@ -56,7 +61,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f'{workdir} holds results computed from {summary["weights"]}; '
           f'this run would use {weights}: use a new --workdir')
     preflight.check_data(config, todo)  # sizes and labels: seconds
-    setup = phases_lib.make_setup(config, workdir)  # the checkpoint and model checks
+    # The checkpoint and model checks.
+    setup = phases_lib.make_setup(config, workdir)
     workdir_lib.save_config(config, workdir)
     if todo and summary.get('weights') != weights:
       summary = workdir_lib.record(workdir, {'weights': weights})
@@ -69,8 +75,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      name)
         continue
       logging.info('phase %s', name)
+      before, start = breakdown.snapshot(), time.perf_counter()
       results = phase(setup)
-      summary = workdir_lib.record(workdir, results)  # one write: the phase is done
+      results[key]['breakdown'] = breakdown.since(
+          before, time.perf_counter() - start)
+      # One write: the phase is done.
+      summary = workdir_lib.record(workdir, results)
       print(json.dumps(results, indent=2), flush=True)
     report_lib.write_report(workdir, summary, setup.gates)
   return summary

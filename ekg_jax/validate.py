@@ -148,6 +148,7 @@ RULES: dict[str, Rule] = {
     'phases': _phases,
     'init_checkpoint': existing(os.path.exists, 'file or directory'),
     'quiet': boolean,
+    'cache_dir': text,
     'distributed': boolean,
     'model.name': choice(sorted(MODELS)),
     'model.renormalize': boolean,
@@ -267,8 +268,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
   if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
-    fail('landscape.num_eigenvalues', 'cannot exceed '
-         f'landscape.lanczos_iterations ({config.landscape.lanczos_iterations})')
+    fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
+         f'lanczos_iterations ({config.landscape.lanczos_iterations})')
 
 
 def validate_devices(config: ml_collections.ConfigDict,

@@ -46,8 +46,9 @@ STATE_FILES = {
 # between the runs that share a workdir. Learning rates too, so that a run
 # stopped by a non-finite loss can resume from its last good checkpoint with
 # a lower one.
-RUN_CONTROL = ('phases', 'quiet', 'distributed', 'data.data_dir',
-               'pretrain.learning_rate', 'finetune.learning_rate')
+RUN_CONTROL = ('phases', 'quiet', 'distributed', 'cache_dir',
+               'data.data_dir', 'pretrain.learning_rate',
+               'finetune.learning_rate')
 
 
 class WorkdirError(RuntimeError):

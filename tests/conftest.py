@@ -1,7 +1,10 @@
 """Shared fixtures: paths to ../shared and small helpers."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -15,6 +18,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
 TFDS_DIR = os.environ.get('TFDS_DATA_DIR') or str(SHARED / 'tfds')
 OFFICIAL_RESNET56 = SHARED / 'pretrained' / 'ekg_official_resnet56_cifar10.pkl'
+
+# The caches (ekg_jax/cache.py) of everything the tests run, CLI subprocesses
+# included, go to a folder of this session's, not the user's ~/.cache.
+os.environ['EKG_JAX_CACHE'] = tempfile.mkdtemp(prefix='ekg_jax_test_cache_')
+atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
 
 # Under CI (CI=true), where ../shared is always beside the checkout, a test
 # that needs the shared data runs and fails without it instead of skipping:

@@ -88,3 +88,42 @@ def test_mock_dataset_cifar100(tmp_path):
     split = data.load_split('cifar100', 'train', str(tmp_path))
   assert split.images.shape == (12, 32, 32, 3)
   assert split.labels.max() < 100
+
+
+@needs_cifar10
+def test_a_decoded_split_is_cached_and_redecoded_when_the_data_changes(
+    tmp_path, monkeypatch):
+  first = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                          cache_dir=str(tmp_path))
+  [entry] = (tmp_path / 'decoded' / 'cifar10').glob('*.npz')
+  decoded = []
+  real = data._read
+  monkeypatch.setattr(data, '_read', lambda *a: decoded.append(1) or real(*a))
+  again = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                          cache_dir=str(tmp_path))
+  assert not decoded  # read back, not decoded
+  np.testing.assert_array_equal(again.images, first.images)
+  np.testing.assert_array_equal(again.labels, first.labels)
+  # Another split is another entry; a damaged entry is decoded again.
+  data.load_split('cifar10', 'test[:20]', TFDS_DIR, cache_dir=str(tmp_path))
+  assert len(list((tmp_path / 'decoded' / 'cifar10').glob('*.npz'))) == 2
+  entry.write_bytes(b'damaged')
+  third = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                          cache_dir=str(tmp_path))
+  assert decoded and np.array_equal(third.images, first.images)
+
+
+def test_the_cache_key_follows_the_dataset_files(tmp_path):
+  from ekg_jax import cache
+  files = tmp_path / 'files'
+  files.mkdir()
+  (files / 'cifar10-test.array_record-00000-of-00001').write_bytes(b'a' * 10)
+  key = cache.decoded_path(str(tmp_path), str(files), 'cifar10', 'test')
+  assert key == cache.decoded_path(str(tmp_path), str(files), 'cifar10',
+                                   'test')
+  assert key != cache.decoded_path(str(tmp_path), str(files), 'cifar10',
+                                   'test[:10]')
+  (files / 'cifar10-test.array_record-00000-of-00001').write_bytes(b'b' * 11)
+  assert key != cache.decoded_path(str(tmp_path), str(files), 'cifar10',
+                                   'test')
+  assert cache.resolve('') is None

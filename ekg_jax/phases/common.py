@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ekg_jax import cache as cache_lib
 from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
@@ -95,15 +96,17 @@ def make_setup(config, workdir) -> Setup:
 
 def load_train(config) -> data_lib.Split:
   return data_lib.load_split(config.data.name, config.data.train_split,
-                             config.data.data_dir)
+                             config.data.data_dir,
+                             cache_dir=cache_lib.resolve(config.cache_dir))
 
 
 def load_test(config) -> data_lib.Split:
   return data_lib.load_split(config.data.name, config.data.test_split,
-                             config.data.data_dir)
+                             config.data.data_dir,
+                             cache_dir=cache_lib.resolve(config.cache_dir))
 
 
-def _training_summary(result: trainer.TrainResult, epochs: int,
+def training_summary(result: trainer.TrainResult, epochs: int,
                       seconds: float, accuracy: float) -> dict:
   return {'test_accuracy': accuracy, 'epochs': epochs,
           'seconds': round(seconds, 2),
@@ -115,17 +118,17 @@ def _training_summary(result: trainer.TrainResult, epochs: int,
           'devices': jax.device_count()}
 
 
-def _final_accuracy(model, result: trainer.TrainResult, test,
+def final_accuracy(model, result: trainer.TrainResult, test,
                     setup: Setup) -> float:
   """The last epoch's test accuracy; with zero epochs, the model as it
   is."""
   if result.history:
     return result.history[-1]['test_accuracy']
-  return _accuracy(model, result.variables, test, setup)
+  return test_accuracy(model, result.variables, test, setup)
 
 
 
-def _accuracy(model, variables, test, setup) -> float:
+def test_accuracy(model, variables, test, setup) -> float:
   c = setup.config
   return evaluation.accuracy(model, variables, test, c.data.mean, c.data.std,
                              c.data.eval_batch_size, progress=setup.progress)
@@ -141,7 +144,7 @@ def class_subset(config, per_class: int, from_end: bool) -> data_lib.Split:
   return data_lib.load_split(d.name, d.train_split, d.data_dir, indices)
 
 
-def _warmed_up(setup: Setup) -> tuple[Any, float]:
+def warmed_up(setup: Setup) -> tuple[Any, float]:
   """The supernet's weights during the search (and for the memory bank and
   slimming): the init weights, warmed up once and saved."""
   c = setup.config
@@ -162,14 +165,14 @@ def _warmed_up(setup: Setup) -> tuple[Any, float]:
   return variables, seconds
 
 
-def _validation_batches(config) -> search_lib.Batches:
+def validation_batches(config) -> search_lib.Batches:
   """The search's fixed validation batches (section 5)."""
   val = class_subset(config, config.data.val_per_class, from_end=True)
   return search_lib.Batches.from_split(val, config.search.batch_size,
                                        config.data.mean, config.data.std)
 
 
-def _finished_search(setup: Setup) -> search_lib.SearchState:
+def finished_search(setup: Setup) -> search_lib.SearchState:
   path = os.path.join(setup.workdir, workdir_lib.SEARCH_STATE)
   if (not ckpt_lib.npz_exists(path)
       or 'search' not in workdir_lib.load_summary(setup.workdir)):

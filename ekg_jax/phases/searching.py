@@ -21,9 +21,9 @@ from ekg_jax import search as search_lib
 from ekg_jax import slimming
 from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
-from ekg_jax.phases.common import (Setup, _finished_search,
-                                   _validation_batches, _warmed_up,
-                                   load_test, load_train)
+from ekg_jax.phases.common import (Setup, finished_search, load_test,
+                                   load_train, validation_batches,
+                                   warmed_up)
 
 
 def search_phase(setup: Setup) -> dict:
@@ -32,8 +32,8 @@ def search_phase(setup: Setup) -> dict:
   c = setup.config
   folder = workdir_lib.phase_dir(setup.workdir, 'search')
   os.makedirs(folder, exist_ok=True)
-  variables, warmup_seconds = _warmed_up(setup)
-  batches = _validation_batches(c)
+  variables, warmup_seconds = warmed_up(setup)
+  batches = validation_batches(c)
   config = search_lib.SearchConfig.from_config(c.search, seed=c.seed)
   problem = search_lib.SearchProblem(
       search_lib.Evaluator(setup.model, setup.table, config), variables,
@@ -82,14 +82,14 @@ def landscape_phase(setup: Setup) -> dict:
   any fine-tuning, on the search's validation batches; and its test
   accuracy with running and with per-batch BN statistics."""
   c = setup.config
-  state = _finished_search(setup)
+  state = finished_search(setup)
   folder = workdir_lib.phase_dir(setup.workdir, 'landscape')
   os.makedirs(folder, exist_ok=True)
   test = load_test(c)
-  variables, _ = _warmed_up(setup)
+  variables, _ = warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables, state.masks(),
                                    setup.table)
-  batches = _validation_batches(c)
+  batches = validation_batches(c)
   config = landscape_lib.LandscapeConfig.from_config(c.landscape)
   start = time.time()
   result = landscape_lib.analyse(
@@ -116,12 +116,12 @@ def memory_bank_phase(setup: Setup) -> dict:
   """Logits of K teachers from the search history on every train image
   (section 6), checkpointed every few batches."""
   c = setup.config
-  state = _finished_search(setup)
+  state = finished_search(setup)
   folder = workdir_lib.phase_dir(setup.workdir, 'memory_bank')
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(setup.workdir, workdir_lib.MEMORY_BANK)
   train = load_train(c)
-  variables, _ = _warmed_up(setup)
+  variables, _ = warmed_up(setup)
   if ckpt_lib.npz_exists(path):
     bank = bank_lib.MemoryBank.load(path)
     logging.info('memory bank: resuming at image %d', bank.done)

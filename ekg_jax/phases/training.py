@@ -19,10 +19,10 @@ from ekg_jax import slimming
 from ekg_jax import trainer
 from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
-from ekg_jax.phases.common import (Setup, _accuracy, _final_accuracy,
-                                   _finished_search, _training_summary,
-                                   _warmed_up, input_shape, load_test,
-                                   load_train)
+from ekg_jax.phases.common import (Setup, final_accuracy, finished_search,
+                                   input_shape, load_test, load_train,
+                                   test_accuracy, training_summary,
+                                   warmed_up)
 
 
 def pretrain_phase(setup: Setup) -> dict:
@@ -37,8 +37,8 @@ def pretrain_phase(setup: Setup) -> dict:
   ckpt_lib.save_model(os.path.join(setup.workdir, workdir_lib.PRETRAINED),
                       c.model.name, {}, result.variables)
   setup.variables = result.variables
-  accuracy = _final_accuracy(setup.model, result, test, setup)
-  return {'pretrain': _training_summary(result, c.pretrain.epochs,
+  accuracy = final_accuracy(setup.model, result, test, setup)
+  return {'pretrain': training_summary(result, c.pretrain.epochs,
                                         time.time() - start, accuracy)}
 
 
@@ -48,7 +48,7 @@ def evaluate_phase(setup: Setup) -> dict:
   c = setup.config
   start = time.time()
   test = load_test(c)
-  acc = _accuracy(setup.model, setup.variables, test, setup)
+  acc = test_accuracy(setup.model, setup.variables, test, setup)
   return {'base': {'test_accuracy': acc, 'test_images': len(test),
                    'flops': flops_lib.count_flops(setup.table),
                    'params': flops_lib.count_params(setup.table),
@@ -59,11 +59,11 @@ def finetune_phase(setup: Setup) -> dict:
   """Slims the searched network and fine-tunes it with the memory bank's
   knowledge (sections 7-8); saves the final model in finetune/final."""
   c = setup.config
-  state = _finished_search(setup)
+  state = finished_search(setup)
   folder = workdir_lib.phase_dir(setup.workdir, 'finetune')
   os.makedirs(folder, exist_ok=True)
   train, test = load_train(c), load_test(c)
-  variables, _ = _warmed_up(setup)
+  variables, _ = warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables,
                                    state.masks(), setup.table)
   table = gates_lib.layer_table(model, input_shape(c))
@@ -89,10 +89,10 @@ def finetune_phase(setup: Setup) -> dict:
   final = os.path.join(setup.workdir, workdir_lib.FINETUNED)
   ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
                       result.variables)
-  accuracy = _final_accuracy(model, result, test, setup)
+  accuracy = final_accuracy(model, result, test, setup)
   dense = flops_lib.count_flops(setup.table)
   return {
-      'finetune': {**_training_summary(result, c.finetune.epochs,
+      'finetune': {**training_summary(result, c.finetune.epochs,
                                        time.time() - start, accuracy),
                    'knowledge': c.finetune.knowledge, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,

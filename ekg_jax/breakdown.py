@@ -1,0 +1,53 @@
+"""Where a phase's wall-clock goes: reading data (decoding, or the decoded
+cache), compiling (tracing, lowering and XLA's compile, measured by JAX's
+own monitoring events), and the rest, computing. Process-wide running
+totals; the pipeline takes their difference around each phase."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                   '/jax/core/compile/backend_compile_duration')
+_TOTALS = {'data': 0.0, 'compile': 0.0}
+_LISTENING = [False]
+
+
+def _on_event(event: str, seconds: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _TOTALS['compile'] += seconds
+
+
+def listen() -> None:
+  """Starts counting compile time (once per process)."""
+  if not _LISTENING[0]:
+    import jax
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    _LISTENING[0] = True
+
+
+@contextlib.contextmanager
+def reading_data() -> Iterator[None]:
+  start = time.perf_counter()
+  try:
+    yield
+  finally:
+    _TOTALS['data'] += time.perf_counter() - start
+
+
+def snapshot() -> dict:
+  return dict(_TOTALS)
+
+
+def since(before: dict, total_seconds: float) -> dict:
+  """Seconds of data, compile and compute since `before`, of a stretch
+  that took `total_seconds`."""
+  data = _TOTALS['data'] - before['data']
+  compile_ = _TOTALS['compile'] - before['compile']
+  return {'data_seconds': round(data, 2), 'compile_seconds': round(compile_, 2),
+          'compute_seconds': round(max(0.0, total_seconds - data - compile_),
+                                   2),
+          'seconds': round(total_seconds, 2)}
