@@ -284,11 +284,15 @@ def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
                            text=True)
   try:
     _wait_for(workdir / 'search' / 'state.npz', first)
+    # Frozen while the second run tries (it holds the lock all the while),
+    # so a fast machine cannot finish the search before the SIGINT.
+    first.send_signal(signal.SIGSTOP)
     second = run(small_search(workdir, tmp))
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f'in use by process {first.pid}' in lines[0]
-    first.send_signal(signal.SIGINT)
+    first.send_signal(signal.SIGINT)  # delivered as it continues
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=120)
   finally:
     first.kill()
