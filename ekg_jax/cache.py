@@ -52,8 +52,11 @@ def decoded_path(root: Optional[str], files_dir: str, name: str,
                  split: str) -> Optional[str]:
   if root is None:
     return None
-  return os.path.join(root, 'decoded', name,
-                      _fingerprint(files_dir, name, split) + '.npz')
+  try:
+    key = _fingerprint(files_dir, name, split)
+  except OSError:  # no listable dataset folder (mock data): no caching
+    return None
+  return os.path.join(root, 'decoded', name, key + '.npz')
 
 
 def read_decoded(path: Optional[str]):

@@ -127,3 +127,5 @@ def test_the_cache_key_follows_the_dataset_files(tmp_path):
   assert key != cache.decoded_path(str(tmp_path), str(files), 'cifar10',
                                    'test')
   assert cache.resolve('') is None
+  assert cache.decoded_path(str(tmp_path), str(tmp_path / 'none'), 'x',
+                            'y') is None  # nothing to key on: no caching
