@@ -30,9 +30,10 @@ import numpy as np
 PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank', 'finetune')
 KEYS = {'pretrain': 'pretrain', 'evaluate': 'base', 'search': 'search',
         'memory_bank': 'memory_bank', 'finetune': 'finetune'}
-# Summary fields that measure time, not results.
+# Summary fields that measure time or name paths in the workdir, not
+# results.
 TIMING = ('seconds', 'train_seconds', 'compile_seconds', 'images_per_second',
-          'checkpoint')
+          'breakdown', 'checkpoint', 'program', 'network', 'variables')
 
 
 def command(config, workdir, extra):

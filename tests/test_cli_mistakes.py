@@ -264,13 +264,13 @@ def small_search(workdir, tmp):
   return command(workdir, changes, tmp)
 
 
-def _wait_for(path, proc, timeout=300):
+def _wait_for_lock(path, proc, timeout=300):
   import time
   start = time.time()
-  while not os.path.exists(path):
+  while not (path.exists() and path.read_text().strip() == str(proc.pid)):
     assert proc.poll() is None, proc.communicate()
-    assert time.time() - start < timeout, f'{path} never appeared'
-    time.sleep(0.2)
+    assert time.time() - start < timeout, f'{proc.pid} never took {path}'
+    time.sleep(0.05)
 
 
 def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
@@ -283,9 +283,10 @@ def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
   try:
-    _wait_for(workdir / 'search' / 'state.npz', first)
-    # Frozen while the second run tries (it holds the lock all the while),
-    # so a fast machine cannot finish the search before the SIGINT.
+    # Frozen as soon as it holds the workdir's lock (the lock file names its
+    # PID), so however fast the search (warm compilation cache), the second
+    # run meets a busy workdir and the SIGINT meets a running process.
+    _wait_for_lock(workdir / '.lock', first)
     first.send_signal(signal.SIGSTOP)
     second = run(small_search(workdir, tmp))
     assert second.returncode == 2
