@@ -1,4 +1,4 @@
-"""The slimmed network as artifacts that outlive this toolkit (issue 16).
+"""The slimmed network as artifacts that outlive this toolkit.
 
 `export(model, variables, directory, ...)` writes, for a slimmed (or any)
 network:
@@ -9,9 +9,9 @@ network:
   no ekg_jax, flax or config needed;
 - `network.json` (the model's registry name and attributes, the widths
   among them, the input shape and the normalisation) and `variables.npz`
-  (every array, keyed 'collection::module::...::name': module names may
-  hold '/'): `load(directory)`
-  rebuilds the Flax model and its variables from them in one call.
+  (every array, keyed 'collection::module::...::name', since module names
+  may hold '/'): `load(directory)` rebuilds the Flax model and its
+  variables from them in one call.
 
 Compatibility (jax.export's): an artifact loads in JAX versions up to 6
 months newer than the one that exported it, and in older ones only within
