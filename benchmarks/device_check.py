@@ -24,13 +24,14 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+from run import slimmed_widths, stats  # noqa: E402 (benchmarks/, beside)
 
 FULL = dict(depth=56, batch=128, steps=20, repeats=5, teachers=5,
             dtypes=['float32', 'bfloat16'], images_per_class=32,
@@ -52,11 +53,6 @@ QUICK = dict(depth=20, batch=8, steps=2, repeats=1, teachers=2,
                      'inference': 120})
 
 
-def stats(values: list) -> dict:
-  return {'median': statistics.median(values), 'min': min(values),
-          'max': max(values), 'n': len(values)}
-
-
 # ---------------------------------------------------------------------------
 # Sections, each run in a child process: (options) -> results.
 
@@ -65,7 +61,6 @@ def finetune(o: dict) -> dict:
   """The fine-tuning step on the slimmed network (two views, the memory
   bank's targets) as one compiled `lax.scan` of `steps` steps."""
   import jax_worker
-  from run import slimmed_widths
   out = {}
   for dtype in o['dtypes']:
     start = time.perf_counter()
@@ -130,7 +125,6 @@ def memory_bank(o: dict) -> dict:
 
 def inference(o: dict) -> dict:
   import jax_worker
-  from run import slimmed_widths
   reply = jax_worker.inference(o['inference_batches'],
                                slimmed_widths(o['depth']),
                                o['inference_repeats'], o['depth'])
