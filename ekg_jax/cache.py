@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
+
+from ekg_jax import checkpoint
 
 
 def resolve(cache_dir: str) -> Optional[str]:
@@ -77,16 +78,10 @@ def write_decoded(path: Optional[str], images: np.ndarray,
                   labels: np.ndarray) -> None:
   if path is None:
     return
-  tmp = None
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # A unique temporary name: parallel runs may fill the same entry.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.npz')
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)
+    checkpoint.write_atomic(
+        path, lambda f: np.savez(f, images=images, labels=labels),
+        binary=True)
   except OSError as e:  # a full or read-only cache only costs speed
     logging.warning('cannot write the decoded-split cache %s (%s)', path,
                     e.strerror)
-    if tmp and os.path.exists(tmp):
-      os.unlink(tmp)

@@ -9,7 +9,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -31,15 +31,18 @@ class CheckpointError(ValueError):
   pass
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file in the same folder, then renames it, so
-  a reader sees the old file or the new one, never half of one."""
+def write_atomic(path: str, write: Callable[[Any], None],
+                 binary: bool = False) -> None:
+  """`write(file)` into a temporary file (a unique name: parallel runs may
+  write the same path) in the same folder, then renames it into place, so a
+  reader sees the old file or the new one, never half of one."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.json')
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_',
+                             suffix=os.path.splitext(path)[1])
   try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=False)
+    with os.fdopen(fd, 'wb' if binary else 'w') as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone
@@ -48,6 +51,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False))
 
 
 def previous_npz(path: str) -> str:

@@ -67,7 +67,8 @@ def export(model, variables: Any, directory: str, model_name: str,
       jax.jit(_forward(model, variables, mean, std)),
       platforms=tuple(platforms))(spec)
   program = os.path.join(directory, PROGRAM)
-  _write_atomic(program, bytes(exported.serialize()))
+  payload = bytes(exported.serialize())
+  checkpoint.write_atomic(program, lambda f: f.write(payload), binary=True)
   flat = {SEP.join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(variables).items()}
   checkpoint.write_npz_atomic(os.path.join(directory, VARIABLES), **flat)
@@ -83,15 +84,6 @@ def export(model, variables: Any, directory: str, model_name: str,
   return {'program': program, 'platforms': list(platforms),
           'network': os.path.join(directory, NETWORK),
           'variables': os.path.join(directory, VARIABLES)}
-
-
-def _write_atomic(path: str, payload: bytes) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(payload)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def load_program(path: str) -> jax.export.Exported:
