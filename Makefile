@@ -11,7 +11,7 @@ WORKDIR ?= workdirs/quickstart
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo evaluate test test-slow torch-venv bench bench-quick
+.PHONY: install demo evaluate test test-slow torch-venv onnx-venv bench bench-quick
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
@@ -35,6 +35,19 @@ $(TORCH_VENV)/.installed: benchmarks/requirements-torch.txt
 	touch $@
 
 torch-venv: $(TORCH_VENV)/.installed
+
+# ONNX export (the [onnx] extra) in its own virtualenv: jax2onnx 0.17 pins
+# orbax-checkpoint below 0.11.37, older than the main environment's.
+ONNX_VENV ?= .venv-onnx
+
+$(ONNX_VENV)/.installed: setup.cfg pyproject.toml
+	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ONNX_VENV)/bin/python -m pip install -q -e '.[onnx]'
+	touch $@
+
+onnx-venv: $(ONNX_VENV)/.installed
 
 # Every benchmark against PyTorch (~30 min on 2 cores); results and the
 # Markdown table in benchmarks/results/. bench-quick: a smoke run.

@@ -132,9 +132,11 @@ def default_config() -> ml_collections.ConfigDict:
   # 0.1, x0.1 at 50% and 75% of 164 epochs, weight decay 1e-4, batch 128),
   # one augmented view, cross-entropy.
   # The fine-tuned network as deployable artifacts (ekg_jax/export.py): a
-  # jax.export program for these platforms, and widths + arrays.
+  # jax.export program for these platforms, and widths + arrays; with onnx,
+  # also model.onnx (ekg_jax/export_onnx.py, needs the [onnx] extra).
   c.export = ml_collections.ConfigDict()
   c.export.platforms = 'cpu,cuda,tpu'
+  c.export.onnx = False
 
   c.pretrain = training_recipe(epochs=164, learning_rate=0.1,
                                lr_decay_epochs_fraction=(0.5, 0.75))

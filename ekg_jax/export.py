@@ -45,7 +45,8 @@ class ExportError(ValueError):
   """A damaged, truncated or foreign export file."""
 
 
-def _forward(model, variables, mean, std):
+def forward(model, variables, mean, std):
+  """The exported function: uint8 images -> float32 logits, eval mode."""
   def logits(images):
     x = data_lib.normalize(images, mean, std)
     return model.apply(variables, x, train=False).astype(jnp.float32)
@@ -64,7 +65,7 @@ def export(model, variables: Any, directory: str, model_name: str,
   batch, = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
   exported = jax.export.export(
-      jax.jit(_forward(model, variables, mean, std)),
+      jax.jit(forward(model, variables, mean, std)),
       platforms=tuple(platforms))(spec)
   program = os.path.join(directory, PROGRAM)
   payload = bytes(exported.serialize())

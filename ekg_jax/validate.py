@@ -114,6 +114,11 @@ def _platforms(v) -> Optional[str]:
   return None
 
 
+def _onnx(v) -> Optional[str]:
+  from ekg_jax import export_onnx
+  return boolean(v) or (v and export_onnx.missing()) or None
+
+
 def existing(exists: Callable[[str], bool], what: str) -> Rule:
   """A path that is empty (not used) or names an existing `what`."""
   def rule(v):
@@ -205,6 +210,7 @@ RULES: dict[str, Rule] = {
     **_training_rules('finetune'),
     'finetune.knowledge': choice(distill.KNOWLEDGE),
     'export.platforms': _platforms,
+    'export.onnx': _onnx,
     'finetune.temperature': number(0, low_open=True),
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe

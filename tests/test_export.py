@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TFDS_DIR, needs_cifar10, perturb
+from conftest import REPO, TFDS_DIR, needs_cifar10, perturb
 from ekg_jax import config as config_lib
-from ekg_jax import data, export, gates, slimming, workdir
+from ekg_jax import data, export, export_onnx, gates, slimming, validate, workdir
 from ekg_jax.models import create_model
 
 MEAN, STD = config_lib.REFERENCE_MEAN, config_lib.REFERENCE_STD
@@ -30,6 +30,19 @@ import jax, numpy as np
 with open(sys.argv[1], 'rb') as f:
   exported = jax.export.deserialize(bytearray(f.read()))
 np.save(sys.argv[3], np.asarray(exported.call(np.load(sys.argv[2]))))
+'''
+# The [onnx] extra lives in its own virtualenv (make onnx-venv): convert an
+# exported directory, run it with ONNX Runtime at two batch sizes.
+ONNX_PYTHON = REPO / '.venv-onnx' / 'bin' / 'python'
+ONNX_RUNNER = r'''
+import sys, numpy as np, onnxruntime as ort
+from ekg_jax import export_onnx
+written = export_onnx.export_directory(sys.argv[1])
+session = ort.InferenceSession(written['onnx'],
+                               providers=['CPUExecutionProvider'])
+images = np.load(sys.argv[2])
+for i, batch in enumerate((images, images[:2])):
+  np.save(f'{sys.argv[3]}{i}.npy', session.run(['logits'], {'images': batch})[0])
 '''
 
 
@@ -111,3 +124,36 @@ def test_export_before_finetune_names_the_phase_to_run(tmp_path):
                      match=r"'export' needs a finished 'finetune'.*"
                      r"--config.phases=finetune"):
     workdir.validate_workdir(config, ['export'], {'search': {'steps': 3}})
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_onnx_file_matches_the_model_in_onnx_runtime(slimmed, tmp_path):
+  if not ONNX_PYTHON.exists():
+    if os.environ.get('CI'):
+      pytest.fail('CI builds the ONNX virtualenv first (make onnx-venv)')
+    pytest.skip('no .venv-onnx (make onnx-venv)')
+  model, variables = slimmed
+  export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
+                (32, 32, 3), MEAN, STD, platforms=('cpu',))
+  images = data.load_split('cifar10', 'test[:7]', TFDS_DIR).images
+  np.save(tmp_path / 'x.npy', images)
+  subprocess.run([str(ONNX_PYTHON), '-c', ONNX_RUNNER, str(tmp_path / 'e'),
+                  str(tmp_path / 'x.npy'), str(tmp_path / 'y')],
+                 cwd=REPO, check=True, timeout=600)
+  want = _logits(model, variables, images)
+  np.testing.assert_allclose(np.load(tmp_path / 'y0.npy'), want, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(np.load(tmp_path / 'y1.npy'), want[:2],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_without_the_extra_is_one_config_error(monkeypatch):
+  real = export_onnx.importlib.util.find_spec
+  monkeypatch.setattr(export_onnx.importlib.util, 'find_spec',
+                      lambda name: None if name == 'jax2onnx' else real(name))
+  config = config_lib.default_config()
+  config.export.onnx = True
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"export.onnx.*jax2onnx is missing.*\[onnx\]"):
+    validate.validate_config(config)

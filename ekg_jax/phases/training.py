@@ -114,9 +114,15 @@ def export_phase(setup: Setup) -> dict:
                              jnp.zeros((1, *input_shape(c))))
   variables = ckpt_lib.load_model_variables(final, reference)
   start = time.time()
+  directory = workdir_lib.phase_dir(setup.workdir, 'export')
   paths = export_lib.export(
-      model, variables, workdir_lib.phase_dir(setup.workdir, 'export'),
-      c.model.name, input_shape(c), c.data.mean, c.data.std,
+      model, variables, directory, c.model.name, input_shape(c), c.data.mean,
+      c.data.std,
       [p.strip() for p in c.export.platforms.split(',') if p.strip()])
+  if c.export.onnx:
+    from ekg_jax import export_onnx  # the optional [onnx] extra
+    paths.update(export_onnx.to_onnx(
+        model, variables, os.path.join(directory, export_onnx.ONNX),
+        input_shape(c), c.data.mean, c.data.std))
   return {'export': {**paths, 'seconds': round(time.time() - start, 2)}}
 
