@@ -116,3 +116,37 @@ def test_dense_out_gate_and_a_new_layer_kind_are_counted():
       8 * 2 + 2 * 3 + 3 + 3 * 10 + 2 * 2)
   assert flops.count_params(table, kept) == (
       8 * 2 + 2 + 2 * 2 + 2 * 3 + 3 + 3 + 3 * 10 + 10)
+
+
+def _imagenet_resnet_by_hand(blocks, bottleneck):
+  """Multiply-accumulates of an ImageNet ResNet at 224 (torchvision's v1.5:
+  the stride sits in the 3x3 conv), convs and the classifier, block by
+  block."""
+  total = 112 * 112 * 7 * 7 * 3 * 64  # stem; max-pool to 56x56
+  size, cin = 56, 64
+  for stage, count in enumerate(blocks):
+    inner = 64 * 2 ** stage
+    out = inner * 4 if bottleneck else inner
+    for block in range(count):
+      stride = 2 if stage > 0 and block == 0 else 1
+      o = size // stride  # output side
+      if bottleneck:
+        total += (size * size * cin * inner + o * o * 9 * inner * inner
+                  + o * o * inner * out)
+      else:
+        total += o * o * 9 * cin * inner + o * o * 9 * inner * out
+      if cin != out or stride > 1:
+        total += o * o * cin * out  # projection shortcut
+      size, cin = o, out
+  return total + cin * 1000
+
+
+@pytest.mark.parametrize('name,blocks,bottleneck,published', [
+    ('resnet18', (2, 2, 2, 2), False, 1_814_073_344),
+    ('resnet50', (3, 4, 6, 3), True, 4_089_184_256)])
+def test_imagenet_resnet_flops_by_hand(name, blocks, bottleneck, published):
+  # `published`: torchvision's count of the same networks (1.81 / 4.09
+  # GMACs), convolutions and classifier only.
+  table = gates.layer_table(create_model(name), (224, 224, 3))
+  by_hand = _imagenet_resnet_by_hand(blocks, bottleneck)
+  assert flops.count_flops(table) == by_hand == published
