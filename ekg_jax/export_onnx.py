@@ -134,3 +134,13 @@ def export_directory(directory: str) -> dict:
     network = json.load(f)
   return to_onnx(model, variables, os.path.join(directory, ONNX),
                  network['input_shape'], network['mean'], network['std'])
+
+
+if __name__ == '__main__':
+  import sys
+  if len(sys.argv) != 2:
+    sys.exit('usage: python -m ekg_jax.export_onnx EXPORT_DIRECTORY')
+  try:
+    print(json.dumps(export_directory(sys.argv[1])))
+  except export_lib.ExportError as e:
+    sys.exit(f'error: {e}')
