@@ -31,8 +31,8 @@ DATA_AXIS = 'data'  # the mesh's one axis (also train.DATA_AXIS)
 
 
 def is_primary() -> bool:
-  """Process 0, or the only process. Asks no backend unless
-  jax.distributed is initialised (which started it already)."""
+  """Process 0, or the only process. A single-process run asks no backend
+  (writers call it before JAX need start)."""
   return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
