@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from ekg_jax import distributed
+
 # TensorFlow variable -> (collection, Flax variable name).
 _TF_NAMES = {
     'kernel': ('params', 'kernel'),
@@ -227,9 +229,10 @@ def save_model(directory: str, model_name: str, model_config: Mapping,
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, VARIABLES_DIR)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(target, jax.device_get(variables), force=True)
-  write_json_atomic(os.path.join(directory, MODEL_FILE),
-                    {'name': model_name, **dict(model_config)})
+    ckptr.save(target, jax.device_get(variables), force=True)  # collective
+  if distributed.is_primary():  # process 0 writes the metadata for all
+    write_json_atomic(os.path.join(directory, MODEL_FILE),
+                      {'name': model_name, **dict(model_config)})
 
 
 def read_model_config(directory: str) -> dict:

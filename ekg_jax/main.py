@@ -155,6 +155,7 @@ def main(argv):
   try:
     if _CONFIG.value.distributed:
       _initialize_distributed()
+      _leave_logs_to_process_0()
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
     if _DEBUG.value:
@@ -189,6 +190,21 @@ def _initialize_distributed():
         'environment: Cloud TPU, SLURM, or JAX_COORDINATOR_ADDRESS ...); '
         f'run without it on one host ({str(e).splitlines()[0][:120]})'
     ) from None
+
+
+def _leave_logs_to_process_0():
+  """Other processes keep errors only, on the terminal: process 0 writes
+  log.txt and reports for the whole run."""
+  from ekg_jax import distributed
+  if distributed.is_primary():
+    return
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    if isinstance(handler, logging.FileHandler):
+      root.removeHandler(handler)
+      handler.close()
+  root.setLevel(logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 if __name__ == '__main__':

@@ -6,21 +6,28 @@ import json
 import os
 from typing import Sequence
 
+from ekg_jax import distributed
+
 
 class MetricsWriter:
   """Writes `folder/metrics.jsonl` (rewritten atomically from the whole
   history, so a resumed run never duplicates a line) and TensorBoard scalars
-  `prefix/<name>` of the newest entry (`folder/tensorboard`)."""
+  `prefix/<name>` of the newest entry (`folder/tensorboard`). In a run of
+  several processes, process 0 writes; the others' writers do nothing."""
 
   def __init__(self, folder: str, prefix: str, step_key: str):
     from tensorboardX import SummaryWriter
-    os.makedirs(folder, exist_ok=True)
     self.path = os.path.join(folder, 'metrics.jsonl')
     self.prefix = prefix
     self.step_key = step_key
-    self.tensorboard = SummaryWriter(os.path.join(folder, 'tensorboard'))
+    self.tensorboard = None
+    if distributed.is_primary():
+      os.makedirs(folder, exist_ok=True)
+      self.tensorboard = SummaryWriter(os.path.join(folder, 'tensorboard'))
 
   def write(self, history: Sequence[dict]) -> None:
+    if self.tensorboard is None:  # not process 0
+      return
     tmp = f'{self.path}.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(e) + '\n' for e in history)
@@ -35,7 +42,8 @@ class MetricsWriter:
       self.tensorboard.flush()
 
   def close(self) -> None:
-    self.tensorboard.close()
+    if self.tensorboard is not None:
+      self.tensorboard.close()
 
   def __enter__(self) -> 'MetricsWriter':
     return self

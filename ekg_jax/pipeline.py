@@ -17,6 +17,7 @@ import ml_collections
 from ekg_jax import breakdown
 from ekg_jax import cache as cache_lib
 from ekg_jax import config as config_lib
+from ekg_jax import distributed
 from ekg_jax import phases as phases_lib
 from ekg_jax import preflight
 from ekg_jax import report as report_lib
@@ -81,6 +82,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           before, time.perf_counter() - start)
       # One write: the phase is done.
       summary = workdir_lib.record(workdir, results)
-      print(json.dumps(results, indent=2), flush=True)
-    report_lib.write_report(workdir, summary, setup.gates)
+      if distributed.is_primary():  # process 0 reports and writes for all
+        print(json.dumps(results, indent=2), flush=True)
+    if distributed.is_primary():
+      report_lib.write_report(workdir, summary, setup.gates)
   return summary

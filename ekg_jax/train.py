@@ -24,8 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from ekg_jax import backend, distill
 from ekg_jax.distill import StepConfig, augmented_views, views_logits
-
-DATA_AXIS = 'data'
+from ekg_jax.distributed import DATA_AXIS
 
 
 @flax.struct.dataclass
@@ -212,7 +211,8 @@ class StepRunner:
       out = run(state, data, indices, key)
       on_steps(len(indices))
       return out
-    indices = jax.device_put(indices)  # one transfer per stretch
+    if not isinstance(indices, jax.Array):  # a global one stays as it is
+      indices = jax.device_put(indices)  # one transfer per stretch
     metrics = []
     for i in range(len(indices)):
       state, m = run(state, data, indices[i], key)

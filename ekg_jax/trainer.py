@@ -15,13 +15,13 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from ekg_jax import checkpoint
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
+from ekg_jax import distributed
 from ekg_jax import evaluation
 from ekg_jax import metrics as metrics_lib
 from ekg_jax.distill import StepConfig
@@ -90,8 +90,10 @@ def train(model, variables: Any, train: data_lib.Split,
   run_steps = StepRunner(data_parallel(
       make_step(model, tx, step_config, DATA_AXIS, loss), mesh), c.program)
 
-  replicated = NamedSharding(mesh, P())
-  put = lambda x: jax.device_put(x, replicated)
+  # Every process holds the whole train set (batches are gathered on
+  # device by index) and supplies its own rows of each batch's indices.
+  put = lambda x: distributed.replicate(mesh, x)
+  rows = distributed.process_rows(mesh, c.batch_size, f'{section}.batch_size')
   bank = None
   if step_config.knowledge != 'none':
     bank = put(bank_logits)
@@ -111,8 +113,9 @@ def train(model, variables: Any, train: data_lib.Split,
     prog = Progress(history=[], sums={}, steps=0)
   state = put(state)
   every = c.checkpoint_every_steps
+  primary = distributed.is_primary()  # the one process that reports
   bar = tqdm(total=total, initial=int(state.step), desc=f'{section} (steps)',
-             disable=not progress)
+             disable=not (progress and primary))
   try:
     while int(state.step) < total:
       step = int(state.step)
@@ -121,8 +124,10 @@ def train(model, variables: Any, train: data_lib.Split,
       # most two stretch lengths, so at most two compiles of a `scan`.
       stop = min((epoch + 1) * spe,
                  epoch * spe + (within // every + 1) * every)
-      indices = epoch_order(config.seed, epoch, len(train), spe,
-                            c.batch_size)[within:within + stop - step]
+      indices = distributed.global_batch(
+          mesh, epoch_order(config.seed, epoch, len(train), spe, c.batch_size)
+          [within:within + stop - step, rows], c.batch_size, axis=1,
+          key=f'{section}.batch_size')
       n = len(indices)
       compile_before = run_steps.compile_seconds
       t = time.time()
@@ -137,10 +142,11 @@ def train(model, variables: Any, train: data_lib.Split,
       prog.steps += n
       if stop == (epoch + 1) * spe:
         entry = _epoch_entry(epoch, prog, state, model, test, config,
-                             float(schedule(stop - 1)), progress)
+                             float(schedule(stop - 1)), progress and primary)
         prog = dataclasses.replace(prog, history=[*prog.history, entry],
                                    sums={}, steps=0)
-        bar.write(_epoch_line(section, entry, c.epochs))
+        if primary:
+          bar.write(_epoch_line(section, entry, c.epochs))
         checkpoints.save(state, dataclasses.asdict(prog))
         writer.write(prog.history)
       else:

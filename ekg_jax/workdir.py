@@ -19,6 +19,7 @@ from typing import Iterator
 import ml_collections
 
 from ekg_jax import checkpoint as ckpt_lib
+from ekg_jax import distributed
 from ekg_jax.config import ConfigError
 
 CONFIG = 'config.json'
@@ -59,8 +60,13 @@ class WorkdirError(RuntimeError):
 def lock(workdir: str) -> Iterator[None]:
   """Holds an exclusive `flock` on workdir/.lock while the run works there.
   The kernel drops it when the process dies, so a killed run's lock never
-  blocks the rerun; the file holds the owner's PID for the message."""
+  blocks the rerun; the file holds the owner's PID for the message. In a
+  run of several processes, process 0 holds it for all (they share the
+  workdir and start together)."""
   import fcntl
+  if not distributed.is_primary():
+    yield
+    return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -145,6 +151,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   from ekg_jax.checkpoint import write_json_atomic
+  if not distributed.is_primary():  # process 0 writes for all
+    return
   write_json_atomic(os.path.join(workdir, CONFIG),
                     json.loads(config.to_json()))
 
@@ -162,9 +170,11 @@ def load_summary(workdir: str) -> dict:
 
 
 def record(workdir: str, results: dict) -> dict:
-  """Adds a phase's results (summary key -> fields) in one atomic write."""
+  """Adds a phase's results (summary key -> fields) in one atomic write
+  (by process 0; every process gets the summary back)."""
   summary = {**load_summary(workdir), **results}
-  ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), summary)
+  if distributed.is_primary():
+    ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), summary)
   return summary
 
 
