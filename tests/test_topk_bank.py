@@ -228,3 +228,40 @@ def test_a_workdir_from_before_top_k_resumes_with_the_default(tmp_path):
   changed.memory_bank.top_k = 3
   with pytest.raises(workdir.WorkdirError, match='memory_bank.top_k: 0 -> 3'):
     workdir.check_config(changed, str(tmp_path), ['memory_bank'])
+
+
+def test_readme_shows_the_committed_measurement():
+  import importlib.util
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location(
+      'topk_bank', REPO / 'experiments' / 'topk_bank.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  results = REPO / 'experiments' / 'results'
+  result = json.loads((results / 'topk_bank_r56_cifar10.json').read_text())
+  table = module.table(result)
+  assert (results / 'topk_bank_r56_cifar10.md').read_text() == table + '\n'
+  assert table in (REPO / 'README.md').read_text()
+
+
+def test_measurement_script_on_a_small_bank(tmp_path):
+  import importlib.util
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location(
+      'topk_bank', REPO / 'experiments' / 'topk_bank.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  path = str(tmp_path / 'bank.npz')
+  memory_bank.MemoryBank(_logits((32, 3, 10)).astype(jnp.bfloat16), [0, 1, 2],
+                         [0.1, 0.2, 0.3], done=32).save(path)
+  out = str(tmp_path / 'r.json')
+  module.main(['--bank', path, '--ks', '1,3', '--batch_size', '8',
+               '--out', out])
+  rows = {row['k']: row for row in json.load(open(out))['per_k']}
+  far = 'far student (all teachers)'
+  assert rows[10]['max_logit_change'] == 0.0
+  assert rows[10]['target_kl'][far]['max'] == 0.0
+  assert 0 < rows[3]['target_kl'][far]['mean'] < rows[1]['target_kl'][far][
+      'mean']
+  assert rows[1]['bound_holds'] and rows[1]['target_kl'][far][
+      'teachers_used_mean'] == 3
