@@ -12,6 +12,7 @@ from ekg_jax import checkpoint, distill, losses, memory_bank, topk, validate
 from ekg_jax import train as train_lib
 from ekg_jax import workdir
 from ekg_jax.config import default_config
+from conftest import needs_cifar10
 from test_finetune import random_split, tiny_config, tiny_model
 from test_memory_bank import MEAN, STD, _model_and_history
 
@@ -265,3 +266,44 @@ def test_measurement_script_on_a_small_bank(tmp_path):
       'mean']
   assert rows[1]['bound_holds'] and rows[1]['target_kl'][far][
       'teachers_used_mean'] == 3
+
+
+def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
+    tmp_path):
+  from ekg_jax import trainer
+  config = tiny_config(epochs=1)
+  train, test = random_split(16, 7), random_split(8, 8)
+  z = _logits((16, 3, 10), 9)
+  runs = []
+  for name, bank in [('dense', z.astype(jnp.bfloat16)),
+                     ('k10', _top_k_bank(z, 10)), ('k2', _top_k_bank(z, 2))]:
+    model, variables = tiny_model()
+    runs.append(trainer.train(model, variables, train, bank, test, config,
+                              str(tmp_path / name), progress=False))
+  dense, full, top2 = runs
+  jax.tree_util.tree_map(np.testing.assert_array_equal, full.variables,
+                         dense.variables)
+  assert full.history == dense.history
+  assert top2.history[0]['kd_loss'] != dense.history[0]['kd_loss']
+
+
+@pytest.mark.slow  # search, bank and fine-tune through the CLI: minutes
+@needs_cifar10
+def test_cli_top_k_bank_then_finetune_at_its_temperature_only(tmp_path):
+  from test_main import PIPELINE, run_cli
+  args = (*PIPELINE, f'--workdir={tmp_path}', '--config.memory_bank.top_k=3')
+  result = run_cli(*args, '--config.phases=search,memory_bank')
+  assert result.returncode == 0, result.stderr[-3000:]
+  bank = json.loads((tmp_path / 'summary.json').read_text())['memory_bank']
+  assert (bank['top_k'], bank['bytes']) == (3, 1000 * topk.bytes_per_image(
+      3, 10, 3, 2))
+  result = run_cli(*args, '--config.phases=finetune',
+                   '--config.finetune.temperature=10.0')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'ekg_jax: error: config.finetune.temperature=10.0: the memory bank '
+      'keeps its top 3 logits with a tail computed at temperature 4.0')
+  result = run_cli(*args, '--config.phases=finetune')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['finetune']['epochs'] == 1
