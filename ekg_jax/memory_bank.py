@@ -90,7 +90,8 @@ def make_teacher_logits(model, mean, std) -> Callable:
 
 # Bank files: format 1 (no 'format' entry) holds dense `logits`; format 2
 # the top-k form (`topk.TopKLogits`). Dense banks are still written as
-# format 1, byte for byte as before, so older code reads them.
+# format 1, with the same entries and arrays as before, so older code reads
+# them.
 TOP_K_FORMAT = 2
 
 
