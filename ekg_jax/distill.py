@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ekg_jax import data as data_lib
-from ekg_jax import losses
+from ekg_jax import losses, topk
 
 KNOWLEDGE = ('ensemble', 'single', 'none')
 
@@ -79,7 +79,13 @@ def views_loss(logits: Sequence[jax.Array], labels: jax.Array,
                axis_name: Optional[str] = None) -> tuple[jax.Array, dict]:
   """The mean over views of CE plus, with knowledge, KL_tau towards the
   teacher(s); `logits` holds one [B, classes] float32 array per view.
-  Returns (this shard's loss, metrics)."""
+  `bank`: [B, K, classes] logits or their top-k form (rebuilt here, before
+  the filter and the mean). Returns (this shard's loss, metrics)."""
+  if isinstance(bank, topk.TopKLogits):
+    if bank.temperature != config.temperature:
+      raise ValueError(f'the top-k bank was built for temperature '
+                       f'{bank.temperature}, not {config.temperature}')
+    bank = topk.expand(bank)
   ce = sum(losses.cross_entropy(z, labels).mean() for z in logits)
   kd, used = jnp.zeros(()), jnp.zeros(())
   if config.knowledge == 'single':

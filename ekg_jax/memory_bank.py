@@ -5,7 +5,8 @@ losses evenly between the best and the worst, become the fine-tuning
 teachers. Their logits on every train image are computed once, by ONE jitted
 function that `vmap`s the supernet over the K teachers' stacked masks, and
 stored as `logits[N, K, classes]` (image-major, so a batch of images gathers
-one contiguous block; the paper writes M[N, classes, K]).
+one contiguous block; the paper writes M[N, classes, K]), or, with
+`memory_bank.top_k`, as the k largest logits per teacher (`ekg_jax/topk.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from ekg_jax import checkpoint
 from ekg_jax import data as data_lib
 from ekg_jax import gates as gates_lib
+from ekg_jax import topk
 
 # How the bank may store logits (bfloat16, the default: 2 bytes a value).
 STORAGE_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -86,10 +88,25 @@ def make_teacher_logits(model, mean, std) -> Callable:
   return logits
 
 
+# Bank files: format 1 (no 'format' entry) holds dense `logits`; format 2
+# the top-k form (`topk.TopKLogits`). Dense banks are still written as
+# format 1, with the same entries and arrays as before, so older code reads
+# them.
+TOP_K_FORMAT = 2
+
+
+class BankFileError(ValueError):
+  """A bank file this toolkit cannot read (another program's, or damaged)."""
+
+
+_compress = jax.jit(topk.compress, static_argnums=(1, 2))
+
+
 @dataclasses.dataclass
 class MemoryBank:
   """Teacher logits over a split, plus which history entries they are."""
-  logits: np.ndarray  # [N, K, classes], `dtype`
+  # [N, K, classes] in the bank's dtype, or their top-k form.
+  logits: Union[np.ndarray, topk.TopKLogits]
   teachers: list[int]  # history indices; teacher 0 has the lowest loss
   teacher_val_loss: list[float]
   done: int  # images computed so far (== N when complete)
@@ -99,17 +116,41 @@ class MemoryBank:
   def complete(self) -> bool:
     return self.done == len(self.logits)
 
+  @property
+  def top_k(self) -> int:
+    """Logits kept per image and teacher; 0 for a dense bank."""
+    return self.logits.k if isinstance(self.logits, topk.TopKLogits) else 0
+
+  @property
+  def nbytes(self) -> int:
+    return int(self.logits.nbytes)
+
+  def write(self, sl: slice, logits: jax.Array) -> None:
+    """Stores [B, K, classes] float logits of images `sl`."""
+    bank = self.logits
+    if not isinstance(bank, topk.TopKLogits):
+      bank[sl] = np.asarray(logits.astype(bank.dtype))
+      return
+    values, indices, tail = _compress(logits, bank.k, bank.temperature)
+    bank.values[sl] = np.asarray(values.astype(bank.values.dtype))
+    bank.indices[sl] = np.asarray(indices.astype(bank.indices.dtype))
+    bank.tail[sl] = np.asarray(tail.astype(bank.tail.dtype))
+
   def save(self, path: str) -> None:
     """Atomic, the previous file kept (`checkpoint.write_npz_atomic`)."""
-    # float16/bfloat16 are stored as their raw 16 bits (npz has no bf16).
-    logits = (self.logits.view(np.uint16) if self.logits.dtype.itemsize == 2
-              else self.logits)
-    checkpoint.write_npz_atomic(
-        path, logits=logits, dtype=np.asarray(str(self.logits.dtype)),
-        meta=np.asarray(json.dumps(
-            {'teachers': self.teachers,
-             'teacher_val_loss': self.teacher_val_loss,
-             'done': self.done, 'seconds': self.seconds})))
+    meta = {'teachers': self.teachers,
+            'teacher_val_loss': self.teacher_val_loss,
+            'done': self.done, 'seconds': self.seconds}
+    bank = self.logits
+    if isinstance(bank, topk.TopKLogits):
+      arrays = dict(format=np.asarray(TOP_K_FORMAT), values=_raw(bank.values),
+                    indices=bank.indices, tail=_raw(bank.tail),
+                    dtype=np.asarray(str(bank.values.dtype)))
+      meta.update(classes=bank.num_classes, temperature=bank.temperature)
+    else:
+      arrays = dict(logits=_raw(bank), dtype=np.asarray(str(bank.dtype)))
+    checkpoint.write_npz_atomic(path, **arrays,
+                                meta=np.asarray(json.dumps(meta)))
 
   @classmethod
   def load(cls, path: str) -> 'MemoryBank':
@@ -118,12 +159,63 @@ class MemoryBank:
 
   @classmethod
   def _read(cls, path: str) -> 'MemoryBank':
-    with np.load(path) as z:
-      dtype = jnp.dtype(str(z['dtype']))
-      logits = z['logits'].view(dtype)
-      meta = json.loads(str(z['meta']))
-    return cls(logits, meta['teachers'], meta['teacher_val_loss'],
-               meta['done'], meta['seconds'])
+    try:
+      with np.load(path) as z:
+        version = int(z['format']) if 'format' in z.files else 1
+        if version not in (1, TOP_K_FORMAT):
+          raise BankFileError(f'bank format {version}; this toolkit reads '
+                              f'1 (dense) and {TOP_K_FORMAT} (top-k)')
+        dtype = _storage_dtype(str(z['dtype']))
+        meta = json.loads(str(z['meta']))
+        if version == 1:
+          logits = _cooked(z['logits'], dtype)
+        else:
+          logits = topk.TopKLogits(
+              _cooked(z['values'], dtype), z['indices'],
+              _cooked(z['tail'], dtype), int(meta['classes']),
+              float(meta['temperature']))
+      bank = cls(logits, meta['teachers'], meta['teacher_val_loss'],
+                 meta['done'], meta['seconds'])
+    except KeyError as e:
+      raise BankFileError(f'not a memory bank: no {e} entry') from None
+    _check_shapes(bank)
+    return bank
+
+
+def _raw(array: np.ndarray) -> np.ndarray:
+  # float16/bfloat16 are stored as their raw 16 bits (npz has no bf16).
+  return array.view(np.uint16) if array.dtype.itemsize == 2 else array
+
+
+def _storage_dtype(name: str) -> np.dtype:
+  if name not in STORAGE_DTYPES:
+    raise BankFileError(f'logits stored as {name!r}; a bank stores '
+                        f'{", ".join(STORAGE_DTYPES)}')
+  return jnp.dtype(name)
+
+
+def _cooked(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
+  if raw.dtype.itemsize != dtype.itemsize:
+    raise BankFileError(f'{raw.dtype} values cannot hold {dtype} logits')
+  return raw.view(dtype)
+
+
+def _check_shapes(bank: MemoryBank) -> None:
+  """Array shapes that agree with each other and the teacher list."""
+  logits, teachers = bank.logits, len(bank.teachers)
+  sparse = isinstance(logits, topk.TopKLogits)
+  shape = logits.values.shape if sparse else logits.shape
+  ok = len(shape) == 3 and shape[1] == teachers and 0 <= bank.done <= shape[0]
+  if sparse:
+    ok = ok and (logits.indices.shape == shape and logits.tail.shape ==
+                 shape[:2] and 0 < shape[2] <= logits.num_classes
+                 and logits.indices.dtype == topk.index_dtype(
+                     logits.num_classes)
+                 and (logits.indices.size == 0 or
+                      int(logits.indices.max()) < logits.num_classes))
+  if not ok:
+    raise BankFileError(f'arrays of shape {shape} do not match {teachers} '
+                        f'teachers and {bank.done} images done')
 
 
 def build(model, variables: Any, split: data_lib.Split,
@@ -131,8 +223,8 @@ def build(model, variables: Any, split: data_lib.Split,
           bank: MemoryBank,
           on_checkpoint: Optional[Callable[[MemoryBank], None]] = None,
           checkpoint_every: int = 20, progress: bool = True) -> MemoryBank:
-  """Fills `bank.logits` (in its dtype) from `bank.done` on, batch by batch,
-  in split order.
+  """Fills `bank.logits` (in its dtype, dense or top-k) from `bank.done` on,
+  batch by batch, in split order.
 
   `on_checkpoint` sees the bank every `checkpoint_every` batches (a killed
   run resumes from there). Batches start at multiples of `batch_size`, so a
@@ -145,8 +237,7 @@ def build(model, variables: Any, split: data_lib.Split,
   start = time.time()
   for i, sl in enumerate(tqdm(todo, desc='memory bank', disable=not progress,
                               leave=False)):
-    out = logits_fn(variables, split.images[sl], masks)
-    bank.logits[sl] = np.asarray(out.astype(bank.logits.dtype))
+    bank.write(sl, logits_fn(variables, split.images[sl], masks))
     bank.done = sl.stop
     bank.seconds += time.time() - start
     start = time.time()

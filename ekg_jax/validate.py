@@ -206,6 +206,9 @@ RULES: dict[str, Rule] = {
     'memory_bank.batch_size': integer(1),
     'memory_bank.dtype': choice(memory_bank.STORAGE_DTYPES),
     'memory_bank.checkpoint_every_batches': integer(1),
+    'memory_bank.top_k': lambda v: None if _is_int(v) and v >= 0 else (
+        'must be an integer >= 0, the logits kept per image and teacher '
+        '(0 keeps all)'),
     **_training_rules('pretrain'),
     **_training_rules('finetune'),
     'finetune.knowledge': choice(distill.KNOWLEDGE),
@@ -273,6 +276,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
+  if config.memory_bank.top_k > dataset['num_classes']:
+    fail('memory_bank.top_k', f'{config.data.name} has '
+         f'{dataset["num_classes"]} classes; use 0..{dataset["num_classes"]}'
+         ' (0 keeps every logit)')
   if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
     fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
          f'lanczos_iterations ({config.landscape.lanczos_iterations})')

@@ -20,7 +20,7 @@ import ml_collections
 
 from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import distributed
-from ekg_jax.config import ConfigError
+from ekg_jax.config import ConfigError, default_config
 
 CONFIG = 'config.json'
 LOCK = '.lock'
@@ -136,6 +136,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
   with open(path) as f:
     saved = _flat(ml_collections.ConfigDict(json.load(f)))
   now = _flat(config)
+  # A key the toolkit gained after that run: the run had its default.
+  defaults = _flat(default_config())
+  saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
   differing = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k)
                      and _pinned(k, produced))

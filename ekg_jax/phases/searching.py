@@ -19,6 +19,7 @@ from ekg_jax import metrics as metrics_lib
 from ekg_jax import plots
 from ekg_jax import search as search_lib
 from ekg_jax import slimming
+from ekg_jax import topk
 from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
 from ekg_jax.phases.common import (Setup, finished_search, load_test,
@@ -131,10 +132,14 @@ def memory_bank_phase(setup: Setup) -> dict:
       teachers = bank_lib.select_teachers(losses, c.memory_bank.num_teachers)
     except ValueError as e:
       raise validate.ConfigError(f'config.memory_bank.{e}') from None
-    bank = bank_lib.MemoryBank(
-        np.zeros((len(train), len(teachers), setup.model.num_classes),
-                 jnp.dtype(c.memory_bank.dtype)),
-        teachers, [losses[i] for i in teachers], done=0)
+    shape = (len(train), len(teachers), setup.model.num_classes)
+    dtype = jnp.dtype(c.memory_bank.dtype)
+    # The top-k tail is computed at the fine-tuning temperature.
+    logits = (topk.TopKLogits.zeros(shape, c.memory_bank.top_k, dtype,
+                                    c.finetune.temperature)
+              if c.memory_bank.top_k else np.zeros(shape, dtype))
+    bank = bank_lib.MemoryBank(logits, teachers,
+                               [losses[i] for i in teachers], done=0)
   masks = bank_lib.teacher_masks(state.history, state.ranks_history,
                                  bank.teachers)
 
@@ -153,4 +158,5 @@ def memory_bank_phase(setup: Setup) -> dict:
   return {'memory_bank': {
       'teachers': bank.teachers, 'teacher_val_loss': bank.teacher_val_loss,
       'images': len(train), 'dtype': c.memory_bank.dtype,
-      'bytes': int(bank.logits.nbytes), 'seconds': round(bank.seconds, 2)}}
+      'top_k': bank.top_k, 'bytes': bank.nbytes,
+      'seconds': round(bank.seconds, 2)}}

@@ -82,6 +82,14 @@ def finetune_phase(setup: Setup) -> dict:
           f'({bank.done} of {len(train)} images; damaged?): remove '
           f'{setup.workdir}/memory_bank and the "memory_bank" entry of '
           f'{workdir_lib.SUMMARY}, then rerun to rebuild it')
+    built_for = getattr(bank.logits, 'temperature', c.finetune.temperature)
+    if built_for != c.finetune.temperature:
+      raise validate.ConfigError(
+          f'config.finetune.temperature={c.finetune.temperature}: the '
+          f'memory bank keeps its top {bank.top_k} logits with a tail '
+          f'computed at temperature {built_for}; fine-tune at {built_for}, '
+          f'or remove {setup.workdir}/memory_bank and its summary entry and '
+          'rebuild it')
     bank_logits = bank.logits
   start = time.time()
   result = trainer.train(model, variables, train, bank_logits, test, c,
