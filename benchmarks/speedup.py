@@ -8,6 +8,8 @@ Paths (each its own worker process, spoken to one JSON line at a time):
 - `xla`: the exported forward (`ekg_jax.export.forward`, what `model.jax`
   holds) jitted with the toolkit's XLA:CPU flags (Eigen convolutions);
 - `xla_ynnpack`: the same with XLA's default flags (YNNPACK convolutions);
+- `xla_1thread`: `xla` with Eigen's convolutions on one thread
+  (`--xla_cpu_multi_thread_eigen=false`), to see what threading gives;
 - `onnxruntime`: `ekg_jax.export_onnx` then ONNX Runtime (`.venv-onnx`);
 - `torch`: the PyTorch reference network, eager (`.venv-torch`).
 Networks: dense, and slimmed to the widths of the committed ResNet-56
@@ -111,19 +113,20 @@ def _build_torch(nets, depth):
   return runs, {}
 
 
-def _narrow_xla(k, batch):
+def _narrow_xla(k, batch, layout='NHWC'):
   import jax
   import jax.numpy as jnp
-  a = jnp.ones((3, 3, 16, k)) * 0.01
-  b = jnp.ones((3, 3, k, 16)) * 0.01
+  kernel = 'HWIO' if layout == 'NHWC' else 'OIHW'
+  a = jnp.ones([{'H': 3, 'W': 3, 'I': 16, 'O': k}[d] for d in kernel])
+  b = jnp.ones([{'H': 3, 'W': 3, 'I': k, 'O': 16}[d] for d in kernel])
   conv = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x, w * 0.01, (1, 1), 'SAME', dimension_numbers=(layout, kernel, layout))
   fn = jax.jit(lambda x: conv(jax.nn.relu(conv(x, a)), b))
-  x = jnp.ones((batch, 32, 32, 16))
+  x = jnp.ones([{'N': batch, 'H': 32, 'W': 32, 'C': 16}[d] for d in layout])
   return lambda: jax.block_until_ready(fn(x))
 
 
-def _narrow_onnxruntime(k, batch):
+def _narrow_onnxruntime(k, batch, layout=None):
   import numpy as np
   import onnx
   import onnxruntime as ort
@@ -142,7 +145,7 @@ def _narrow_onnxruntime(k, batch):
   return lambda: session.run(['z'], {'x': x})
 
 
-def _narrow_torch(k, batch):
+def _narrow_torch(k, batch, layout=None):
   import torch
   a, b = torch.nn.Conv2d(16, k, 3, padding=1), torch.nn.Conv2d(k, 16, 3,
                                                                 padding=1)
@@ -156,9 +159,11 @@ def _narrow_torch(k, batch):
 
 def worker(side: str) -> None:
   """Answers `build`, `time` and `narrow` requests on stdin."""
-  if side == 'xla':
+  if side in ('xla', 'xla_1thread'):
     from ekg_jax import xla_config
     xla_config.set_fast_cpu_flags()
+  if side == 'xla_1thread':
+    os.environ['XLA_FLAGS'] += ' --xla_cpu_multi_thread_eigen=false'
   base = 'xla' if side.startswith('xla') else side
   build = globals()[f'_build_{base}']
   narrow = globals()[f'_narrow_{base}']
@@ -175,7 +180,7 @@ def worker(side: str) -> None:
       fn = lambda: runs[request['net']](x)
       reply = {'seconds': _time(fn, request['calls'])}
     else:
-      fn = narrow(request['k'], request['batch'])
+      fn = narrow(request['k'], request['batch'], request['layout'])
       reply = {'seconds': _time(fn, request['calls'])}
     print(json.dumps(reply), flush=True)
 
@@ -198,7 +203,8 @@ def _time(fn, calls: int) -> float:
 def sides() -> dict:
   """Side -> the Python that runs its worker (absent virtualenvs left
   out, and said so in the results)."""
-  found = {'xla': sys.executable, 'xla_ynnpack': sys.executable}
+  found = {'xla': sys.executable, 'xla_ynnpack': sys.executable,
+           'xla_1thread': sys.executable}
   for side, python in PYTHONS.items():
     if os.path.exists(python):
       found[side] = python
@@ -226,9 +232,13 @@ def measure(o: dict, log) -> dict:
         for net in nets:
           t = w('time', net=net, batch=b, calls=o['calls'][b])['seconds']
           times.setdefault((side, b, net), []).append(t)
+        layouts = ('NHWC', 'NCHW') if side.startswith('xla') else (None,)
         for k in o['narrow'] if b == o['batches'][-1] else ():
-          t = w('narrow', k=k, batch=o['narrow_batch'], calls=2)['seconds']
-          times.setdefault((side, 'narrow', k), []).append(t)
+          for layout in layouts:
+            t = w('narrow', k=k, batch=o['narrow_batch'], calls=2,
+                  layout=layout)['seconds']
+            name = side + ('_nchw' if layout == 'NCHW' else '')
+            times.setdefault((name, 'narrow', k), []).append(t)
       settle()
     log(f'repetition {rep + 1}/{o["repeats"]} done')
   for w in workers.values():

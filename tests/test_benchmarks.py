@@ -48,3 +48,29 @@ def test_quick_benchmark_runs_every_section(tmp_path):
                   'End-to-end search', 'Inference', 'Memory bank',
                   'Peak memory'):
     assert heading in table
+
+
+@pytest.mark.slow
+def test_speedup_benchmark_runs_every_path(tmp_path):
+  """benchmarks/speedup.py --quick: every deployment path times the dense
+  and both slimmed networks, and the slimmed ones have fewer MACs."""
+  onnx_python = REPO / '.venv-onnx' / 'bin' / 'python'
+  if os.environ.get('CI') and not (TORCH_PYTHON.exists()
+                                   and onnx_python.exists()):
+    pytest.fail('CI builds both virtualenvs first (make torch-venv '
+                'onnx-venv)')
+  subprocess.run([sys.executable, 'benchmarks/speedup.py', '--quick',
+                  f'--out-dir={tmp_path}', '--machine=smoke'], cwd=REPO,
+                 check=True, timeout=900)
+  results = json.loads((tmp_path / 'speedup-smoke.json').read_text())
+  want = {'xla', 'xla_ynnpack', 'xla_1thread'} | (
+      {'torch'} if TORCH_PYTHON.exists() else set()) | (
+          {'onnxruntime'} if onnx_python.exists() else set())
+  assert set(results['latency']) == want
+  macs = results['macs']
+  assert macs['round_to_1'] < macs['dense'] and macs['round_to_8'] < macs[
+      'dense']
+  for side in want:
+    assert set(results['latency'][side]['1']) >= {
+        'dense', 'round_to_1', 'round_to_8', 'round_to_8_speedup'}
+  assert 'Narrow convolutions' in (tmp_path / 'speedup-smoke.md').read_text()
