@@ -292,7 +292,7 @@ def main(argv=None):
       ("the authors' code", args.authors_repo, 'git clone '
        'https://github.com/sseung0703/EKG workdirs/authors-EKG')):
     if not os.path.exists(path):
-      parser.error(f'no {what} at {path} ({hint})')
+      parser.error(f'{what} not found at {path} ({hint})')
   args.weights = os.path.abspath(args.weights)
   out_dir = args.out_dir or (os.path.join(ROOT, 'workdirs', 'authors-tf-quick')
                              if args.quick else os.path.join(HERE, 'results'))
