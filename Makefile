@@ -11,7 +11,8 @@ WORKDIR ?= workdirs/quickstart
 INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo evaluate test test-slow torch-venv onnx-venv bench bench-quick
+.PHONY: install demo evaluate test test-slow torch-venv onnx-venv tf-venv \
+	bench bench-quick bench-authors bench-authors-quick
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
@@ -49,6 +50,20 @@ $(ONNX_VENV)/.installed: setup.cfg pyproject.toml
 
 onnx-venv: $(ONNX_VENV)/.installed
 
+# The authors' TensorFlow code for benchmarks/authors_tf.py, in its own
+# virtualenv (~2 min, 1.8 GB). tf-keras goes in without its dependencies: it
+# requires the `tensorflow` package, a second TensorFlow over tensorflow-cpu.
+TF_VENV ?= .venv-tf
+
+$(TF_VENV)/.installed: benchmarks/requirements-tf.txt
+	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install -q -r benchmarks/requirements-tf.txt
+	$(TF_VENV)/bin/python -m pip install -q --no-deps tf-keras==2.21.0
+	touch $@
+
+tf-venv: $(TF_VENV)/.installed
+
 # Every benchmark against PyTorch (~30 min on 2 cores); results and the
 # Markdown table in benchmarks/results/. bench-quick: a smoke run.
 bench: install torch-venv
@@ -56,6 +71,16 @@ bench: install torch-venv
 
 bench-quick: install torch-venv
 	$(VENV)/bin/python benchmarks/run.py --quick --out-dir=workdirs/bench-quick
+
+# ekg_jax against the authors' TensorFlow code: start-up and the first 10
+# search steps, 3 repetitions (~35 min on 2 quiet cores; benchmarks/README.md).
+# AUTHORS_REPO: a clone of sseung0703/EKG.
+AUTHORS_REPO ?= workdirs/authors-EKG
+bench-authors: install tf-venv
+	$(VENV)/bin/python benchmarks/authors_tf.py --authors-repo=$(AUTHORS_REPO)
+
+bench-authors-quick: install tf-venv
+	$(VENV)/bin/python benchmarks/authors_tf.py --quick --authors-repo=$(AUTHORS_REPO)
 
 # The quickstart: the whole pipeline (pretrain, search, memory bank,
 # fine-tuning) on a CIFAR-10 subset with ResNet-20, minutes on a laptop CPU.

@@ -74,3 +74,33 @@ def test_speedup_benchmark_runs_every_path(tmp_path):
     assert set(results['latency'][side]['1']) >= {
         'dense', 'round_to_1', 'round_to_8', 'round_to_8_speedup'}
   assert 'Narrow convolutions' in (tmp_path / 'speedup-smoke.md').read_text()
+
+
+def test_authors_tf_reads_both_sides_step_lines():
+  """benchmarks/authors_tf.py's reading of each side's output (the lines as
+  the authors' pruning.py and ekg_jax print them): step times, and the
+  choices it compares (their gate index, width and loss in ekg_jax's terms)."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import authors_tf
+  widths = ['1.0'] * 30
+  widths[29] = '0.8'
+  tf_lines = ['# of layers to evaluated is 19/30 (63.33)',
+              ' 97%|#########7| 29/30 [01:31<00:01,  1.46s/it]',
+              'Step: 2', f"[{', '.join(widths)}] 29",
+              'Ori Acc.: 91.25, Current Acc.: 90.94 Ori Loss.: 0.2127, '
+              'Current Loss.: 0.2104']
+  jax_line = ('I1126 07:50:51.314669 140469395725184 search.py:668] search '
+              'step 2: stage2/block8 -> 52 channels | FLOPs rate 0.9860 | val '
+              'loss 0.3362 acc 0.909 objective 0.4516 | 19 candidates | 10.1s')
+  tf, jax = authors_tf.Reader('tf'), authors_tf.Reader('jax')
+  for t, line in enumerate(tf_lines):
+    tf.feed(line, float(t))
+  jax.feed(jax_line, 7.0)
+  assert tf.times == [2.0] and jax.times == [7.0]
+  assert tf.done() == [{'candidates': 19, 'gate': 'stage2/block8',
+                        'kept': 52, 'val_loss': 0.3366}]
+  assert jax.done() == [{'gate': 'stage2/block8', 'kept': 52,
+                         'val_loss': 0.3362, 'candidates': 19}]
+  assert authors_tf.tf_kept(0.8, 16) == 13  # their mask: rank < 12.8
+  assert authors_tf.GATES[0] == ('stage0', 16)
+  assert authors_tf.GATES[10] == ('stage1', 32)

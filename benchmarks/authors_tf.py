@@ -1,0 +1,353 @@
+"""ekg_jax against the authors' TensorFlow code, whole processes side by side.
+
+  make tf-venv   # .venv-tf: tensorflow-cpu, tf-keras, TFDS
+  python benchmarks/authors_tf.py --authors-repo=PATH            # 10 steps x 3
+  python benchmarks/authors_tf.py --authors-repo=PATH --quick    # smoke run
+
+PATH: a clone of sseung0703/EKG (bare or not; AUTHORS_COMMIT is read) or a
+folder of its files. Each repetition launches the ResNet-56 / CIFAR-10
+search from the official weights once per side, in turn (order reversed on
+odd repetitions): their `pruning.py` (a copy patched by `authors_tf.patch`
+to run offline on CPU) and `python -m ekg_jax.main --config.phases=search`
+with an empty cache folder (cold). Each is timed from launch to the arrival
+of its first --steps step lines, then killed. Per side: per-step = median
+time between steps 2..N; start-up = launch to step 1 less one per-step
+time; end to end = launch to step N. Ratios TF / ekg_jax per repetition,
+then median (min-max). The sides' choices at each step are compared
+(`fidelity`). How and why: benchmarks/README.md.
+
+Writes `<out-dir>/authors-tf-<machine>.json` (every time and choice, the
+options, versions, the command) and `.md`; each side's log goes to --log-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from run import _fmt, machine_info, settle, stats  # noqa: E402 (beside)
+
+TF_PYTHON = os.path.join(ROOT, '.venv-tf', 'bin', 'python')
+WEIGHTS = os.path.join(ROOT, '..', 'shared', 'pretrained',
+                       'ekg_official_resnet56_cifar10.pkl')
+PATCH = os.path.join(HERE, 'authors_tf.patch')
+AUTHORS_COMMIT = '0c0b516572fa79a8b2d0e0fef83a1cd91283fbe5'
+AUTHORS_FILES = ('pruning.py', 'prune_utils.py', 'op_utils.py', 'utils.py',
+                 'dataloader/CIFAR.py', 'nets/ResNet.py', 'nets/tcl.py')
+TARGET = 0.45  # configs/resnet56_cifar.py and the authors' README command
+# Their gate list order (prune_utils.initialize_Gate over ResNet-56's
+# layers: the stem or projection conv, then each block's conv1) in ekg_jax's
+# names, with each gate's channels.
+GATES = [(f'stage{s}' + (f'/block{b}' if b >= 0 else ''), 16 << s)
+         for s in range(3) for b in range(-1, 9)]
+
+JAX_STEP = re.compile(r'search step (\d+): (\S+) -> (\d+) channels .*'
+                      r'val loss ([\d.]+) .*\| (\d+) candidates')
+TF_STEP = re.compile(r'^Step: (\d+)$')
+TF_WIDTHS = re.compile(r'^\[(.*)\] (\d+)$')
+TF_LOSS = re.compile(r'Current Loss\.: ([\d.]+)')
+TF_MARKED = re.compile(r'# of layers to evaluated is (\d+)/')
+# Start-up marks: the first line matching each, per side.
+MARKS = {'jax': {'warmup_done': re.compile(r'warm-up: \d+ images')},
+         'tf': {'warmup_done': re.compile(r'^Warm-up done$'),
+                'data_done': re.compile(r'^Datasets are built$')}}
+
+
+def authors_source(repo: str, dest: str) -> str:
+  """Their files at AUTHORS_COMMIT (from a git repository holding it) or as
+  they are (a plain folder), copied to dest and patched; returns the
+  source's name."""
+  in_git = subprocess.run(['git', '-C', repo, 'cat-file', '-e',
+                           AUTHORS_COMMIT + '^{commit}'],
+                          capture_output=True).returncode == 0
+  for name in AUTHORS_FILES:
+    os.makedirs(os.path.join(dest, os.path.dirname(name)), exist_ok=True)
+    target = os.path.join(dest, name)
+    if in_git:
+      with open(target, 'wb') as f:
+        f.write(subprocess.run(['git', '-C', repo, 'show',
+                                f'{AUTHORS_COMMIT}:{name}'],
+                               capture_output=True, check=True).stdout)
+    elif os.path.isfile(os.path.join(repo, name)):
+      shutil.copy(os.path.join(repo, name), target)
+    else:
+      raise SystemExit(f'error: {repo} is neither a git clone of '
+                       f'sseung0703/EKG holding commit {AUTHORS_COMMIT[:7]} '
+                       f'nor a folder of its files (no {name})')
+  applied = subprocess.run(['git', 'apply', PATCH], cwd=dest,
+                           capture_output=True, text=True)
+  if applied.returncode:
+    raise SystemExit(f'error: authors_tf.patch does not apply to {repo}: '
+                     f'{applied.stderr.strip().splitlines()[0]}')
+  return f'{repo}@{AUTHORS_COMMIT[:7]}' if in_git else repo
+
+
+def tf_kept(width: float, channels: int) -> int:
+  """Their kept count: ranks below max(C * rate, 1), in float32."""
+  import numpy as np
+  bound = max(np.float32(channels) * np.float32(width), np.float32(1.0))
+  return int(np.sum(np.arange(channels, dtype=np.float32) < bound))
+
+
+class Reader:
+  """Turns one side's output lines into step times and choices."""
+
+  def __init__(self, side: str):
+    self.side, self.times, self.choices = side, [], []
+    self.marks, self.marked = {}, []
+
+  def feed(self, line: str, t: float) -> None:
+    if self.side == 'jax':
+      m = JAX_STEP.search(line)
+      if m:
+        self.times.append(t)
+        self.choices.append({'gate': m[2], 'kept': int(m[3]),
+                             'val_loss': float(m[4]),
+                             'candidates': int(m[5])})
+    else:
+      if TF_MARKED.search(line):
+        self.marked.append(int(TF_MARKED.search(line)[1]))
+      elif TF_STEP.search(line):
+        self.times.append(t)
+        self.choices.append({'candidates': self.marked[-1]})
+      elif TF_WIDTHS.search(line) and self.choices and (
+          'gate' not in self.choices[-1]):
+        m = TF_WIDTHS.search(line)
+        gate, channels = GATES[int(m[2])]
+        width = float(m[1].split(',')[int(m[2])])
+        self.choices[-1].update(gate=gate, kept=tf_kept(width, channels))
+      elif TF_LOSS.search(line) and self.choices and (
+          'val_loss' not in self.choices[-1]):
+        # their loss: each batch's CE sum / 256, averaged over the 2
+        # batches of the 320 images; ekg_jax's: the mean over the 320
+        self.choices[-1]['val_loss'] = round(
+            float(TF_LOSS.search(line)[1]) * 512 / 320, 4)
+    for mark, pattern in MARKS[self.side].items():
+      if mark not in self.marks and pattern.search(line):
+        self.marks[mark] = t
+
+  def done(self) -> list:
+    return [c for c in self.choices if 'val_loss' in c]
+
+
+def run_side(side: str, argv: list, env: dict, cwd: str, steps: int,
+             log_path: str, timeout: float) -> dict:
+  """Launches one side, reads its lines as they come, kills it once step
+  `steps` is read; times in seconds from launch."""
+  reader = Reader(side)
+  start = time.monotonic()
+  with open(log_path, 'w', buffering=1) as log:  # readable while it runs
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    watchdog = threading.Timer(timeout, proc.kill)  # a side gone silent
+    watchdog.start()
+    try:
+      for line in proc.stdout:
+        t = time.monotonic() - start
+        log.write(f'{t:9.3f} {line}')
+        reader.feed(line.rstrip('\n'), t)
+        if len(reader.done()) >= steps:
+          break
+    finally:
+      watchdog.cancel()
+      proc.kill()
+      proc.wait()
+  missing = set(MARKS[side]) - set(reader.marks)
+  if len(reader.done()) < steps or missing:
+    with open(log_path) as f:
+      tail = ''.join(f.readlines()[-15:])
+    raise SystemExit(f'error: the {side} side stopped after '
+                     f'{len(reader.done())} of {steps} steps, marks missing '
+                     f'{sorted(missing)} (log {log_path}):\n{tail}')
+  times = reader.times[:steps]
+  step_s = stats([b - a for a, b in zip(times, times[1:])])['median']
+  return {'step_times': times, **reader.marks,
+          'step_s': step_s, 'startup_s': times[0] - step_s,
+          'e2e_s': times[-1], 'choices': reader.done()[:steps]}
+
+
+def sides(args, scratch: str, rep: int) -> dict:
+  """argv, env and cwd of each side for one repetition, in fresh folders."""
+  base = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  base.update(PYTHONUNBUFFERED='1', TFDS_DATA_DIR=args.tfds_dir)
+  run_dir = os.path.join(scratch, f'rep{rep}')
+  os.makedirs(run_dir)
+  jax = [sys.executable, '-m', 'ekg_jax.main',
+         '--config=configs/resnet56_cifar.py',
+         f'--workdir={run_dir}/jax', f'--config.init_checkpoint={args.weights}',
+         '--config.phases=search', '--config.quiet=True',
+         '--verbose',  # the step lines are INFO: on the terminal too
+         f'--config.search.target_flops_rate={TARGET}',
+         f'--config.cache_dir={run_dir}/jax_cache']
+  tf = [args.tf_python, '-u', 'pruning.py', '--train_path', f'{run_dir}/tf',
+        '--arch', 'ResNet-56', '--dataset', 'CIFAR10', '--search_target_rate',
+        str(TARGET), '--trained_param', args.weights]
+  return {'tf': (tf, {**base, 'TF_USE_LEGACY_KERAS': '1'},
+                 os.path.join(scratch, 'authors')),
+          'jax': (jax, {**base, 'PYTHONPATH': ROOT}, ROOT)}
+
+
+def fidelity(reps: list) -> dict:
+  """Both sides' choices per step, and whether they agree in every run."""
+  def key(c):
+    return (c['gate'], c['kept'], c['candidates'])
+  same = all(list(map(key, r['tf']['choices'])) ==
+             list(map(key, r['jax']['choices'])) for r in reps)
+  diffs = [abs(a['val_loss'] - b['val_loss']) for r in reps
+           for a, b in zip(r['tf']['choices'], r['jax']['choices'])]
+  return {'same_gates_kept_candidates': same,
+          'max_abs_val_loss_diff': max(diffs),
+          'tf': reps[0]['tf']['choices'], 'jax': reps[0]['jax']['choices']}
+
+
+def summarize(reps: list) -> dict:
+  keys = ('startup_s', 'step_s', 'e2e_s', 'warmup_done')
+  out = {s: {k: stats([r[s][k] for r in reps]) for k in keys}
+         for s in ('tf', 'jax')}
+  out['ratio_tf_over_jax'] = {k: stats([r['tf'][k] / r['jax'][k]
+                                        for r in reps]) for k in keys}
+  out['tf']['data_done'] = stats([r['tf']['data_done'] for r in reps])
+  return out
+
+
+def markdown(results: dict) -> str:
+  o, v, s = results['options'], results['versions'], results['summary']
+  steps = f"steps 2-{o['steps']}" if o['steps'] > 2 else 'step 2'
+  lines = [f"Made by `{results['command']}`", '',
+           f"Machine: {results['machine']['cpu']}, "
+           f"{results['machine']['cpus']} cores. The authors' code "
+           f"({results['authors']}) on TensorFlow {v['tensorflow']} "
+           f"(tf-keras {v['tf_keras']}) against ekg_jax on JAX {v['jax']} "
+           f"with a cold cache; the ResNet-56 / CIFAR-10 search from the "
+           f"official weights, first {o['steps']} steps; medians (min-max) "
+           f"over {o['reps']} repetition{'s' * (o['reps'] > 1)}, sides "
+           'alternating.', '',
+           "| seconds | authors' TF | ekg_jax | TF / ekg_jax |",
+           '|---|---|---|---|']
+  rows = [('start-up (launch to step 1, less one step)', 'startup_s'),
+          (f'per search step ({steps})', 'step_s'),
+          (f"end to end (launch to step {o['steps']})", 'e2e_s'),
+          ('launch to end of warm-up', 'warmup_done')]
+  for label, k in rows:
+    lines.append(f"| {label} | {_fmt(s['tf'][k])} | {_fmt(s['jax'][k])} | "
+                 f"{_fmt(s['ratio_tf_over_jax'][k], 2)}x |")
+  lines += ['', "Of the authors' start-up, launch to their datasets built: "
+            f"{_fmt(s['tf']['data_done'])} s (imports, then reading and "
+            'decoding all 60,000 CIFAR-10 images from the TFDS copy, the '
+            "patch's loader; their original one unpickles a downloaded copy)."]
+  f = results['fidelity']
+  chosen = ', '.join(f"{c['gate']} -> {c['kept']}" for c in f['jax'])
+  same = 'the same' if f['same_gates_kept_candidates'] else 'NOT the same'
+  lines += ['', f'Fidelity: {same} gates, kept channels and candidate '
+            f'counts at every step of every repetition (ekg_jax: {chosen}); '
+            'validation CE differs by at most '
+            f"{f['max_abs_val_loss_diff']:.4f} (theirs x 512/320).", '']
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument('--authors-repo', default=os.environ.get(
+      'EKG_AUTHORS_REPO', os.path.join(ROOT, 'workdirs', 'authors-EKG')),
+      help="a clone of sseung0703/EKG or a folder of its files "
+      '(default $EKG_AUTHORS_REPO, else workdirs/authors-EKG)')
+  parser.add_argument('--quick', action='store_true',
+                      help='2 steps, 1 repetition: a smoke run')
+  parser.add_argument('--steps', type=int, help='search steps (default 10)')
+  parser.add_argument('--reps', type=int, help='repetitions (default 3)')
+  parser.add_argument('--tf-python', default=TF_PYTHON)
+  parser.add_argument('--weights', default=os.path.abspath(WEIGHTS))
+  parser.add_argument('--tfds-dir', default=os.environ.get('TFDS_DATA_DIR') or
+                      os.path.abspath(os.path.join(ROOT, '..', 'shared',
+                                                   'tfds')))
+  parser.add_argument('--out-dir', help='default benchmarks/results, '
+                      'workdirs/authors-tf-quick with --quick')
+  parser.add_argument('--log-dir', help='default <out-dir>/authors-tf-logs '
+                      'under workdirs/')
+  parser.add_argument('--machine', default=f'cpu-{os.cpu_count()}cores')
+  args = parser.parse_args(argv)
+  steps = args.steps or (2 if args.quick else 10)
+  reps = args.reps or (1 if args.quick else 3)
+  if steps < 2 or reps < 1:
+    parser.error('--steps must be >= 2 (per-step time needs two) and '
+                 '--reps >= 1')
+  for what, path, hint in (
+      ('TensorFlow', args.tf_python, 'make tf-venv'),
+      ('weights', args.weights, 'the official ResNet-56 pickle'),
+      ('CIFAR-10', os.path.join(args.tfds_dir, 'cifar10'), 'set --tfds-dir'),
+      ("the authors' code", args.authors_repo, 'git clone '
+       'https://github.com/sseung0703/EKG workdirs/authors-EKG')):
+    if not os.path.exists(path):
+      parser.error(f'{what} not found at {path} ({hint})')
+  args.weights = os.path.abspath(args.weights)
+  out_dir = args.out_dir or (os.path.join(ROOT, 'workdirs', 'authors-tf-quick')
+                             if args.quick else os.path.join(HERE, 'results'))
+  log_dir = args.log_dir or os.path.join(ROOT, 'workdirs', 'authors-tf-logs')
+  os.makedirs(log_dir, exist_ok=True)
+  log = lambda msg: print(f'[authors-tf] {msg}', flush=True)  # noqa: E731
+
+  versions = json.loads(subprocess.run(
+      [args.tf_python, '-c', 'import importlib.metadata as m, json, sys; '
+       "print(json.dumps({'tensorflow': m.version('tensorflow-cpu'), "
+       "'tf_keras': m.version('tf-keras'), "
+       "'tf_python': sys.version.split()[0]}))"],
+      capture_output=True, text=True, check=True).stdout)
+  versions.update(jax=importlib.metadata.version('jax'),
+                  python=sys.version.split()[0])
+  with open(args.weights, 'rb') as f:
+    weights_sha = hashlib.sha256(f.read()).hexdigest()
+  timeout = 900 + 180 * steps  # a stuck side fails the run, not the machine
+  runs = []
+  with tempfile.TemporaryDirectory(prefix='authors_tf_') as scratch:
+    source = authors_source(args.authors_repo,
+                            os.path.join(scratch, 'authors'))
+    for rep in range(reps):
+      order = ['tf', 'jax'] if rep % 2 == 0 else ['jax', 'tf']
+      launch = sides(args, scratch, rep)
+      run = {}
+      for side in order:
+        log(f'repetition {rep + 1}/{reps}: {side}')
+        run[side] = run_side(side, *launch[side], steps,
+                             os.path.join(log_dir, f'rep{rep}-{side}.log'),
+                             timeout)
+        log(f"  start-up {run[side]['startup_s']:.1f} s, step "
+            f"{run[side]['step_s']:.1f} s, to step {steps} "
+            f"{run[side]['e2e_s']:.1f} s")
+        settle(2.0)
+      runs.append(run)
+      shutil.rmtree(os.path.join(scratch, f'rep{rep}'), ignore_errors=True)
+  command = ' '.join(['python benchmarks/authors_tf.py',
+                      *(argv if argv is not None else sys.argv[1:])])
+  results = {'command': command, 'machine': machine_info({}),
+             'versions': versions, 'authors': source.replace(ROOT + '/', ''),
+             'weights_sha256': weights_sha,
+             'options': {'steps': steps, 'reps': reps, 'target': TARGET},
+             'summary': summarize(runs), 'fidelity': fidelity(runs),
+             'runs': runs}
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f'authors-tf-{args.machine}')
+  with open(path + '.json', 'w') as f:
+    json.dump(results, f, indent=1)
+  table = markdown(results)
+  with open(path + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+  return results
+
+
+if __name__ == '__main__':
+  main()
