@@ -14,7 +14,8 @@ import numpy as np
 
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
-from ekg_jax import distill, export, importance, landscape, memory_bank
+from ekg_jax import distill, export, importance, input_pipeline, landscape
+from ekg_jax import memory_bank
 from ekg_jax import search
 from ekg_jax import teacher, train
 from ekg_jax.models import MODELS
@@ -167,6 +168,11 @@ RULES: dict[str, Rule] = {
     'data.warmup_per_class': integer(1),
     'data.subset_seed': integer(0),
     'data.eval_batch_size': integer(1),
+    'data.pipeline': choice(input_pipeline.PIPELINES),
+    'data.decode_workers': integer(0),
+    'data.prefetch': integer(1),
+    'data.crop_scale': numbers(2, number(0, 1, low_open=True), ordered=True),
+    'data.crop_ratio': numbers(2, number(0, low_open=True), ordered=True),
     'augment.pad': integer(0),
     'augment.color_jitter': boolean,
     'augment.contrast': numbers(2, number(0), ordered=True),
@@ -255,10 +261,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if why:
       fail(key, why)
   dataset = data_lib.DATASETS[config.data.name]
-  if config.data.image_size != dataset['image_size']:
+  if (config.data.image_size != dataset['image_size']
+      and not input_pipeline.of(config).resizes):
     fail('data.image_size', f'{config.data.name} images are '
          f'{dataset["image_size"]}x{dataset["image_size"]} (FLOPs are '
-         'counted at this size); use that value')
+         'counted at this size); use that value, or data.pipeline=grain, '
+         'which resizes')
   if config.augment.pad >= config.data.image_size:
     fail('augment.pad', 'a reflect pad must be smaller than the image '
          f'({config.data.image_size})')
