@@ -42,6 +42,23 @@ MANUAL_DOWNLOAD = {
 }
 
 
+def num_classes(name: str, data_dir: Optional[str] = None,
+                split: str = 'train') -> int:
+  """From `DATASETS`, else from the prepared dataset's TFDS metadata (its
+  'label' feature): the grain pipeline reads any image-classification
+  dataset."""
+  if name in DATASETS:
+    return DATASETS[name]['num_classes']
+  info = _source(name, split, data_dir).dataset_info
+  label = info.features['label'] if 'label' in info.features else None
+  if not hasattr(label, 'num_classes'):
+    raise DatasetNotFoundError(
+        f'dataset {name!r} has no ClassLabel feature named "label" '
+        f'(features: {", ".join(info.features)}); ekg_jax reads '
+        'image-classification datasets with "image" and "label"')
+  return int(label.num_classes)
+
+
 class DatasetNotFoundError(FileNotFoundError):
   pass
 

@@ -72,8 +72,10 @@ def stream_spec(train, config, section: str) -> streaming.StreamSpec:
   device)."""
   c, d = config[section], config.data
   count = jax.process_count()
-  config_lib.check_divides_over_devices(c.batch_size, count,
-                                        f'{section}.batch_size')
+  if c.batch_size % count:
+    raise config_lib.ConfigError(
+        f'config.{section}.batch_size={c.batch_size}: does not divide over '
+        f'the {count} processes; use a multiple of {count}')
   return streaming.StreamSpec(
       source=train.source, num_records=len(train), global_batch=c.batch_size,
       image_size=d.image_size, views=StepConfig.from_config(config,

@@ -45,8 +45,15 @@ def write_dataset(data_dir: str, name: str = 'imagenet2012',
       buf = io.BytesIO()
       Image.fromarray(pixels.astype(np.uint8)).save(buf, 'JPEG')
       data = b'not an image' if i in corrupt.get(split, ()) else buf.getvalue()
-      writer.write(builder.info.features.serialize_example(
-          {'image': data, 'label': label, 'file_name': f'{split}_{i}.JPEG'}))
+      example = {}
+      for key, feature in builder.info.features.items():
+        if isinstance(feature, tfds.features.Image):
+          example[key] = data
+        elif isinstance(feature, tfds.features.ClassLabel):
+          example[key] = label
+        else:  # file names
+          example[key] = f'{split}_{i}.JPEG'
+      writer.write(builder.info.features.serialize_example(example))
     writer.close()
     infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n],
                                      num_bytes=0, filename_template=template))

@@ -182,3 +182,52 @@ def test_imagenet_not_prepared_names_the_folder_and_the_download(tmp_path):
   assert 'ILSVRC2012_img_train.tar' in message
   assert 'tfds build imagenet2012' in message
   assert '\n' not in message
+
+
+def test_a_global_batch_that_does_not_split_over_processes_is_refused(
+    clean_dir, monkeypatch):
+  from ekg_jax import config as config_lib
+  from ekg_jax import feeds, input_pipeline
+  config = config_lib.default_config()
+  config.data.name, config.data.pipeline = 'imagenet2012', 'grain'
+  config.data.data_dir = clean_dir
+  config.finetune.batch_size = 8
+  train = input_pipeline.of(config).train(config)
+  monkeypatch.setattr(feeds.jax, 'process_count', lambda: 3)
+  with pytest.raises(config_lib.ConfigError,
+                     match='finetune.batch_size=8: does not divide over the 3 processes'):
+    feeds.stream_spec(train, config, 'finetune')
+
+
+def test_streaming_resizes_so_any_image_size_validates():
+  from ekg_jax import config as config_lib
+  from ekg_jax import validate
+  config = config_lib.default_config()
+  config.data.name, config.data.image_size = 'imagenet2012', 64
+  with pytest.raises(validate.ConfigError, match='or data.pipeline=grain'):
+    validate.validate_config(config)
+  config.data.pipeline = 'grain'
+  validate.validate_config(config)
+
+
+def test_another_tfds_dataset_streams_with_its_own_classes(tmp_path):
+  from ekg_jax import config as config_lib
+  from ekg_jax import validate
+  from ekg_jax.phases import build_model
+  fake_tfds.write_dataset(str(tmp_path), name='imagenette',
+                          splits={'train': 16, 'validation': 4})
+  config = config_lib.default_config()
+  config.data.name, config.data.data_dir = 'imagenette', str(tmp_path)
+  config.data.image_size, config.data.test_split = 48, 'validation'
+  config.model.name = 'resnet18'
+  with pytest.raises(validate.ConfigError,
+                     match="data.name='imagenette': allowed: .*pipeline=grain"):
+    validate.validate_config(config)
+  config.data.pipeline = 'grain'
+  validate.validate_config(config)
+  assert data_lib.num_classes('imagenette', str(tmp_path)) == 10
+  assert build_model(config).num_classes == 10
+  source = streaming.SourceSpec('imagenette', 'train', str(tmp_path))
+  batch = take(streaming.train_dataset(spec(
+      str(tmp_path), source=source, num_records=16, image_size=48)), 1)[0]
+  assert batch['image'].shape == (8, 2, 48, 48, 3)

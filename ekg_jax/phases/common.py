@@ -49,7 +49,8 @@ def input_shape(config) -> tuple[int, int, int]:
 def build_model(config) -> common.Supernet:
   """The configured network; a slimmed `init_checkpoint` (one written by the
   finetune phase) brings its widths."""
-  num_classes = data_lib.DATASETS[config.data.name]['num_classes']
+  num_classes = data_lib.num_classes(config.data.name, config.data.data_dir,
+                                     config.data.train_split)
   model = create_model(config.model.name,
                        **config_lib.model_kwargs(config, num_classes))
   path = config.init_checkpoint
