@@ -102,17 +102,38 @@ def _source(name: str, split: str, data_dir: Optional[str], **kwargs):
     raise
   except Exception as e:  # TFDS raises several types for a missing dataset
     searched = data_dir or '~/tensorflow_datasets (TFDS default)'
+    folder = _tfrecord_folder(name, data_dir)
+    if folder:
+      raise DatasetNotFoundError(
+          f'dataset {name!r} in {folder} is prepared as TFRecord files; '
+          'ekg_jax reads ArrayRecord (random access, no TensorFlow): '
+          f'prepare it again with tfds build {name} --data_dir={searched} '
+          '--file_format=array_record (TensorFlow installed), or convert '
+          'it with tfds convert_format') from None
     prepare = MANUAL_DOWNLOAD.get(name, (
-        'prepare it once with TensorFlow installed (pip install '
+        'Prepare it once with TensorFlow installed (pip install '
         '"ekg_jax[prepare]"; tfds build {name} --data_dir={data_dir})'))
     raise DatasetNotFoundError(
         f'dataset {name!r} (split {split!r}) is not prepared in {searched}. '
         f'Set data.data_dir or TFDS_DATA_DIR (now '
         f'{os.environ.get("TFDS_DATA_DIR")!r}) to a folder holding '
-        f'{name}/<version>/, or '
+        f'{name}/<version>/. '
         + prepare.format(name=name, data_dir=searched) +
         f'. TFDS said: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
     ) from None
+
+
+def _tfrecord_folder(name: str, data_dir: Optional[str]) -> Optional[str]:
+  """The dataset's folder when it is prepared, but as TFRecord files
+  (`tfds build`'s default), which `tfds.data_source` cannot read."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    tfrecord = builder.info.file_format == tfds.core.FileFormat.TFRECORD
+    return builder.data_dir if tfrecord and os.path.isfile(
+        os.path.join(builder.data_dir, 'dataset_info.json')) else None
+  except Exception:  # not registered, unreadable metadata: not this case
+    return None
 
 
 def _read(source, indices: Sequence[int]) -> list:

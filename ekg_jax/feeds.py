@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from ekg_jax import backend
 from ekg_jax import config as config_lib
 from ekg_jax import streaming
+from ekg_jax.checkpoint import CheckpointError
 from ekg_jax.distill import StepConfig
 from ekg_jax.train import (DATA_AXIS, StepRunner, TrainData, epoch_order,
                            steps_per_epoch)
@@ -154,7 +155,12 @@ class StreamFeed:
     return arrays
 
   def run(self, state, step: int, n: int, key, on_steps):
-    del step  # the stream is where the last checkpoint left it
+    if self._iter is None and self._consumed is None and step:
+      # Restarting the stream would silently train on other batches.
+      raise CheckpointError(
+          f'resuming at step {step} from a checkpoint without the input '
+          "stream's position (written by another data.pipeline?); remove "
+          'its checkpoints folder to start this phase again')
     metrics = []
     for _ in range(n):
       images, labels, bank = self._next()

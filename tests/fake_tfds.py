@@ -13,7 +13,8 @@ import numpy as np
 
 def write_dataset(data_dir: str, name: str = 'imagenet2012',
                   splits: dict | None = None, num_classes: int = 4,
-                  corrupt: dict | None = None, seed: int = 0) -> str:
+                  corrupt: dict | None = None, seed: int = 0,
+                  file_format: str = 'array_record') -> str:
   """Writes `splits` ({split: records}) of the registered TFDS dataset
   `name` into `data_dir`; records i of split s in `corrupt[s]` hold bytes
   that are not an image. Labels cycle over `num_classes`. Returns the
@@ -24,7 +25,9 @@ def write_dataset(data_dir: str, name: str = 'imagenet2012',
 
   splits = splits or {'train': 24, 'validation': 8}
   corrupt = corrupt or {}
-  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+  # file_format only changes the metadata (the records are ArrayRecord):
+  # 'tfrecord' stands for a dataset prepared by `tfds build`'s default.
+  builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
   os.makedirs(builder.data_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
   infos = []

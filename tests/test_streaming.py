@@ -231,3 +231,12 @@ def test_another_tfds_dataset_streams_with_its_own_classes(tmp_path):
   batch = take(streaming.train_dataset(spec(
       str(tmp_path), source=source, num_records=16, image_size=48)), 1)[0]
   assert batch['image'].shape == (8, 2, 48, 48, 3)
+
+
+def test_a_dataset_prepared_as_tfrecord_is_named_with_the_fix(tmp_path):
+  fake_tfds.write_dataset(str(tmp_path), splits={'train': 4},
+                          file_format='tfrecord')
+  with pytest.raises(data_lib.DatasetNotFoundError,
+                     match='prepared as TFRecord files.*'
+                     '--file_format=array_record'):
+    data_lib.split_size('imagenet2012', 'train', str(tmp_path))
