@@ -240,3 +240,16 @@ def test_a_dataset_prepared_as_tfrecord_is_named_with_the_fix(tmp_path):
                      match='prepared as TFRecord files.*'
                      '--file_format=array_record'):
     data_lib.split_size('imagenet2012', 'train', str(tmp_path))
+
+
+def test_batches_land_on_the_devices_with_the_batch_sharding(clean_dir):
+  import os
+  import subprocess
+  import sys
+  from conftest import REPO
+  result = subprocess.run(
+      [sys.executable, str(REPO / 'tests' / 'stream_sharding_check.py'),
+       clean_dir], capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'stream sharding ok' in result.stdout
