@@ -83,6 +83,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.warmup_per_class = 256  # warm-up: first 256 train images/class
   c.data.subset_seed = 1  # np.random.seed(1); np.random.shuffle(idx)
   c.data.eval_batch_size = 500
+  # How images reach the steps (ekg_jax/input_pipeline.py): 'memory' (splits
+  # decoded once, the train split on the device; CIFAR) or 'grain'
+  # (streamed: ImageNet and other datasets of any size).
+  c.data.pipeline = 'memory'
+  # 'grain' only: decoding worker processes (0 = threads of this process),
+  # batches put on the devices ahead of the step, and the train crop
+  # (Inception-style random-resized crop: area fraction, aspect ratio).
+  c.data.decode_workers = 0
+  c.data.prefetch = 2
+  c.data.crop_scale = (0.08, 1.0)
+  c.data.crop_ratio = (3 / 4, 4 / 3)
 
   c.augment = ml_collections.ConfigDict()  # section 8
   c.augment.pad = 4  # reflect pad, then random crop back to image_size

@@ -21,13 +21,42 @@ from ekg_jax import breakdown
 from ekg_jax import cache as cache_lib
 
 
-# Datasets the toolkit knows: classes and image size (the input pipeline for
-# ImageNet is another issue; its configs still validate).
+# Datasets the toolkit knows: classes and image size (the size FLOPs are
+# counted at; the grain pipeline resizes to config.data.image_size).
 DATASETS = {
     'cifar10': dict(num_classes=10, image_size=32),
     'cifar100': dict(num_classes=100, image_size=32),
     'imagenet2012': dict(num_classes=1000, image_size=224),
 }
+
+# How to prepare a dataset TFDS cannot download itself ({data_dir}: the
+# folder searched).
+MANUAL_DOWNLOAD = {
+    'imagenet2012': (
+        'ImageNet needs a manual download: get ILSVRC2012_img_train.tar and '
+        'ILSVRC2012_img_val.tar from https://image-net.org/download-images '
+        '(an account is needed), put them in {data_dir}/downloads/manual/, '
+        'then, with TensorFlow installed (pip install "ekg_jax[prepare]"), '
+        'run: tfds build imagenet2012 --data_dir={data_dir} '
+        '--file_format=array_record'),
+}
+
+
+def num_classes(name: str, data_dir: Optional[str] = None,
+                split: str = 'train') -> int:
+  """From `DATASETS`, else from the prepared dataset's TFDS metadata (its
+  'label' feature): the grain pipeline reads any image-classification
+  dataset."""
+  if name in DATASETS:
+    return DATASETS[name]['num_classes']
+  info = _source(name, split, data_dir).dataset_info
+  label = info.features['label'] if 'label' in info.features else None
+  if not hasattr(label, 'num_classes'):
+    raise DatasetNotFoundError(
+        f'dataset {name!r} has no ClassLabel feature named "label" '
+        f'(features: {", ".join(info.features)}); ekg_jax reads '
+        'image-classification datasets with "image" and "label"')
+  return int(label.num_classes)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -73,14 +102,38 @@ def _source(name: str, split: str, data_dir: Optional[str], **kwargs):
     raise
   except Exception as e:  # TFDS raises several types for a missing dataset
     searched = data_dir or '~/tensorflow_datasets (TFDS default)'
+    folder = _tfrecord_folder(name, data_dir)
+    if folder:
+      raise DatasetNotFoundError(
+          f'dataset {name!r} in {folder} is prepared as TFRecord files; '
+          'ekg_jax reads ArrayRecord (random access, no TensorFlow): '
+          f'prepare it again with tfds build {name} --data_dir={searched} '
+          '--file_format=array_record (TensorFlow installed), or convert '
+          'it with tfds convert_format') from None
+    prepare = MANUAL_DOWNLOAD.get(name, (
+        'Prepare it once with TensorFlow installed (pip install '
+        '"ekg_jax[prepare]"; tfds build {name} --data_dir={data_dir})'))
     raise DatasetNotFoundError(
         f'dataset {name!r} (split {split!r}) is not prepared in {searched}. '
         f'Set data.data_dir or TFDS_DATA_DIR (now '
         f'{os.environ.get("TFDS_DATA_DIR")!r}) to a folder holding '
-        f'{name}/<version>/, or prepare it once with TensorFlow installed '
-        f'(pip install "ekg_jax[prepare]"; tfds build {name}). '
-        f'TFDS said: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
+        f'{name}/<version>/. '
+        + prepare.format(name=name, data_dir=searched) +
+        f'. TFDS said: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
     ) from None
+
+
+def _tfrecord_folder(name: str, data_dir: Optional[str]) -> Optional[str]:
+  """The dataset's folder when it is prepared, but as TFRecord files
+  (`tfds build`'s default), which `tfds.data_source` cannot read."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    tfrecord = builder.info.file_format == tfds.core.FileFormat.TFRECORD
+    return builder.data_dir if tfrecord and os.path.isfile(
+        os.path.join(builder.data_dir, 'dataset_info.json')) else None
+  except Exception:  # not registered, unreadable metadata: not this case
+    return None
 
 
 def _read(source, indices: Sequence[int]) -> list:
@@ -254,11 +307,14 @@ def augment(key: jax.Array, images: jax.Array, mean: Sequence[float],
 def augment_each(keys: jax.Array, images: jax.Array, mean: Sequence[float],
                  std: Sequence[float], pad: int = 4, color_jitter: bool = True,
                  contrast=(0.8, 1.2), saturation=(0.8, 1.2),
-                 brightness: float = 0.2) -> jax.Array:
+                 brightness: float = 0.2, geometric: bool = True
+                 ) -> jax.Array:
   """One augmented view of a uint8 batch, per image: colour jitter,
   normalisation, random horizontal flip, `pad`-pixel reflect pad + random crop
   back to the input size. Pure and jittable; image i's draws come from
-  keys[i] alone, so a batch sharded over devices augments as a whole one."""
+  keys[i] alone, so a batch sharded over devices augments as a whole one.
+  `geometric=False` skips the flip and crop (views the streaming pipeline
+  cropped and flipped on the host)."""
 
   def one(k, image):
     kj, kc = jax.random.split(k)
@@ -266,6 +322,6 @@ def augment_each(keys: jax.Array, images: jax.Array, mean: Sequence[float],
     if color_jitter:
       image = _color_jitter(kj, image, contrast, saturation, brightness)
     image = normalize(image, mean, std)
-    return _flip_and_crop(kc, image, pad)
+    return _flip_and_crop(kc, image, pad) if geometric else image
 
   return jax.vmap(one)(keys, images)

@@ -110,13 +110,20 @@ def augmented_views(config: StepConfig, keys: jax.Array,
   """`config.views` augmented views of a uint8 batch; view v of image i
   draws from fold_in(keys[i], v). As the reference, colour jitter belongs to
   the two-view (knowledge) path; a single view is only flipped and
-  cropped."""
+  cropped.
+
+  `images` [B, views, H, W, C] are views the streaming pipeline already
+  cropped and flipped (`feeds.StreamFeed`): they are jittered and
+  normalised only."""
   augment = dict(config.augment)
   if config.views == 1:
     augment['color_jitter'] = False
+  hosted = images.ndim == 5
+  if hosted:
+    augment['geometric'] = False
   return [data_lib.augment_each(jax.vmap(jax.random.fold_in, (0, None))(
-      keys, v), images, config.mean, config.std, **augment)
-          for v in range(config.views)]
+      keys, v), images[:, v] if hosted else images, config.mean, config.std,
+      **augment) for v in range(config.views)]
 
 
 def views_logits(model, variables, views: Sequence[jax.Array]

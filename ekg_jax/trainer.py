@@ -23,10 +23,10 @@ from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import distributed
 from ekg_jax import evaluation
+from ekg_jax import input_pipeline
 from ekg_jax import metrics as metrics_lib
 from ekg_jax.distill import StepConfig
-from ekg_jax.train import (DATA_AXIS, StepRunner, TrainData, TrainState,
-                           data_mesh, data_parallel, epoch_order,
+from ekg_jax.train import (DATA_AXIS, TrainState, data_mesh, data_parallel,
                            lr_schedule, make_optimizer, make_step,
                            steps_per_epoch)
 
@@ -43,7 +43,10 @@ class Progress:
   steps: int  # steps in `sums`
   train_seconds: float = 0.0  # compiled training programs, compile excluded
   compile_seconds: float = 0.0
-
+  # The input stream's position (a Grain iterator's state; None for the
+  # in-memory pipeline), saved with the model so a resumed run reads on
+  # from the same record.
+  data_state: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -53,6 +56,7 @@ class TrainResult:
   train_seconds: float
   compile_seconds: float
   images_trained: int
+  data_stats: dict = dataclasses.field(default_factory=dict)  # the feed's
 
 
 def train(model, variables: Any, train: data_lib.Split,
@@ -64,6 +68,8 @@ def train(model, variables: Any, train: data_lib.Split,
   from the latest checkpoint in `folder/checkpoints`.
 
   Args:
+    train: what `input_pipeline.of(config).train` returns (a `Split` for
+      the in-memory pipeline).
     bank_logits: [N, K, classes] teachers' logits on `train` (None when
       config[section].knowledge == 'none').
     config: the whole config (config[section], data, augment, seed).
@@ -87,17 +93,12 @@ def train(model, variables: Any, train: data_lib.Split,
   tx = make_optimizer(c, spe)
   schedule = lr_schedule(c, spe)
   step_config = StepConfig.from_config(config, section)
-  run_steps = StepRunner(data_parallel(
-      make_step(model, tx, step_config, DATA_AXIS, loss), mesh), c.program)
+  feed = input_pipeline.of(config).feed(
+      train, bank_logits if step_config.knowledge != 'none' else None,
+      data_parallel(make_step(model, tx, step_config, DATA_AXIS, loss), mesh),
+      mesh, config, section)
 
-  # Every process holds the whole train set (batches are gathered on
-  # device by index) and supplies its own rows of each batch's indices.
   put = lambda x: distributed.replicate(mesh, x)
-  rows = distributed.process_rows(mesh, c.batch_size, f'{section}.batch_size')
-  bank = None
-  if step_config.knowledge != 'none':
-    bank = put(bank_logits)
-  data = TrainData(put(train.images), put(train.labels), bank)
   key = put(jax.random.key(config.seed))
 
   checkpoints = checkpoint.TrainCheckpoints(
@@ -107,6 +108,7 @@ def train(model, variables: Any, train: data_lib.Split,
   restored = checkpoints.restore(state)
   if restored:
     state, prog = restored[0], Progress(**restored[1])
+    feed.set_state(prog.data_state)
     logging.info('%s: resuming at step %d', section, int(state.step))
     writer.write(prog.history)  # a kill may have come before the last write
   else:
@@ -124,22 +126,19 @@ def train(model, variables: Any, train: data_lib.Split,
       # most two stretch lengths, so at most two compiles of a `scan`.
       stop = min((epoch + 1) * spe,
                  epoch * spe + (within // every + 1) * every)
-      indices = distributed.global_batch(
-          mesh, epoch_order(config.seed, epoch, len(train), spe, c.batch_size)
-          [within:within + stop - step, rows], c.batch_size, axis=1,
-          key=f'{section}.batch_size')
-      n = len(indices)
-      compile_before = run_steps.compile_seconds
+      n = stop - step
+      compile_before = feed.compile_seconds
       t = time.time()
-      state, metrics = run_steps(state, data, indices, key, bar.update)
+      state, metrics = feed.run(state, step, n, key, bar.update)
       metrics = jax.device_get(metrics)
-      compiled = run_steps.compile_seconds - compile_before
+      compiled = feed.compile_seconds - compile_before
       prog.train_seconds += time.time() - t - compiled
       prog.compile_seconds += compiled
       _check_finite(metrics, step, folder, section)
       for k, v in metrics.items():
         prog.sums[k] = prog.sums.get(k, 0.0) + float(np.sum(v))
       prog.steps += n
+      prog.data_state = feed.get_state()
       if stop == (epoch + 1) * spe:
         entry = _epoch_entry(epoch, prog, state, model, test, config,
                              float(schedule(stop - 1)), progress and primary)
@@ -153,11 +152,12 @@ def train(model, variables: Any, train: data_lib.Split,
         checkpoints.save(state, dataclasses.asdict(prog))
   finally:
     bar.close()
+    feed.close()
     checkpoints.close()
     writer.close()
   return TrainResult(jax.device_get(state.variables), prog.history,
                         prog.train_seconds, prog.compile_seconds,
-                        total * c.batch_size)
+                        total * c.batch_size, feed.stats)
 
 
 def _check_finite(metrics, step, folder, section):

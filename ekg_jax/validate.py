@@ -14,7 +14,8 @@ import numpy as np
 
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
-from ekg_jax import distill, export, importance, landscape, memory_bank
+from ekg_jax import distill, export, importance, input_pipeline, landscape
+from ekg_jax import memory_bank
 from ekg_jax import search
 from ekg_jax import teacher, train
 from ekg_jax.models import MODELS
@@ -161,7 +162,8 @@ RULES: dict[str, Rule] = {
     'model.bn_momentum': UNIT_OPEN,
     'model.bn_epsilon': number(0, low_open=True),
     'model.dtype': choice(COMPUTE_DTYPES),
-    'data.name': choice(sorted(data_lib.DATASETS)),
+    # Known datasets, or (checked with the pipeline below) any TFDS one.
+    'data.name': text,
     'data.data_dir': existing(os.path.isdir, 'folder'),
     'data.train_split': text,
     'data.test_split': text,
@@ -172,6 +174,11 @@ RULES: dict[str, Rule] = {
     'data.warmup_per_class': integer(1),
     'data.subset_seed': integer(0),
     'data.eval_batch_size': integer(1),
+    'data.pipeline': choice(input_pipeline.PIPELINES),
+    'data.decode_workers': integer(0),
+    'data.prefetch': integer(1),
+    'data.crop_scale': numbers(2, number(0, 1, low_open=True), ordered=True),
+    'data.crop_ratio': numbers(2, number(0, low_open=True), ordered=True),
     'augment.pad': integer(0),
     'augment.color_jitter': boolean,
     'augment.contrast': numbers(2, number(0), ordered=True),
@@ -263,15 +270,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     why = rule(_get(config, key))
     if why:
       fail(key, why)
-  dataset = data_lib.DATASETS[config.data.name]
-  if config.data.image_size != dataset['image_size']:
+  resizes = input_pipeline.of(config).resizes
+  dataset = data_lib.DATASETS.get(config.data.name)
+  if dataset is None and not resizes:
+    fail('data.name', f'allowed: {", ".join(sorted(data_lib.DATASETS))}; '
+         'another TFDS image-classification dataset needs '
+         'data.pipeline=grain (its classes are read from its metadata)')
+  if (dataset and config.data.image_size != dataset['image_size']
+      and not resizes):
     fail('data.image_size', f'{config.data.name} images are '
          f'{dataset["image_size"]}x{dataset["image_size"]} (FLOPs are '
-         'counted at this size); use that value')
+         'counted at this size); use that value, or data.pipeline=grain, '
+         'which resizes')
   if config.augment.pad >= config.data.image_size:
     fail('augment.pad', 'a reflect pad must be smaller than the image '
          f'({config.data.image_size})')
-  val_size = config.data.val_per_class * dataset['num_classes']
+  # Another dataset's class count is in its files: preflight checks it.
+  val_size = config.data.val_per_class * (dataset or {}).get(
+      'num_classes', config.search.batch_size)
   if val_size < config.search.batch_size:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='

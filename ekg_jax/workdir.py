@@ -48,7 +48,8 @@ STATE_FILES = {
 # stopped by a non-finite loss can resume from its last good checkpoint with
 # a lower one.
 RUN_CONTROL = ('phases', 'quiet', 'distributed', 'cache_dir',
-               'data.data_dir', 'pretrain.learning_rate',
+               'data.data_dir', 'data.decode_workers', 'data.prefetch',
+               'pretrain.learning_rate',
                'finetune.learning_rate')
 
 

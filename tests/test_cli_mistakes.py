@@ -153,6 +153,13 @@ MISTAKES = [
     ('dataset not prepared', {'--config.data.name': 'cifar100',
                               '--config.model.name': 'resnet56'},
      r"dataset 'cifar100' .* is not prepared in"),
+    ('imagenet not prepared', {'--config': 'configs/resnet18_imagenet.py',
+                               '--config.init_checkpoint': None,
+                               '--config.phases': 'pretrain',
+                               '--config.data.data_dir': '{tmp}/notckpt'},
+     r"dataset 'imagenet2012' .* is not prepared in \S*notckpt\. .*"
+     r"ILSVRC2012_img_train.tar .* \S*notckpt/downloads/manual/, .*"
+     r"tfds build imagenet2012"),
     ('test split typo', {'--config.data.test_split': 'tset'},
      r"config.data.test_split='tset': cifar10 has no split 'tset'"),
     ('train split slice', {'--config.data.train_split': 'train[:abc]',

@@ -36,6 +36,12 @@ BAD = [
     ('model.name', 'resnet57', 'allowed: mobilenet_v2'),
     ('data.name', 'mnist', 'allowed: cifar10, cifar100, imagenet2012'),
     ('data.image_size', 64, 'cifar10 images are 32x32'),
+    ('data.pipeline', 'tfdata', 'allowed: memory, grain'),
+    ('data.decode_workers', -1, 'integer >= 0'),
+    ('data.prefetch', 0, 'positive integer'),
+    ('data.crop_scale', (0.0, 1.0), 'every value must be in \\(0, 1\\]'),
+    ('data.crop_scale', (0.5, 0.1), 'low <= high'),
+    ('data.crop_ratio', (0.75,), 'needs 2 values'),
     ('finetune.knowledge', 'all', 'allowed: ensemble, single, none'),
     ('data.std', (1.0, 0.0, 1.0), 'every value must be > 0'),
     ('data.std', (1.0, NAN, 1.0), 'every value must be a finite number'),
@@ -98,6 +104,8 @@ def test_every_shipped_config_validates():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # The shared ImageNet recipe with each model; the per-model files
+    # (resnet18/34/50_imagenet.py) take no argument.
     variants = {'resnet_imagenet': ('resnet18', 'resnet34', 'resnet50'),
                 'mobilenetv2_cifar': ('cifar10', 'cifar100')}.get(
                     path.stem, (None,))

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ekg_jax import cache as cache_lib
 from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import evaluation
 from ekg_jax import gates as gates_lib
+from ekg_jax import input_pipeline
 from ekg_jax import search as search_lib
 from ekg_jax import trainer
 from ekg_jax import validate
@@ -49,7 +49,8 @@ def input_shape(config) -> tuple[int, int, int]:
 def build_model(config) -> common.Supernet:
   """The configured network; a slimmed `init_checkpoint` (one written by the
   finetune phase) brings its widths."""
-  num_classes = data_lib.DATASETS[config.data.name]['num_classes']
+  num_classes = data_lib.num_classes(config.data.name, config.data.data_dir,
+                                     config.data.train_split)
   model = create_model(config.model.name,
                        **config_lib.model_kwargs(config, num_classes))
   path = config.init_checkpoint
@@ -94,16 +95,20 @@ def make_setup(config, workdir) -> Setup:
                init_variables(config, model, workdir))
 
 
-def load_train(config) -> data_lib.Split:
-  return data_lib.load_split(config.data.name, config.data.train_split,
-                             config.data.data_dir,
-                             cache_dir=cache_lib.resolve(config.cache_dir))
+def load_train(config):
+  """The train split as the configured pipeline's trainer reads it (a
+  `data.Split` for the in-memory pipeline)."""
+  return input_pipeline.of(config).train(config)
+
+
+def load_train_in_order(config) -> data_lib.Split:
+  """The train split record by record, without augmentation (the memory
+  bank's input)."""
+  return input_pipeline.of(config).split(config, config.data.train_split)
 
 
 def load_test(config) -> data_lib.Split:
-  return data_lib.load_split(config.data.name, config.data.test_split,
-                             config.data.data_dir,
-                             cache_dir=cache_lib.resolve(config.cache_dir))
+  return input_pipeline.of(config).split(config, config.data.test_split)
 
 
 def training_summary(result: trainer.TrainResult, epochs: int,
@@ -115,7 +120,7 @@ def training_summary(result: trainer.TrainResult, epochs: int,
           'images_per_second': round(
               result.images_trained / result.train_seconds, 2)
           if result.train_seconds else None,
-          'devices': jax.device_count()}
+          'devices': jax.device_count(), **result.data_stats}
 
 
 def final_accuracy(model, result: trainer.TrainResult, test,
@@ -141,7 +146,7 @@ def class_subset(config, per_class: int, from_end: bool) -> data_lib.Split:
   labels = data_lib.load_labels(d.name, d.train_split, d.data_dir)
   indices = data_lib.class_subset_indices(labels, per_class, from_end,
                                           seed=d.subset_seed)
-  return data_lib.load_split(d.name, d.train_split, d.data_dir, indices)
+  return input_pipeline.of(config).split(config, d.train_split, indices)
 
 
 def warmed_up(setup: Setup) -> tuple[Any, float]:

@@ -23,7 +23,8 @@ from ekg_jax import topk
 from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
 from ekg_jax.phases.common import (Setup, finished_search, load_test,
-                                   load_train, validation_batches,
+                                   load_train_in_order,
+                                   validation_batches,
                                    warmed_up)
 
 
@@ -121,7 +122,7 @@ def memory_bank_phase(setup: Setup) -> dict:
   folder = workdir_lib.phase_dir(setup.workdir, 'memory_bank')
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(setup.workdir, workdir_lib.MEMORY_BANK)
-  train = load_train(c)
+  train = load_train_in_order(c)
   variables, _ = warmed_up(setup)
   if ckpt_lib.npz_exists(path):
     bank = bank_lib.MemoryBank.load(path)
