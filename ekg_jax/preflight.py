@@ -60,6 +60,13 @@ def check_data(config, todo: Sequence[str]) -> dict:
               'smallest class; use at most that')
   if any(p in TEST_READERS for p in todo):
     found['test'] = _size(config, d.test_split, 'data.test_split')
+  top_k = config.memory_bank.top_k
+  if 'memory_bank' in todo and top_k:  # classes from the dataset's metadata
+    classes = data_lib.num_classes(d.name, d.data_dir)
+    if top_k > classes:
+      raise ConfigError(f'config.memory_bank.top_k={top_k}: {d.name} has '
+                        f'{classes} classes; use 0..{classes} (0 keeps every '
+                        'logit)')
   return found
 
 

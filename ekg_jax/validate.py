@@ -292,10 +292,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail('data.val_per_class', f'the validation set ({val_size} images) is '
          f'smaller than one search batch (search.batch_size='
          f'{config.search.batch_size})')
-  if config.memory_bank.top_k > dataset['num_classes']:
-    fail('memory_bank.top_k', f'{config.data.name} has '
-         f'{dataset["num_classes"]} classes; use 0..{dataset["num_classes"]}'
-         ' (0 keeps every logit)')
+  classes = (dataset or {}).get('num_classes')  # else: preflight's check
+  if classes and config.memory_bank.top_k > classes:
+    fail('memory_bank.top_k', f'{config.data.name} has {classes} classes; '
+         f'use 0..{classes} (0 keeps every logit)')
   if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
     fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
          f'lanczos_iterations ({config.landscape.lanczos_iterations})')

@@ -231,6 +231,12 @@ def test_another_tfds_dataset_streams_with_its_own_classes(tmp_path):
   batch = take(streaming.train_dataset(spec(
       str(tmp_path), source=source, num_records=16, image_size=48)), 1)[0]
   assert batch['image'].shape == (8, 2, 48, 48, 3)
+  # Its class count (metadata) bounds a top-k memory bank before compute.
+  from ekg_jax import preflight
+  config.memory_bank.top_k = 11
+  with pytest.raises(validate.ConfigError,
+                     match=r'memory_bank.top_k=11: imagenette has 10 classes'):
+    preflight.check_data(config, ['memory_bank'])
 
 
 def test_a_dataset_prepared_as_tfrecord_is_named_with_the_fix(tmp_path):
