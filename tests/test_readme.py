@@ -37,3 +37,13 @@ def test_readme_shows_every_committed_device_table():
   assert tables
   for path in tables:
     assert path.read_text().split('\n', 2)[2].strip() in section, path
+
+
+def test_readme_shows_the_committed_speedup_table():
+  """The Deployment section shows benchmarks/results/speedup-cpu-2cores.md
+  as speedup.py wrote it."""
+  readme = (REPO / 'README.md').read_text()
+  section = readme[readme.index('## Deployment'):readme.index('## Layout')]
+  table = (REPO / 'benchmarks' / 'results' /
+           'speedup-cpu-2cores.md').read_text().strip()
+  assert table in section
