@@ -34,10 +34,13 @@ SEARCHES = {'round_to_1': 'r56_search_summary.json',
             'round_to_8': 'r56_search_round8_summary.json'}
 PYTHONS = {'onnxruntime': os.path.join(ROOT, '.venv-onnx', 'bin', 'python'),
            'torch': os.path.join(ROOT, '.venv-torch', 'bin', 'python')}
+SIDES = ('xla', 'xla_ynnpack', 'xla_1thread', 'onnxruntime', 'torch')
 FULL = dict(depth=56, batches=[1, 256], repeats=7, calls={1: 20, 256: 2},
-            narrow=[1, 2, 4, 7, 8, 16], narrow_batch=256)
+            narrow=[1, 2, 4, 7, 8, 16], narrow_batch=256, sides=SIDES)
+# The smoke run (CI) leaves out the XLA variants that differ only in flags.
 QUICK = dict(depth=20, batches=[1, 8], repeats=1, calls={1: 2, 8: 1},
-             narrow=[1, 16], narrow_batch=8)
+             narrow=[1, 16], narrow_batch=8,
+             sides=('xla', 'onnxruntime', 'torch'))
 
 
 def widths(depth: int) -> dict:
@@ -200,15 +203,11 @@ def _time(fn, calls: int) -> float:
 # The driver.
 
 
-def sides() -> dict:
+def sides(wanted) -> dict:
   """Side -> the Python that runs its worker (absent virtualenvs left
   out, and said so in the results)."""
-  found = {'xla': sys.executable, 'xla_ynnpack': sys.executable,
-           'xla_1thread': sys.executable}
-  for side, python in PYTHONS.items():
-    if os.path.exists(python):
-      found[side] = python
-  return found
+  return {side: PYTHONS.get(side, sys.executable) for side in wanted
+          if os.path.exists(PYTHONS.get(side, sys.executable))}
 
 
 def measure(o: dict, log) -> dict:
@@ -216,7 +215,7 @@ def measure(o: dict, log) -> dict:
   nets = widths(o['depth'])
   workers = {side: Worker(side, [python, os.path.abspath(__file__),
                                  f'--worker={side}'])
-             for side, python in sides().items()}
+             for side, python in sides(o['sides']).items()}
   out = {'sides': list(workers), 'missing': sorted(
       set(PYTHONS) - set(workers)), 'nets': nets, 'latency': {},
          'narrow': {}}

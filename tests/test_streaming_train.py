@@ -136,6 +136,7 @@ def test_imagenet_config_search_runs_on_tiny_data(tmp_path, data_dir, name):
   # default evaluation took 9 minutes on 2 shared cores).
   config.data.image_size = 32
   config.search.evaluation = 'loop'
+  config.search.target_flops_rate = 0.97  # a step or two: CI's time
   summary = pipeline.run(config, str(tmp_path))
-  assert 0 < summary['search']['flops_rate'] <= 0.9
+  assert 0 < summary['search']['flops_rate'] <= 0.97
   assert summary['search']['steps'] >= 1
