@@ -29,7 +29,7 @@ from ekg_jax import streaming
 from ekg_jax.checkpoint import CheckpointError
 from ekg_jax.distill import StepConfig
 from ekg_jax.train import (DATA_AXIS, StepRunner, TrainData, epoch_order,
-                           steps_per_epoch)
+                           steps_in_flight, steps_per_epoch)
 
 
 class MemoryFeed:
@@ -167,22 +167,16 @@ class StreamFeed:
           f'resuming at step {step} from a checkpoint without the input '
           "stream's position (written by another data.pipeline?); remove "
           'its checkpoints folder to start this phase again')
-    metrics = []
-    for _ in range(n):
+    def one_step(state, i):
+      del i  # the stream decides the batch
       images, labels, bank = self._next()
       if self._compiled is None:
         start = time.time()
         self._compiled = self._fn.lower(state, images, labels, bank,
                                         key).compile()
         self.compile_seconds += time.time() - start
-      state, m = self._compiled(state, images, labels, bank, key)
-      if metrics:  # one step stays in flight; report the one before it
-        jax.block_until_ready(metrics[-1])
-        on_steps(1)
-      metrics.append(m)
-    jax.block_until_ready(metrics[-1])
-    on_steps(1)
-    return state, jax.tree_util.tree_map(lambda *m: np.stack(m), *metrics)
+      return self._compiled(state, images, labels, bank, key)
+    return steps_in_flight(state, n, one_step, on_steps)
 
   def close(self) -> None:
     self._queue.clear()

@@ -213,16 +213,26 @@ class StepRunner:
       return out
     if not isinstance(indices, jax.Array):  # a global one stays as it is
       indices = jax.device_put(indices)  # one transfer per stretch
-    metrics = []
-    for i in range(len(indices)):
-      state, m = run(state, data, indices[i], key)
-      if metrics:  # one step stays in flight; report the one before it
-        jax.block_until_ready(metrics[-1])
-        on_steps(1)
-      metrics.append(m)
-    jax.block_until_ready(metrics[-1])
-    on_steps(1)
-    return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
+    return steps_in_flight(
+        state, len(indices), lambda s, i: run(s, data, indices[i], key),
+        on_steps)
+
+
+def steps_in_flight(state, n: int, one_step: Callable, on_steps):
+  """Runs `one_step(state, i) -> (state, metrics)` n times with one step
+  in flight (the host dispatches step i+1 before waiting for step i), and
+  reports each step to `on_steps` once it has finished. Returns the state
+  and the metrics stacked along a leading axis of n."""
+  metrics = []
+  for i in range(n):
+    state, m = one_step(state, i)
+    if metrics:
+      jax.block_until_ready(metrics[-1])
+      on_steps(1)
+    metrics.append(m)
+  jax.block_until_ready(metrics[-1])
+  on_steps(1)
+  return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 
 
 def epoch_order(seed: int, epoch: int, num_images: int, steps: int,
