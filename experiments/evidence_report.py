@@ -1,0 +1,196 @@
+"""The evidence study's tables and figure, from the committed arm summaries.
+
+Reads `results/evidence/<arm>/summary.json` (what `evidence_study.py`
+commits) and writes the poster's two tables with the paper's numbers beside
+ours, plus the arms the poster does not have, into `experiments/README.md`
+(between the `evidence-tables` markers), and the feasibility figure
+(landscape measure against test accuracy) to
+`results/evidence/landscape_vs_accuracy.png`. Arms not finished yet read
+"not run yet"; nothing else is left out.
+
+  python experiments/evidence_report.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, 'results', 'evidence')
+README = os.path.join(HERE, 'README.md')
+FIGURE = os.path.join(RESULTS, 'landscape_vs_accuracy.png')
+MARKERS = ('<!-- evidence-tables:start -->', '<!-- evidence-tables:end -->')
+
+# Seed poster (ResNet-56, CIFAR-10): ../shared/docs/seed_poster.txt lines
+# 85-106. Feasibility columns: validation loss, condition number, accuracy.
+PAPER_FEASIBILITY = {'l1': (0.1569, 0.4078, 93.57),
+                     'fpgm': (0.1066, 0.1461, 93.57),
+                     'gbn': (0.0710, 0.0414, 93.70),
+                     'ekg': (0.0713, 0.0211, 93.85)}
+FEASIBILITY_NAMES = {'l1': 'L1', 'fpgm': 'FPGM', 'gbn': 'GBN', 'ekg': 'EKG'}
+# (search teacher, fine-tune teacher, arm, paper accuracy +- spread).
+ABLATION = [('none', 'none', 'teacher_none', '93.78 (+-0.07)'),
+            ('single', 'none', 'teacher_single', '93.54 (+-0.09)'),
+            ('ensemble', 'none', 'ekg', '93.85 (+-0.10)'),
+            ('ensemble', 'single', 'ekg_ft_single', '94.02 (+-0.08)'),
+            ('ensemble', 'ensemble', 'ekg_ft_ensemble', '94.09 (+-0.07)')]
+OTHERS = [('l1_uniform', 'L1 scores, uniform allocation, no knowledge'),
+          ('per_channel', 'EKG search with per-channel marking, '
+           'ensemble knowledge')]
+MISSING = 'not run yet'
+
+
+def load(arm: str) -> dict:
+  path = os.path.join(RESULTS, arm, 'summary.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _get(summary: dict, *keys, fmt: str = '{}'):
+  for key in keys:
+    if not isinstance(summary, dict) or key not in summary:
+      return MISSING
+    summary = summary[key]
+  return fmt.format(summary)
+
+
+def _hours(summary: dict, phases) -> str:
+  """Seconds of the phases' own records (a reused search counts for every
+  arm that shares it), in hours."""
+  if not any(p in summary for p in phases):
+    return MISSING
+  return f"{sum(summary.get(p, {}).get('seconds', 0) for p in phases) / 3600:.2f}"
+
+
+def feasibility_table(arms: dict) -> str:
+  rows = [('validation CE of the search (paper: "validation loss")',
+           lambda s: _get(s, 'search', 'val_loss', fmt='{:.4f}'), 0),
+          ('condition: abs(lambda_min / lambda_max) (paper: "condition '
+           'number", undefined)',
+           lambda s: _get(s, 'landscape', 'condition', fmt='{:.4f}'), 1),
+          ('test accuracy after fine-tuning, % (ours: 1 epoch)',
+           lambda s: _get(s, 'final', 'test_accuracy', fmt='{:.2f}'), 2),
+          ('lambda_max', lambda s: _get(s, 'landscape', 'lambda_max',
+                                        fmt='{:.1f}'), None),
+          ('Hessian trace', lambda s: _get(s, 'landscape', 'trace',
+                                           fmt='{:.0f}'), None),
+          ('test accuracy before fine-tuning, % (per-batch BN)',
+           lambda s: _get(s, 'landscape', 'test_accuracy_batch_bn',
+                          fmt='{:.2f}'), None),
+          ('FLOPs rate', lambda s: _get(s, 'search', 'flops_rate',
+                                        fmt='{:.4f}'), None),
+          ('parameters', lambda s: _get(s, 'search', 'params',
+                                        fmt='{:,}'), None)]
+  names = list(FEASIBILITY_NAMES)
+  lines = ['| score | ' + ' | '.join(FEASIBILITY_NAMES[n] for n in names)
+           + ' |', '|---' * (len(names) + 1) + '|']
+  for label, cell, paper in rows:
+    cells = []
+    for name in names:
+      ours = cell(arms[name])
+      cells.append(ours if paper is None else
+                   f'{ours} (paper {PAPER_FEASIBILITY[name][paper]})')
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def ablation_table(arms: dict) -> str:
+  lines = ['| search teacher | fine-tune teacher | arm | test accuracy, % '
+           '(paper, 3 runs) | test accuracy, % (ours, 1 run, 1 epoch) | '
+           'CPU hours search / fine-tune (paper: GPU hours) |',
+           '|---|---|---|---|---|---|']
+  for search, finetune, arm, paper in ABLATION:
+    s = arms[arm]
+    hours = (f"{_hours(s, ('search',))} / "
+             f"{_hours(s, ('memory_bank', 'finetune'))}")
+    lines.append(f'| {search} | {finetune} | `{arm}` | {paper} | '
+                 f"{_get(s, 'final', 'test_accuracy', fmt='{:.2f}')} | "
+                 f'{hours} |')
+  return '\n'.join(lines)
+
+
+def others_table(arms: dict) -> str:
+  lines = ['| arm | what | FLOPs rate | parameters | val CE | condition | '
+           'test accuracy, % |', '|---|---|---|---|---|---|---|']
+  for arm, what in OTHERS:
+    s = arms[arm]
+    lines.append(
+        f'| `{arm}` | {what} | '
+        f"{_get(s, 'search', 'flops_rate', fmt='{:.4f}')} | "
+        f"{_get(s, 'search', 'params', fmt='{:,}')} | "
+        f"{_get(s, 'search', 'val_loss', fmt='{:.4f}')} | "
+        f"{_get(s, 'landscape', 'condition', fmt='{:.4f}')} | "
+        f"{_get(s, 'final', 'test_accuracy', fmt='{:.2f}')} |")
+  return '\n'.join(lines)
+
+
+def plot(arms: dict) -> list[str]:
+  """Each searched network's landscape measures against its test accuracy
+  after fine-tuning without knowledge (the arms the paper's feasibility
+  figure compares; fine-tuning with knowledge would mix in a second
+  effect). Returns the arms plotted."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  points = {name: s for name, s in arms.items()
+            if 'landscape' in s and 'final' in s
+            and s.get('finetune', {}).get('knowledge') == 'none'}
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+  measures = [('condition', 'abs(lambda_min / lambda_max)'),
+              ('lambda_max', 'lambda_max'), ('trace', 'Hessian trace')]
+  for ax, (key, label) in zip(axes, measures):
+    for name, s in points.items():
+      x, y = s['landscape'][key], s['final']['test_accuracy']
+      ax.scatter(x, y)
+      ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
+                  fontsize=8)
+    ax.set_xlabel(label)
+    ax.set_ylabel('test accuracy after 1 epoch, %')
+    ax.grid(alpha=0.3)
+  fig.suptitle('ResNet-56 / CIFAR-10 sub-networks at FLOPs rate 0.45: '
+               'landscape of the searched network vs accuracy')
+  fig.tight_layout()
+  fig.savefig(FIGURE, dpi=120)
+  plt.close(fig)
+  return sorted(points)
+
+
+def main():
+  names = (set(FEASIBILITY_NAMES) | {a for _, _, a, _ in ABLATION}
+           | {a for a, _ in OTHERS})
+  arms = {name: load(name) for name in sorted(names)}
+  plotted = plot(arms)
+  dates = sorted({s['study']['date'] for s in arms.values()
+                  if 'study' in s})
+  block = '\n\n'.join([
+      MARKERS[0],
+      '_Made by `python experiments/evidence_report.py` from '
+      '`results/evidence/*/summary.json` (runs dated '
+      f"{', '.join(dates) or 'none yet'})._",
+      '**Feasibility** (poster: "Comparison of potential loss vs '
+      'validation loss and condition number"; every search with the '
+      'ensemble teacher, fine-tuned without knowledge). Each cell: ours '
+      '(paper).', feasibility_table(arms),
+      '**Ablation** (poster: "Ablation study", ResNet-56 CIFAR-10 column).',
+      ablation_table(arms), '**Arms the poster does not have.**',
+      others_table(arms),
+      f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
+      f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}.",
+      MARKERS[1]])
+  with open(README) as f:
+    text = f.read()
+  pattern = re.escape(MARKERS[0]) + '.*?' + re.escape(MARKERS[1])
+  if not re.search(pattern, text, flags=re.S):
+    raise SystemExit(f'{README}: no {MARKERS[0]} ... {MARKERS[1]} block')
+  text = re.sub(pattern, lambda _: block, text, flags=re.S)
+  with open(README, 'w') as f:
+    f.write(text)
+  print(block)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,64 @@
+"""experiments/evidence_report.py: the study's tables are made from the
+committed summaries, and the README shows what the script makes."""
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location(
+      'evidence_report', REPO / 'experiments' / 'evidence_report.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _summary(val_loss, condition, accuracy, knowledge='none'):
+  return {'search': {'val_loss': val_loss, 'flops_rate': 0.449,
+                     'params': 600000, 'seconds': 720.0},
+          'landscape': {'condition': condition, 'lambda_max': 300.0,
+                        'trace': 7000.0, 'test_accuracy_batch_bn': 75.0},
+          'finetune': {'knowledge': knowledge, 'seconds': 1800.0},
+          'final': {'test_accuracy': accuracy},
+          'study': {'date': '2026-11-26', 'wall_seconds': {}}}
+
+
+def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
+  module = _module()
+  results = tmp_path / 'evidence'
+  for arm, summary in {'l1': _summary(0.6934, 0.0758, 87.23),
+                       'ekg_ft_ensemble': _summary(0.61, 0.0618, 88.16,
+                                                   'ensemble')}.items():
+    (results / arm).mkdir(parents=True)
+    (results / arm / 'summary.json').write_text(json.dumps(summary))
+  readme = tmp_path / 'README.md'
+  readme.write_text(f'before\n{module.MARKERS[0]}\nold\n{module.MARKERS[1]}\n'
+                    'after\n')
+  monkeypatch.setattr(module, 'RESULTS', str(results))
+  monkeypatch.setattr(module, 'README', str(readme))
+  monkeypatch.setattr(module, 'FIGURE', str(tmp_path / 'figure.png'))
+  module.main()
+  text = readme.read_text()
+  assert text.startswith('before\n') and text.endswith('after\n')
+  assert 'old' not in text
+  # L1's column: ours beside the poster's; FPGM's arm has not run.
+  assert '0.0758 (paper 0.4078)' in text and '87.23 (paper 93.57)' in text
+  assert 'not run yet (paper 0.1461)' in text
+  # ensemble / ensemble row: accuracy and search / fine-tune hours.
+  assert '| `ekg_ft_ensemble` | 94.09 (+-0.07) | 88.16 | 0.20 / 0.50 |' in text
+  # Only arms fine-tuned without knowledge go in the figure.
+  assert 'Plotted: `l1`.' in text
+  assert (tmp_path / 'figure.png').stat().st_size > 0
+
+
+def test_readme_block_is_what_the_script_makes(tmp_path, monkeypatch):
+  module = _module()
+  committed = (REPO / 'experiments' / 'README.md').read_text()
+  readme = tmp_path / 'README.md'
+  readme.write_text(committed)
+  monkeypatch.setattr(module, 'README', str(readme))
+  monkeypatch.setattr(module, 'FIGURE', str(tmp_path / 'landscape_vs_accuracy.png'))
+  module.main()
+  assert readme.read_text() == committed
