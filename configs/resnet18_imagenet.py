@@ -1,24 +1,13 @@
-"""ResNet-18 on ImageNet with EKG: the shared ImageNet recipe of
-resnet_imagenet.py (sources in its comments), streamed with Grain.
+"""ResNet-18 on ImageNet with EKG, streamed with Grain: the shared ImageNet
+recipe (`ekg_jax.config.imagenet_config`, sources in its comments).
 
   python -m ekg_jax.main --config=configs/resnet18_imagenet.py --workdir=W
 """
 
-import importlib.util
-import pathlib
-
-
-def _shared():
-  path = pathlib.Path(__file__).with_name('resnet_imagenet.py')
-  spec = importlib.util.spec_from_file_location('resnet_imagenet', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from ekg_jax import config as config_lib
 
 
 def get_config():
-  config = _shared().get_config('resnet18')
   # The paper reports ImageNet numbers for ResNet-50 only; ResNet-18 takes
-  # its FLOPs target.
-  config.search.target_flops_rate = 0.55
-  return config
+  # its FLOPs target (0.55).
+  return config_lib.imagenet_config('resnet18')
