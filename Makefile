@@ -14,11 +14,17 @@ PYTEST_ARGS ?= -n 2
 .PHONY: install demo evaluate test test-slow torch-venv onnx-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
+# $(call venv,variable naming the python,its version,folder,pip arguments):
+# the recipe every virtualenv below shares.
+define venv
+	@test -n "$($(1))" || { echo "python$(2) not found; set $(1)=/path/to/python$(2)"; exit 1; }
+	$($(1)) -m venv $(3)
+	$(3)/bin/python -m pip install -q --upgrade pip
+	$(3)/bin/python -m pip install -q $(4)
+endef
+
 $(VENV)/.installed: setup.cfg pyproject.toml
-	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(call venv,PYTHON,3.12,$(VENV),-e '.[test]')
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,9 +36,7 @@ PYTHON311 ?= $(shell python3.11 -c 'import sys; print(sys.executable)' 2>/dev/nu
 	PYENV_VERSION=3.11.7 python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null)
 
 $(TORCH_VENV)/.installed: benchmarks/requirements-torch.txt
-	@test -n "$(PYTHON311)" || { echo "python3.11 not found; set PYTHON311=/path/to/python3.11"; exit 1; }
-	$(PYTHON311) -m venv $(TORCH_VENV)
-	$(TORCH_VENV)/bin/python -m pip install -q -r benchmarks/requirements-torch.txt
+	$(call venv,PYTHON311,3.11,$(TORCH_VENV),-r benchmarks/requirements-torch.txt)
 	touch $@
 
 torch-venv: $(TORCH_VENV)/.installed
@@ -42,10 +46,7 @@ torch-venv: $(TORCH_VENV)/.installed
 ONNX_VENV ?= .venv-onnx
 
 $(ONNX_VENV)/.installed: setup.cfg pyproject.toml
-	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
-	$(PYTHON) -m venv $(ONNX_VENV)
-	$(ONNX_VENV)/bin/python -m pip install -q --upgrade pip
-	$(ONNX_VENV)/bin/python -m pip install -q -e '.[onnx]'
+	$(call venv,PYTHON,3.12,$(ONNX_VENV),-e '.[onnx]')
 	touch $@
 
 onnx-venv: $(ONNX_VENV)/.installed
@@ -56,9 +57,7 @@ onnx-venv: $(ONNX_VENV)/.installed
 TF_VENV ?= .venv-tf
 
 $(TF_VENV)/.installed: benchmarks/requirements-tf.txt
-	@test -n "$(PYTHON)" || { echo "python3.12 not found; set PYTHON=/path/to/python3.12"; exit 1; }
-	$(PYTHON) -m venv $(TF_VENV)
-	$(TF_VENV)/bin/python -m pip install -q -r benchmarks/requirements-tf.txt
+	$(call venv,PYTHON,3.12,$(TF_VENV),-r benchmarks/requirements-tf.txt)
 	$(TF_VENV)/bin/python -m pip install -q --no-deps tf-keras==2.21.0
 	touch $@
 
