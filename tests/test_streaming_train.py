@@ -24,7 +24,7 @@ from test_finetune import tiny_model
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
   fake_tfds.write_dataset(str(path), splits={'train': 24, 'validation': 8},
-                          corrupt={'train': [5]})
+                          corrupt={'train': [5], 'validation': [3]})
   return str(path)
 
 
@@ -122,7 +122,10 @@ def test_resnet18_imagenet_config_runs_end_to_end_on_tiny_data(tmp_path,
   assert summary['pretrain']['skipped_records'] == 1
   assert 0 < summary['search']['flops_rate'] <= 0.9
   assert summary['memory_bank']['images'] == 24
+  # The bank reads every record in order: the corrupt one is a black image.
+  assert summary['memory_bank']['unreadable_records'] == 1
   assert summary['finetune']['skipped_records'] == 1
+  assert summary['final']['unreadable_records'] == 1  # validation record 3
   assert summary['final']['flops'] == summary['search']['flops']
   assert 0 <= summary['final']['test_accuracy'] <= 100
 

@@ -111,6 +111,13 @@ def load_test(config) -> data_lib.Split:
   return input_pipeline.of(config).split(config, config.data.test_split)
 
 
+def unreadable_records(split) -> dict:
+  """How many records of a streamed split did not decode (each evaluated
+  as a black image and logged once); nothing for in-memory splits."""
+  corrupt = getattr(split.images, 'corrupt', None)
+  return {} if corrupt is None else {'unreadable_records': len(corrupt)}
+
+
 def training_summary(result: trainer.TrainResult, epochs: int,
                       seconds: float, accuracy: float) -> dict:
   return {'test_accuracy': accuracy, 'epochs': epochs,

@@ -24,7 +24,7 @@ from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
 from ekg_jax.phases.common import (Setup, finished_search, load_test,
                                    load_train_in_order,
-                                   validation_batches,
+                                   unreadable_records, validation_batches,
                                    warmed_up)
 
 
@@ -160,4 +160,4 @@ def memory_bank_phase(setup: Setup) -> dict:
       'teachers': bank.teachers, 'teacher_val_loss': bank.teacher_val_loss,
       'images': len(train), 'dtype': c.memory_bank.dtype,
       'top_k': bank.top_k, 'bytes': bank.nbytes,
-      'seconds': round(bank.seconds, 2)}}
+      'seconds': round(bank.seconds, 2), **unreadable_records(train)}}

@@ -22,7 +22,7 @@ from ekg_jax import workdir as workdir_lib
 from ekg_jax.phases.common import (Setup, final_accuracy, finished_search,
                                    input_shape, load_test, load_train,
                                    test_accuracy, training_summary,
-                                   warmed_up)
+                                   unreadable_records, warmed_up)
 
 
 def pretrain_phase(setup: Setup) -> dict:
@@ -52,7 +52,8 @@ def evaluate_phase(setup: Setup) -> dict:
   return {'base': {'test_accuracy': acc, 'test_images': len(test),
                    'flops': flops_lib.count_flops(setup.table),
                    'params': flops_lib.count_params(setup.table),
-                   'seconds': round(time.time() - start, 2)}}
+                   'seconds': round(time.time() - start, 2),
+                   **unreadable_records(test)}}
 
 
 def finetune_phase(setup: Setup) -> dict:
@@ -104,7 +105,8 @@ def finetune_phase(setup: Setup) -> dict:
                                        time.time() - start, accuracy),
                    'knowledge': c.finetune.knowledge, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
-                'flops_reduction': round(1.0 - flops / dense, 4)}}
+                'flops_reduction': round(1.0 - flops / dense, 4),
+                **unreadable_records(test)}}
 
 
 def export_phase(setup: Setup) -> dict:
