@@ -629,7 +629,9 @@ def main(argv=None):
     print(f'no PyTorch at {torch_python} (make torch-venv): JAX sides only')
     torch_python = ''
 
-  log = lambda msg: print(f'[bench] {msg}', flush=True)  # noqa: E731
+  started = time.time()
+  log = lambda msg: print(  # noqa: E731
+      f'[bench {time.time() - started:5.0f} s] {msg}', flush=True)
   worker = jax_worker()
   versions = worker('versions')
   worker.close()

@@ -1,5 +1,7 @@
 """What a run keeps between runs to start faster: decoded splits (uint8
-arrays) and XLA's compiled programs (JAX's persistent compilation cache).
+arrays), the label arrays of streamed splits (reading ImageNet's labels
+means reading every record) and XLA's compiled programs (JAX's persistent
+compilation cache).
 
 `config.cache_dir` names the folder: 'auto' is $EKG_JAX_CACHE or
 ~/.cache/ekg_jax, '' turns both caches off. A decoded split is keyed by the
@@ -50,38 +52,38 @@ def _fingerprint(files_dir: str, name: str, split: str) -> str:
 
 
 def decoded_path(root: Optional[str], files_dir: str, name: str,
-                 split: str) -> Optional[str]:
+                 split: str, kind: str = 'decoded') -> Optional[str]:
+  """The entry of a split in root/kind ('decoded': images and labels;
+  'labels': labels only)."""
   if root is None:
     return None
   try:
     key = _fingerprint(files_dir, name, split)
   except OSError:  # no listable dataset folder (mock data): no caching
     return None
-  return os.path.join(root, 'decoded', name, key + '.npz')
+  return os.path.join(root, kind, name, key + '.npz')
 
 
-def read_decoded(path: Optional[str]):
-  """(images, labels) of a cached split, or None (absent or unreadable:
-  then the split is decoded again)."""
+def read_decoded(path: Optional[str], keys=('images', 'labels')):
+  """The arrays `keys` of a cached split, or None (absent or unreadable:
+  then the split is read again)."""
   if path is None or not os.path.exists(path):
     return None
   try:
     with np.load(path) as z:
-      return z['images'], z['labels']
+      return tuple(z[k] for k in keys)
   except Exception as e:  # a damaged entry is only a cache miss
     logging.warning('decoded-split cache %s unreadable (%s); decoding',
                     path, type(e).__name__)
     return None
 
 
-def write_decoded(path: Optional[str], images: np.ndarray,
-                  labels: np.ndarray) -> None:
+def write_decoded(path: Optional[str], **arrays: np.ndarray) -> None:
   if path is None:
     return
   try:
-    checkpoint.write_atomic(
-        path, lambda f: np.savez(f, images=images, labels=labels),
-        binary=True)
+    checkpoint.write_atomic(path, lambda f: np.savez(f, **arrays),
+                            binary=True)
   except OSError as e:  # a full or read-only cache only costs speed
     logging.warning('cannot write the decoded-split cache %s (%s)', path,
                     e.strerror)

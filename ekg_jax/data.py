@@ -171,7 +171,7 @@ def _load_split(name, split, data_dir, indices, cache_dir) -> Split:
                   else [int(i) for i in indices])
   images = np.stack([r['image'] for r in records]).astype(np.uint8)
   labels = np.asarray([r['label'] for r in records], dtype=np.int32)
-  cache_lib.write_decoded(path, images, labels)
+  cache_lib.write_decoded(path, images=images, labels=labels)
   return Split(images, labels)
 
 
@@ -181,30 +181,40 @@ def split_size(name: str, split: str, data_dir: Optional[str] = None
   return len(_source(name, split, data_dir))
 
 
-def load_labels(name: str, split: str,
-                data_dir: Optional[str] = None) -> np.ndarray:
+def load_labels(name: str, split: str, data_dir: Optional[str] = None,
+                cache_dir: Optional[str] = None) -> np.ndarray:
   """The labels of a split without decoding its images (seconds, not the
   half minute a CIFAR-10 train split takes to decode). Read once per
   process: the preflight check, the warm-up and the validation subsets all
-  ask for them; the array is read-only."""
-  return _labels(name, split, resolve_data_dir(data_dir))
+  ask for them; the array is read-only. With `cache_dir`, also kept between
+  runs (keyed like the decoded splits): reading them means reading every
+  record, 140 GB for ImageNet's train split."""
+  return _labels(name, split, resolve_data_dir(data_dir), cache_dir)
 
 
 @functools.lru_cache(maxsize=8)
-def _labels(name: str, split: str, data_dir: Optional[str]) -> np.ndarray:
+def _labels(name: str, split: str, data_dir: Optional[str],
+            cache_dir: Optional[str]) -> np.ndarray:
   with breakdown.reading_data():
-    return _read_labels(name, split, data_dir)
-
-
-def _read_labels(name: str, split: str, data_dir: Optional[str]
-                 ) -> np.ndarray:
-  import tensorflow_datasets as tfds
-  source = _source(name, split, data_dir,
-                   decoders={'image': tfds.decode.SkipDecoding()})
-  labels = np.asarray([r['label'] for r in _read(source, range(len(source)))],
-                      dtype=np.int32)
+    source = _source(name, split, data_dir, decoders={
+        'image': _skip_decoding()})
+    path = cache_dir and cache_lib.decoded_path(
+        cache_dir, source.dataset_info.data_dir, name, split, kind='labels')
+    cached = cache_lib.read_decoded(path, keys=('labels',))
+    if cached is not None and len(cached[0]) == len(source):
+      labels = cached[0]
+    else:
+      labels = np.asarray([r['label'] for r in _read(source,
+                                                     range(len(source)))],
+                          dtype=np.int32)
+      cache_lib.write_decoded(path, labels=labels)
   labels.setflags(write=False)
   return labels
+
+
+def _skip_decoding():
+  import tensorflow_datasets as tfds
+  return tfds.decode.SkipDecoding()
 
 
 def class_subset_indices(labels: np.ndarray, per_class: int,

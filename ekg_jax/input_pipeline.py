@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from ekg_jax import cache as cache_lib
 from ekg_jax import data as data_lib
 from ekg_jax import feeds
@@ -34,6 +36,13 @@ class Pipeline:
   # Whether images are resized to config.data.image_size (any size), or
   # used at the dataset's own size.
   resizes: bool
+
+
+def labels(config, split: str) -> np.ndarray:
+  """A split's labels without its images, kept in the run cache."""
+  d = config.data
+  return data_lib.load_labels(d.name, split, d.data_dir,
+                              cache_lib.resolve(config.cache_dir))
 
 
 def _memory_split(config, split: str,
@@ -67,10 +76,8 @@ def _source(config, split: str) -> streaming.SourceSpec:
 
 def _grain_split(config, split: str,
                  indices: Optional[Sequence[int]] = None):
-  d = config.data
-  labels = data_lib.load_labels(d.name, split, d.data_dir)
-  return streaming.lazy_split(_source(config, split), d.image_size, labels,
-                              indices)
+  return streaming.lazy_split(_source(config, split), config.data.image_size,
+                              labels(config, split), indices)
 
 
 def _grain_train(config):

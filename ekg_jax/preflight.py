@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ekg_jax import data as data_lib
+from ekg_jax import input_pipeline
 from ekg_jax.config import ConfigError
 
 # Phases that read each split (when they still have to run).
@@ -48,7 +49,7 @@ def check_data(config, todo: Sequence[str]) -> dict:
             f'larger than the train split {d.train_split!r} ({n} images); '
             'use a smaller batch')
     if 'search' in todo:
-      labels = data_lib.load_labels(d.name, d.train_split, d.data_dir)
+      labels = input_pipeline.labels(config, d.train_split)
       smallest = int(np.bincount(labels).min())
       for key in ('val_per_class', 'warmup_per_class'):
         want = d[key] if key == 'val_per_class' or config.search.warmup \

@@ -113,6 +113,29 @@ def test_a_decoded_split_is_cached_and_redecoded_when_the_data_changes(
   assert decoded and np.array_equal(third.images, first.images)
 
 
+@needs_cifar10
+def test_labels_are_kept_between_runs_in_the_cache(tmp_path, monkeypatch):
+  first = data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                           cache_dir=str(tmp_path))
+  [entry] = (tmp_path / 'labels' / 'cifar10').glob('*.npz')
+  read = []
+  real = data._read
+  monkeypatch.setattr(data, '_read', lambda *a: read.append(1) or real(*a))
+  data._labels.cache_clear()  # a new process
+  again = data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                           cache_dir=str(tmp_path))
+  assert not read and not again.flags.writeable
+  np.testing.assert_array_equal(again, first)
+  np.testing.assert_array_equal(
+      first, data.load_split('cifar10', 'test[:300]', TFDS_DIR).labels)
+  entry.write_bytes(b'damaged')  # only a cache miss
+  data._labels.cache_clear()
+  np.testing.assert_array_equal(
+      data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                       cache_dir=str(tmp_path)), first)
+  assert read
+
+
 def test_the_cache_key_follows_the_dataset_files(tmp_path):
   from ekg_jax import cache
   files = tmp_path / 'files'

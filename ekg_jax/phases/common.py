@@ -150,7 +150,7 @@ def class_subset(config, per_class: int, from_end: bool) -> data_lib.Split:
   """A fixed per-class subset of the train split (section 5), decoding only
   its images."""
   d = config.data
-  labels = data_lib.load_labels(d.name, d.train_split, d.data_dir)
+  labels = input_pipeline.labels(config, d.train_split)
   indices = data_lib.class_subset_indices(labels, per_class, from_end,
                                           seed=d.subset_seed)
   return input_pipeline.of(config).split(config, d.train_split, indices)
