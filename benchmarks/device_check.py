@@ -26,12 +26,13 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import slimmed_widths, stats  # noqa: E402 (benchmarks/, beside)
+from run import share_compilations, slimmed_widths, stats  # noqa: E402
 
 FULL = dict(depth=56, batch=128, steps=20, repeats=5, teachers=5,
             dtypes=['float32', 'bfloat16'], images_per_class=32,
@@ -261,6 +262,8 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f'--sections {sorted(unknown)}: allowed {list(SECTIONS)}')
   options = QUICK if args.quick else FULL
+  if args.quick:
+    share_compilations(tempfile.mkdtemp(prefix='device-check-xla-'))
 
   def log(msg):
     print(msg, file=sys.stderr, flush=True)
