@@ -159,7 +159,7 @@ def plot(arms: dict) -> list[str]:
   return sorted(points)
 
 
-def main():
+def main(quiet: bool = False):
   names = (set(FEASIBILITY_NAMES) | {a for _, _, a, _ in ABLATION}
            | {a for a, _ in OTHERS})
   arms = {name: load(name) for name in sorted(names)}
@@ -189,7 +189,8 @@ def main():
   text = re.sub(pattern, lambda _: block, text, flags=re.S)
   with open(README, 'w') as f:
     f.write(text)
-  print(block)
+  if not quiet:
+    print(block)
 
 
 if __name__ == '__main__':

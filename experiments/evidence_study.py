@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+import evidence_report  # experiments/, beside this file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'experiments', 'results', 'evidence')
 WORKDIRS = os.path.join(REPO, 'workdirs', 'evidence')
@@ -188,23 +190,27 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
             'machine': 'cpu2 (2 CPU cores, 24 GB, no GPU)'}
   _write_json(os.path.join(out, 'summary.json'),
               {**summary, 'study': record})
+  # The tables and the figure follow every finished piece, so what is
+  # committed always agrees with them (tests/test_evidence_report.py).
+  evidence_report.main(quiet=True)
   if commit:
-    git_commit(out, f'evidence study: arm {arm.name} '
-               f'({", ".join(wall)} finished)')
+    git_commit([out, evidence_report.FIGURE, evidence_report.README],
+               f'evidence study: arm {arm.name} '
+               f'({", ".join(wall) or "results"} finished)')
 
 
-def git_commit(path: str, message: str) -> None:
-  """Commits only `path`; retries while another commit holds the index."""
+def git_commit(paths: list[str], message: str) -> None:
+  """Commits only `paths`; retries while another commit holds the index."""
   for attempt in range(30):
-    add = subprocess.run(['git', 'add', path], cwd=REPO,
+    add = subprocess.run(['git', 'add', *paths], cwd=REPO,
                          capture_output=True, text=True)
     done = add.returncode == 0 and subprocess.run(
-        ['git', 'commit', '-q', '-m', message, '--', path], cwd=REPO,
+        ['git', 'commit', '-q', '-m', message, '--', *paths], cwd=REPO,
         capture_output=True, text=True).returncode == 0
     if done:
       return
     time.sleep(10)
-  print(f'could not commit {path}; commit it by hand', file=sys.stderr)
+  print(f'could not commit {paths}; commit them by hand', file=sys.stderr)
 
 
 def run_arm(arm: Arm, commit: bool) -> None:
