@@ -1,10 +1,10 @@
 """What a run keeps between runs to start faster: decoded splits (uint8
-arrays), the label arrays of streamed splits (reading ImageNet's labels
-means reading every record) and XLA's compiled programs (JAX's persistent
-compilation cache).
+arrays), label arrays (reading a streamed split's labels means reading every
+record: 140 GB for ImageNet's train split) and XLA's compiled programs (JAX's
+persistent compilation cache).
 
 `config.cache_dir` names the folder: 'auto' is $EKG_JAX_CACHE or
-~/.cache/ekg_jax, '' turns both caches off. A decoded split is keyed by the
+~/.cache/ekg_jax, '' turns all three off. A decoded split is keyed by the
 dataset's files (names, sizes, modification times) and the split, so a
 re-prepared or changed dataset is decoded again; entries are written
 atomically, so a killed run leaves no half entry.
