@@ -26,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -263,7 +262,7 @@ def main(argv=None) -> int:
     parser.error(f'--sections {sorted(unknown)}: allowed {list(SECTIONS)}')
   options = QUICK if args.quick else FULL
   if args.quick:
-    share_compilations(tempfile.mkdtemp(prefix='device-check-xla-'))
+    share_compilations('device-check-xla-')
 
   def log(msg):
     print(msg, file=sys.stderr, flush=True)

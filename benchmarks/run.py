@@ -17,9 +17,11 @@ profile-driven changes (see `benchmarks/README.md`).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,12 +89,14 @@ def in_turn(workers: dict, rep: int) -> list:
   return items if rep % 2 == 0 else items[::-1]
 
 
-def share_compilations(folder: str) -> None:
+def share_compilations(prefix: str) -> None:
   """Smoke runs only: every JAX process started from here on keeps its
   compiled programs in one persistent cache, so the same train step, built
   again in the train, ablation and profile sections, compiles once (the
   quick run: 405 s -> 191 s). Its times then say nothing; quick runs check
-  that every section runs, not how fast."""
+  that every section runs, not how fast. The folder goes at exit."""
+  folder = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, folder, True)
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', folder)
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
@@ -644,7 +648,7 @@ def main(argv=None):
   log = lambda msg: print(  # noqa: E731
       f'[bench {time.time() - started:5.0f} s] {msg}', flush=True)
   if args.quick:
-    share_compilations(tempfile.mkdtemp(prefix='bench-quick-xla-'))
+    share_compilations('bench-quick-xla-')
   worker = jax_worker()
   versions = worker('versions')
   worker.close()
