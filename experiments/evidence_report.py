@@ -42,12 +42,16 @@ OTHERS = [('l1_uniform', 'L1 scores, uniform allocation, no knowledge'),
 MISSING = 'not run yet'
 
 
-def load(arm: str) -> dict:
-  path = os.path.join(RESULTS, arm, 'summary.json')
+def read_json(path: str) -> dict:
+  """A JSON file's object; {} when the file is not there (yet)."""
   if not os.path.exists(path):
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def load(arm: str) -> dict:
+  return read_json(os.path.join(RESULTS, arm, 'summary.json'))
 
 
 def _get(summary: dict, *keys, fmt: str = '{}'):

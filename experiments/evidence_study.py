@@ -83,13 +83,6 @@ def results_dir(arm: Arm) -> str:
   return os.path.join(RESULTS, arm.name)
 
 
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def _write_json(path: str, obj: dict) -> None:
   """Atomic: a kill leaves the old file or the new one."""
   tmp = f'{path}.tmp'
@@ -99,7 +92,8 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def committed_summary(arm: Arm) -> dict:
-  return _read_json(os.path.join(results_dir(arm), 'summary.json'))
+  return evidence_report.read_json(
+      os.path.join(results_dir(arm), 'summary.json'))
 
 
 def command(arm: Arm, phases: str) -> list[str]:
@@ -149,7 +143,8 @@ def restore_from_commit(arm: Arm) -> None:
 
 
 def read_summary(arm: Arm) -> dict:
-  return _read_json(os.path.join(workdir(arm), 'summary.json'))
+  return evidence_report.read_json(
+      os.path.join(workdir(arm), 'summary.json'))
 
 
 def run_piece(arm: Arm, phases: str, log) -> float:
