@@ -2,7 +2,8 @@
 
 Reads `results/evidence/<arm>/summary.json` (what `evidence_study.py`
 commits) and writes the poster's two tables with the paper's numbers beside
-ours, plus the arms the poster does not have, into `experiments/README.md`
+ours, a table of every arm with every measure and each phase's wall-clock,
+and the exact commands, into `experiments/README.md`
 (between the `evidence-tables` markers), and the feasibility figure
 (landscape measure against test accuracy) to
 `results/evidence/landscape_vs_accuracy.png`. Arms not finished yet read
@@ -36,9 +37,9 @@ ABLATION = [('none', 'none', 'teacher_none', '93.78 (+-0.07)'),
             ('ensemble', 'none', 'ekg', '93.85 (+-0.10)'),
             ('ensemble', 'single', 'ekg_ft_single', '94.02 (+-0.08)'),
             ('ensemble', 'ensemble', 'ekg_ft_ensemble', '94.09 (+-0.07)')]
-OTHERS = [('l1_uniform', 'L1 scores, uniform allocation, no knowledge'),
-          ('per_channel', 'EKG search with per-channel marking, '
-           'ensemble knowledge')]
+# Every arm of the study, in the order the tables list them.
+ARM_ORDER = ['ekg', 'l1', 'fpgm', 'gbn', 'teacher_none', 'teacher_single',
+             'ekg_ft_single', 'ekg_ft_ensemble', 'l1_uniform', 'per_channel']
 MISSING = 'not run yet'
 
 
@@ -117,19 +118,45 @@ def ablation_table(arms: dict) -> str:
   return '\n'.join(lines)
 
 
-def others_table(arms: dict) -> str:
-  lines = ['| arm | what | FLOPs rate | parameters | val CE | condition | '
-           'test accuracy, % |', '|---|---|---|---|---|---|---|']
-  for arm, what in OTHERS:
+def arms_table(arms: dict) -> str:
+  """Every arm with every measure the study records, and the wall-clock of
+  each phase (an arm that reuses another's search shows that search's)."""
+  columns = [('FLOPs rate', 'search', 'flops_rate', '{:.4f}'),
+             ('parameters', 'search', 'params', '{:,}'),
+             ('val CE', 'search', 'val_loss', '{:.4f}'),
+             ('lambda_max', 'landscape', 'lambda_max', '{:.1f}'),
+             ('condition', 'landscape', 'condition', '{:.4f}'),
+             ('trace', 'landscape', 'trace', '{:.0f}'),
+             ('accuracy before, %', 'landscape', 'test_accuracy_batch_bn',
+              '{:.2f}'),
+             ('accuracy after, %', 'final', 'test_accuracy', '{:.2f}')]
+  phases = ('search', 'landscape', 'memory_bank', 'finetune')
+  lines = ['| arm | what | ' + ' | '.join(c[0] for c in columns)
+           + ' | seconds: search / landscape / bank / fine-tune |',
+           '|---' * (len(columns) + 3) + '|']
+  for arm in ARM_ORDER:
     s = arms[arm]
-    lines.append(
-        f'| `{arm}` | {what} | '
-        f"{_get(s, 'search', 'flops_rate', fmt='{:.4f}')} | "
-        f"{_get(s, 'search', 'params', fmt='{:,}')} | "
-        f"{_get(s, 'search', 'val_loss', fmt='{:.4f}')} | "
-        f"{_get(s, 'landscape', 'condition', fmt='{:.4f}')} | "
-        f"{_get(s, 'final', 'test_accuracy', fmt='{:.2f}')} |")
+    cells = [_get(s, phase, key, fmt=fmt) for _, phase, key, fmt in columns]
+    seconds = ' / '.join(
+        _get(s, p, 'seconds', fmt='{:.0f}') if p in s else '-'
+        for p in phases) if s else MISSING
+    lines.append(f"| `{arm}` | {_get(s, 'study', 'what')} | "
+                 + ' | '.join(cells) + f' | {seconds} |')
   return '\n'.join(lines)
+
+
+def commands(arms: dict) -> str:
+  """The exact command of every piece each arm ran (as the study recorded
+  them; run from the repository root with `python`)."""
+  lines = []
+  for arm in ARM_ORDER:
+    study = arms[arm].get('study', {})
+    if study.get('base'):
+      lines.append(f"# {arm}: starts from a copy of {study['base']}'s "
+                   'finished pieces')
+    for piece, command in study.get('commands', {}).items():
+      lines.append(f'# {arm}: {piece}\npython {command}')
+  return '```\n' + ('\n'.join(lines) or MISSING) + '\n```'
 
 
 def plot(arms: dict) -> list[str]:
@@ -164,9 +191,7 @@ def plot(arms: dict) -> list[str]:
 
 
 def main(quiet: bool = False):
-  names = (set(FEASIBILITY_NAMES) | {a for _, _, a, _ in ABLATION}
-           | {a for a, _ in OTHERS})
-  arms = {name: load(name) for name in sorted(names)}
+  arms = {name: load(name) for name in ARM_ORDER}
   plotted = plot(arms)
   dates = sorted({s['study']['date'] for s in arms.values()
                   if 'study' in s})
@@ -180,10 +205,16 @@ def main(quiet: bool = False):
       'ensemble teacher, fine-tuned without knowledge). Each cell: ours '
       '(paper).', feasibility_table(arms),
       '**Ablation** (poster: "Ablation study", ResNet-56 CIFAR-10 column).',
-      ablation_table(arms), '**Arms the poster does not have.**',
-      others_table(arms),
+      ablation_table(arms),
+      '**Every arm** (`l1_uniform` and `per_channel` are not in the poster; '
+      '"before": the searched network on the test set, per-batch BN; '
+      '"after": one epoch of fine-tuning; a `-` phase did not run for the '
+      'arm; seconds include the pauses and shared cores of the run log '
+      'above).', arms_table(arms),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
       f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}.",
+      '<details><summary>The exact commands, as each arm\'s summary '
+      'records them</summary>\n\n' + commands(arms) + '\n\n</details>',
       MARKERS[1]])
   with open(README) as f:
     text = f.read()

@@ -19,10 +19,13 @@ def _summary(val_loss, condition, accuracy, knowledge='none'):
   return {'search': {'val_loss': val_loss, 'flops_rate': 0.449,
                      'params': 600000, 'seconds': 720.0},
           'landscape': {'condition': condition, 'lambda_max': 300.0,
-                        'trace': 7000.0, 'test_accuracy_batch_bn': 75.0},
+                        'trace': 7000.0, 'test_accuracy_batch_bn': 75.0,
+                        'seconds': 600.0},
           'finetune': {'knowledge': knowledge, 'seconds': 1800.0},
           'final': {'test_accuracy': accuracy},
-          'study': {'date': '2026-11-26', 'wall_seconds': {}}}
+          'study': {'date': '2026-11-26', 'wall_seconds': {},
+                    'what': f'a {knowledge} arm',
+                    'commands': {'finetune': f'-m ekg_jax.main --k={knowledge}'}}}
 
 
 def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
@@ -48,6 +51,11 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   assert 'not run yet (paper 0.1461)' in text
   # ensemble / ensemble row: accuracy and search / fine-tune hours.
   assert '| `ekg_ft_ensemble` | 94.09 (+-0.07) | 88.16 | 0.20 / 0.50 |' in text
+  # Every arm's row: its measures and each phase's seconds (no bank here).
+  assert ('| `l1` | a none arm | 0.4490 | 600,000 | 0.6934 | 300.0 | 0.0758 | '
+          '7000 | 75.00 | 87.23 | 720 / 600 / - / 1800 |') in text
+  assert '| `per_channel` | not run yet |' in text
+  assert '# l1: finetune\npython -m ekg_jax.main --k=none\n' in text
   # Only arms fine-tuned without knowledge go in the figure.
   assert 'Plotted: `l1`.' in text
   assert (tmp_path / 'figure.png').stat().st_size > 0
