@@ -3,7 +3,8 @@
 Reads `results/evidence/<arm>/summary.json` (what `evidence_study.py`
 commits) and writes the poster's two tables with the paper's numbers beside
 ours, a table of every arm with every measure and each phase's wall-clock,
-and the exact commands, into `experiments/README.md`
+the spread of one network's accuracy over fine-tuning seeds, and the exact
+commands, into `experiments/README.md`
 (between the `evidence-tables` markers), and the feasibility figure
 (landscape measure against test accuracy) to
 `results/evidence/landscape_vs_accuracy.png`. Arms not finished yet read
@@ -39,7 +40,10 @@ ABLATION = [('none', 'none', 'teacher_none', '93.78 (+-0.07)'),
             ('ensemble', 'ensemble', 'ekg_ft_ensemble', '94.09 (+-0.07)')]
 # Every arm of the study, in the order the tables list them.
 ARM_ORDER = ['ekg', 'l1', 'fpgm', 'gbn', 'teacher_none', 'teacher_single',
-             'ekg_ft_single', 'ekg_ft_ensemble', 'l1_uniform', 'per_channel']
+             'ekg_ft_single', 'ekg_ft_ensemble', 'l1_uniform', 'per_channel',
+             'ekg_seed1', 'ekg_seed2']
+# One network fine-tuned with seeds 0, 1, 2: the spread a seed alone gives.
+SEED_ARMS = ['ekg', 'ekg_seed1', 'ekg_seed2']
 MISSING = 'not run yet'
 
 
@@ -145,6 +149,22 @@ def arms_table(arms: dict) -> str:
   return '\n'.join(lines)
 
 
+def seed_spread(arms: dict) -> str:
+  accuracies = [arms[a]['final']['test_accuracy'] for a in SEED_ARMS
+                if 'final' in arms[a]]
+  line = (f"**Seed spread**: the `ekg` network fine-tuned for one epoch with "
+          f"seeds 0, 1, 2 (batch order and augmentation): "
+          f"{', '.join(f'{a:.2f}' for a in accuracies) or MISSING}")
+  if len(accuracies) < 2:
+    return line + '.'
+  mean = sum(accuracies) / len(accuracies)
+  std = (sum((a - mean) ** 2 for a in accuracies)
+         / (len(accuracies) - 1)) ** 0.5
+  return (line + f'; mean {mean:.2f}%, sample standard deviation '
+          f'{std:.2f} points, range {max(accuracies) - min(accuracies):.2f} '
+          f'({len(accuracies)} of {len(SEED_ARMS)} seeds run).')
+
+
 def commands(arms: dict) -> str:
   """The exact command of every piece each arm ran (as the study recorded
   them; run from the repository root with `python`)."""
@@ -169,7 +189,10 @@ def plot(arms: dict) -> list[str]:
   import matplotlib.pyplot as plt
   points = {name: s for name, s in arms.items()
             if 'landscape' in s and 'final' in s
-            and s.get('finetune', {}).get('knowledge') == 'none'}
+            and s.get('finetune', {}).get('knowledge') == 'none'
+            and name not in SEED_ARMS[1:]}
+  seeds = [arms[a]['final']['test_accuracy'] for a in SEED_ARMS
+           if 'final' in arms[a]]
   fig, axes = plt.subplots(1, 3, figsize=(13, 4))
   measures = [('condition', 'abs(lambda_min / lambda_max)'),
               ('lambda_max', 'lambda_max'), ('trace', 'Hessian trace')]
@@ -179,6 +202,12 @@ def plot(arms: dict) -> list[str]:
       ax.scatter(x, y)
       ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
                   fontsize=8)
+    if len(seeds) > 1 and SEED_ARMS[0] in points:
+      # The same network's range over fine-tuning seeds: how far apart
+      # two points must be to differ by more than a seed.
+      ax.vlines(points[SEED_ARMS[0]]['landscape'][key], min(seeds),
+                max(seeds), colors='gray', label='ekg: range over seeds')
+      ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel('test accuracy after 1 epoch, %')
     ax.grid(alpha=0.3)
@@ -210,7 +239,7 @@ def main(quiet: bool = False):
       '"before": the searched network on the test set, per-batch BN; '
       '"after": one epoch of fine-tuning; a `-` phase did not run for the '
       'arm; seconds include the pauses and shared cores of the run log '
-      'above).', arms_table(arms),
+      'above).', arms_table(arms), seed_spread(arms),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
       f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}.",
       '<details><summary>The exact commands, as each arm\'s summary '

@@ -52,9 +52,11 @@ class Arm:
   knowledge: str = 'none'  # finetune.knowledge
   base: str = ''  # an arm whose search (and bank) this one reuses
   what: str = ''
+  seed: int = 0  # config.seed: fine-tuning's batch order and augmentation
 
   def overrides(self) -> list[str]:
     flags = [f'--config.search.{k}={v}' for k, v in self.search]
+    flags += [f'--config.seed={self.seed}'] if self.seed else []
     return flags + [f'--config.finetune.knowledge={self.knowledge}',
                     f'--config.finetune.epochs={EPOCHS}']
 
@@ -75,6 +77,11 @@ ARMS = [
         what='classic baseline: L1 scores, uniform allocation'),
     Arm('per_channel', (('marking', 'per_channel'),), knowledge='ensemble',
         what='marking variant: per-channel removal cost, ensemble KD'),
+    # How far one epoch's accuracy moves with the seed alone, to read the
+    # single-run gaps above against (the search is deterministic).
+    *(Arm(f'ekg_seed{seed}', base='ekg', seed=seed,
+          what=f'seed spread: `ekg` fine-tuned with seed {seed}')
+      for seed in (1, 2)),
 ]
 BY_NAME = {a.name: a for a in ARMS}
 

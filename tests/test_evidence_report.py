@@ -33,7 +33,9 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   results = tmp_path / 'evidence'
   for arm, summary in {'l1': _summary(0.6934, 0.0758, 87.23),
                        'ekg_ft_ensemble': _summary(0.61, 0.0618, 88.16,
-                                                   'ensemble')}.items():
+                                                   'ensemble'),
+                       'ekg': _summary(0.61, 0.0618, 87.0),
+                       'ekg_seed2': _summary(0.61, 0.0618, 88.0)}.items():
     (results / arm).mkdir(parents=True)
     (results / arm / 'summary.json').write_text(json.dumps(summary))
   readme = tmp_path / 'README.md'
@@ -56,8 +58,12 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
           '7000 | 75.00 | 87.23 | 720 / 600 / - / 1800 |') in text
   assert '| `per_channel` | not run yet |' in text
   assert '# l1: finetune\npython -m ekg_jax.main --k=none\n' in text
-  # Only arms fine-tuned without knowledge go in the figure.
-  assert 'Plotted: `l1`.' in text
+  # Seeds 0 and 2 of the ekg network: mean 87.5, sample std 0.71.
+  assert ('87.00, 88.00; mean 87.50%, sample standard deviation 0.71 '
+          'points, range 1.00 (2 of 3 seeds run).') in text
+  # Only arms fine-tuned without knowledge go in the figure, seeds as a
+  # range on their network's point.
+  assert 'Plotted: `ekg`, `l1`.' in text
   assert (tmp_path / 'figure.png').stat().st_size > 0
 
 

@@ -88,3 +88,14 @@ def test_a_fresh_clone_resumes_without_searching_again(study):
   assert set(summary['study']['wall_seconds']) == {
       'search,landscape', 'memory_bank', 'finetune'}
   assert json.loads(json.dumps(summary)) == summary
+
+
+def test_seed_arms_fine_tune_the_base_search_with_their_seed(study):
+  arm = study.BY_NAME['ekg_seed2']
+  study.run_arm(arm, commit=False)
+  assert study.pieces == [('ekg', 'search,landscape'), ('ekg', 'finetune'),
+                          ('ekg_seed2', 'finetune')]
+  assert '--config.seed=2' in study.command(arm, 'finetune')
+  # The base arm's commands (committed before seeds existed) are unchanged.
+  assert not any(flag.startswith('--config.seed')
+                 for flag in study.command(study.BY_NAME['ekg'], 'finetune'))
