@@ -38,7 +38,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from run import _fmt, machine_info, settle, stats  # noqa: E402 (beside)
+from report import _fmt, machine_info  # noqa: E402 (beside)
+from workers import settle, stats  # noqa: E402
 
 TF_PYTHON = os.path.join(ROOT, '.venv-tf', 'bin', 'python')
 WEIGHTS = os.path.join(ROOT, '..', 'shared', 'pretrained',

@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import share_compilations, slimmed_widths, stats  # noqa: E402
+from workers import share_compilations, slimmed_widths, stats  # noqa: E402
 
 FULL = dict(depth=56, batch=128, steps=20, repeats=5, teachers=5,
             dtypes=['float32', 'bfloat16'], images_per_class=32,

@@ -17,22 +17,18 @@ profile-driven changes (see `benchmarks/README.md`).
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SEARCH_SUMMARY = os.path.join(ROOT, 'experiments', 'results',
-                              'r56_search_summary.json')
+from report import default_machine_name, machine_info, markdown
+from workers import (HERE, ROOT, Worker, in_turn, jax_worker, ratio_stats,
+                     settle, share_compilations, slimmed_widths, stats,
+                     torch_worker)
+
 TORCH_PYTHON = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
 
 ABLATION = ('before', 'materialize', 'materialize+xla_flags', 'toolkit')
@@ -48,93 +44,6 @@ QUICK = dict(depth=20, batch=8, steps=1, repeats=1, search_repeats=1,
              # The two ends of the ablation (the middle ones differ only in
              # flags): CI's smoke run stays within its time.
              ablation=(ABLATION[0], ABLATION[-1]))
-
-
-class Worker:
-  """A benchmark process spoken to one JSON line at a time."""
-
-  def __init__(self, name: str, argv: list, env: Optional[dict] = None):
-    self.name = name
-    self._log = tempfile.TemporaryFile(mode='w+')
-    self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=self._log,
-                                  text=True, env=env, cwd=ROOT)
-
-  def __call__(self, cmd: str, **request) -> dict:
-    self._proc.stdin.write(json.dumps({'cmd': cmd, **request}) + '\n')
-    self._proc.stdin.flush()
-    line = self._proc.stdout.readline()
-    if not line:
-      self._log.seek(0)
-      tail = self._log.read()[-3000:]
-      raise RuntimeError(f'{self.name} worker died on {cmd!r}:\n{tail}')
-    return json.loads(line)
-
-  def close(self):
-    self._proc.stdin.close()
-    self._proc.wait()
-    self._log.close()
-
-
-def settle(seconds: float = 1.0) -> None:
-  """Lets the side that just ran go idle (OpenMP and Eigen threads spin a
-  while after their work) before the next one is timed."""
-  time.sleep(seconds)
-
-
-def in_turn(workers: dict, rep: int) -> list:
-  """The sides in order on even repetitions, reversed on odd ones, so no
-  side always runs right after the same other one."""
-  items = list(workers.items())
-  return items if rep % 2 == 0 else items[::-1]
-
-
-def share_compilations(prefix: str) -> None:
-  """Smoke runs only: every JAX process started from here on keeps its
-  compiled programs in one persistent cache, so the same train step, built
-  again in the train, ablation and profile sections, compiles once (the
-  quick run: 405 s -> 191 s). Its times then say nothing; quick runs check
-  that every section runs, not how fast. The folder goes at exit."""
-  folder = tempfile.mkdtemp(prefix=prefix)
-  atexit.register(shutil.rmtree, folder, True)
-  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', folder)
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-
-
-def jax_worker(variant: str = 'toolkit') -> Worker:
-  return Worker(f'jax_{variant}', [sys.executable,
-                                   os.path.join(HERE, 'jax_worker.py'),
-                                   f'--variant={variant}'])
-
-
-def torch_worker(mode: str, torch_python: str) -> Worker:
-  return Worker(f'torch_{mode}', [torch_python,
-                                  os.path.join(HERE, 'torch_reference.py')])
-
-
-def stats(values: list) -> dict:
-  return {'median': statistics.median(values), 'min': min(values),
-          'max': max(values), 'n': len(values)}
-
-
-def slimmed_widths(depth: int) -> dict:
-  """The kept channels of the committed ResNet-56 search at 45% FLOPs
-  (blocks a shallower network lacks are dropped)."""
-  with open(SEARCH_SUMMARY) as f:
-    kept = json.load(f)['search']['kept_channels']
-  blocks = (depth - 2) // 6
-  return {g: k for g, k in kept.items()
-          if '/block' not in g or int(g.rsplit('block', 1)[1]) < blocks}
-
-
-def ratio_stats(times: dict, a: str, b: str) -> dict:
-  """Speed of a over b (time_b / time_a), per repetition."""
-  return stats([tb / ta for ta, tb in zip(times[a], times[b])])
-
-
-# ---------------------------------------------------------------------------
-# Sections.
 
 
 def train_steps(o, log, torch_python) -> dict:
@@ -232,8 +141,6 @@ def conv_kernels(o, log, torch_python) -> dict:
   return {name: {k: {op: statistics.median([r[k][op] for r in reps])
                      for op in reps[0][k]} for k in keys}
           for name, reps in ms.items()}
-
-
 
 
 def ablation(o, log, torch_python=None) -> dict:
@@ -414,200 +321,6 @@ SECTIONS = {'train': train_steps, 'conv_kernels': conv_kernels,
             'ablation': ablation, 'profile': profile,
             'search_step': search_step, 'search_e2e': search_e2e,
             'inference': inference, 'memory_bank': bank, 'memory': memory}
-
-
-# ---------------------------------------------------------------------------
-# Report.
-
-
-def machine_info(versions: dict) -> dict:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return {'platform': platform.platform(), 'cpu': cpu,
-          'cpus': os.cpu_count(), **versions}
-
-
-def default_machine_name(versions: dict) -> str:
-  if versions['backend'] == 'cpu':
-    return f'cpu-{os.cpu_count()}cores'
-  return versions['device'].lower().replace(' ', '-')
-
-
-def _fmt(s: dict, digits: int = 1) -> str:
-  return (f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-"
-          f"{s['max']:.{digits}f})")
-
-
-def _train_table(train: dict, o: dict) -> list:
-  lines = [f"**Training step** (batch {o['batch']}, images/s; first call "
-           'includes compilation)', '',
-           '| step | side | images/s | GFLOP/s | first call s | '
-           'peak RSS GB |', '|---|---|---|---|---|---|']
-  for kind, r in train.items():
-    label = {'finetune': 'EKG fine-tune (slimmed, 2 views, KD)',
-             'dense': 'dense plain (1 view, CE)'}[kind]
-    for name, s in r['sides'].items():
-      lines.append(f"| {label} | {name} | {_fmt(s['images_per_s'])} | "
-                   f"{s['gflops_per_s']:.1f} | {s['first_call_s']:.1f} | "
-                   f"{s['max_rss_bytes'] / 1e9:.2f} |")
-    for name, s in r['ratios'].items():
-      lines.append(f"| {label} | ratio {name.replace('_vs_', ' / ')} | "
-                   f"{_fmt(s, 2)}x | | | |")
-    for name, err in r['errors'].items():
-      lines.append(f'| {label} | {name} | failed: see JSON | | | |')
-  check = train.get('finetune', {}).get('same_function')
-  if check:
-    lines += ['', f"Same function: logits differ by at most "
-              f"{check['max_abs_logit_diff']:.2e} (largest "
-              f"{check['max_abs_logit']:.1f}); loss JAX "
-              f"{check['loss_jax']:.5f}, PyTorch {check['loss_torch']:.5f}."]
-  lines.append('')
-  return lines
-
-
-def _kernels_table(kernels: dict, o: dict) -> list:
-  names = list(kernels)
-  lines = ['**One 3x3 conv** (ms, median over repetitions of medians of '
-           '10 calls; NHWC shape)', '',
-           '| shape | kernel | ' + ' | '.join(names) + ' |',
-           '|---|---|' + '---|' * len(names)]
-  for shape in kernels[names[0]]:
-    for op in ('forward', 'input_grad', 'kernel_grad'):
-      lines.append(f'| {shape} | {op} | ' + ' | '.join(
-          f'{kernels[n][shape][op]:.2f}' for n in names) + ' |')
-  lines.append('')
-  return lines
-
-
-def _ablation_table(abl: dict, o: dict) -> list:
-  lines = ['**The speed-ups one at a time** (training step, batch '
-           f"{o['batch']}; images/s and speed-up over `before`)", '',
-           '| variant | ' + ' | '.join(abl) + ' |',
-           '|---|' + '---|' * len(abl)]
-  for variant in next(iter(abl.values())):
-    lines.append(f'| {variant} | ' + ' | '.join(
-        f"{_fmt(abl[k][variant]['images_per_s'])} img/s, "
-        f"{abl[k][variant]['speedup_vs_before']['median']:.2f}x"
-        for k in abl) + ' |')
-  lines.append('')
-  return lines
-
-
-def _profile_table(prof: dict, o: dict) -> list:
-  kinds = sorted({k for r in prof.values() for k in r if k != '_total_ms'},
-                 key=lambda k: -max(r.get(k, {}).get('ms', 0)
-                                    for r in prof.values()))
-  lines = ['**Profile** of one fine-tuning step (ms per step by XLA '
-           'operation kind, `jax.profiler`; Eigen convolutions run on '
-           'their own threads and are only partly covered)', '',
-           '| operation kind | ' + ' | '.join(prof) + ' |',
-           '|---|' + '---|' * len(prof)]
-  for k in kinds:
-    lines.append(f'| {k} | ' + ' | '.join(
-        f"{r[k]['ms']:.0f} ({r[k]['count']:.0f} ops)" if k in r else '-'
-        for r in prof.values()) + ' |')
-  lines.append('')
-  return lines
-
-
-def _search_step_table(step: dict, o: dict) -> list:
-  lines = [f"**Search step** ({step['candidates']} candidates on "
-           f"{step['images']} images, chunk {step['chunk_size']}, "
-           f"{step['weights']} weights; seconds)", '',
-           '| path | jax s | jax_before s | jax first call s | '
-           'speed-up vs loop | jax vs jax_before |',
-           '|---|---|---|---|---|---|']
-  v = step['variants']
-  for mode in ('importance', 'vmap', 'prefix', 'loop'):
-    vs_loop = step['ratios'].get(f'{mode}_vs_loop')
-    lines.append(
-        f"| {mode} | {_fmt(v['jax']['seconds'][mode], 2)} | "
-        f"{_fmt(v['jax_before']['seconds'][mode], 2)} | "
-        f"{v['jax']['first_call_s'][mode]:.1f} | "
-        f"{_fmt(vs_loop, 2) + 'x' if vs_loop else '-'} | "
-        f"{_fmt(step['ratios'][f'{mode}_jax_vs_jax_before'], 2)}x |")
-  lines += ['', f"Recompilations while timed: "
-            f"{v['jax']['recompiles_while_timed']}.", '']
-  return lines
-
-
-def _search_e2e_line(e2e: dict, o: dict) -> list:
-  return [f"**End-to-end search** to FLOPs rate {o['target']}: "
-          f"{e2e['seconds']:.0f} s, {e2e['steps']} steps "
-          f"(`{e2e['evaluation']}` evaluation), reached "
-          f"{e2e['flops_rate']:.4f}; compilations after the first step: "
-          f"{e2e['compiles_after_step_1']}; peak RSS "
-          f"{e2e['max_rss_bytes'] / 1e9:.2f} GB.", '']
-
-
-def _inference_table(inf: dict, o: dict) -> list:
-  lines = [f"**Inference** (eval mode; slimmed MACs "
-           f"{inf['macs']['slimmed']:,} vs dense {inf['macs']['dense']:,}"
-           f", ideal speed-up {inf['ideal_speedup']:.2f}x; ms per batch;"
-           ' `masked`: the supernet with the same masks)', '',
-           '| side | batch | dense ms | masked ms | slimmed ms | slimmed '
-           'speed-up | of ideal |', '|---|---|---|---|---|---|---|']
-  for key, e in inf.items():
-    if '_batch_' not in key:
-      continue
-    side, b = key.split('_batch_')
-    ms = {n: _fmt({k: v * 1e3 if k != 'n' else v
-                   for k, v in e[n].items()}, 2) if n in e else '-'
-          for n in ('dense', 'masked', 'slimmed')}
-    lines.append(f"| {side} | {b} | {ms['dense']} | {ms['masked']} | "
-                 f"{ms['slimmed']} | {_fmt(e['slimmed_speedup'], 2)}x | "
-                 f"{e['slimmed_fraction_of_ideal']:.0%} |")
-  lines.append('')
-  return lines
-
-
-def _memory_bank_line(mb: dict, o: dict) -> list:
-  return [f"**Memory bank**: {_fmt(mb['images_per_s'])} images/s with "
-          f"{mb['teachers']} teachers ({mb['images']} images); "
-          f"{mb['bytes_per_image']} bytes per image ({mb['dtype']}), "
-          f"{mb['cifar10_train_bytes'] / 1e6:.1f} MB for the 50,000 "
-          'CIFAR-10 training images.', '']
-
-
-def _memory_table(mem: dict, o: dict) -> list:
-  gb = lambda r: f"{r['max_rss_bytes'] / 1e9:.2f}"  # noqa: E731
-  lines = ['**Peak memory** (resident set of the whole process, GB; a '
-           f"bare JAX worker: {gb(mem['bare_worker'])})", '',
-           '| what | setting | peak RSS GB | seconds (one call) |',
-           '|---|---|---|---|']
-  for c, r in mem['search_by_chunk_size'].items():
-    lines.append(f"| search step, vmap | chunk_size {c} | {gb(r)} | "
-                 f"{r['vmap_s']:.2f} |")
-  for b, r in mem['finetune_by_batch'].items():
-    lines.append(f'| fine-tuning step | batch {b} | {gb(r)} | |')
-  lines.append('')
-  return lines
-
-
-# Each section's results -> its Markdown lines, in report order.
-MARKDOWN = {'train': _train_table, 'conv_kernels': _kernels_table,
-            'ablation': _ablation_table, 'profile': _profile_table,
-            'search_step': _search_step_table,
-            'search_e2e': _search_e2e_line, 'inference': _inference_table,
-            'memory_bank': _memory_bank_line, 'memory': _memory_table}
-
-
-def markdown(results: dict) -> str:
-  m, o = results['machine'], results['options']
-  lines = [f"Machine: {m['cpu']}, {m['cpus']} cores, JAX {m['jax']} "
-           f"({m['backend']}: {m['device']}), PyTorch "
-           f"{results.get('train', {}).get('finetune', {}).get('torch', '-')}"
-           f"; ResNet-{o['depth']}, medians (min-max) over "
-           f"{o['repeats']} repetitions after warm-up.", '']
-  for section, table in MARKDOWN.items():
-    if results.get(section):
-      lines += table(results[section], o)
-  return '\n'.join(lines)
 
 
 def main(argv=None):

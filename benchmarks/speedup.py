@@ -211,7 +211,7 @@ def sides(wanted) -> dict:
 
 
 def measure(o: dict, log) -> dict:
-  from run import Worker, in_turn, settle, stats
+  from workers import Worker, in_turn, settle, stats
   nets = widths(o['depth'])
   workers = {side: Worker(side, [python, os.path.abspath(__file__),
                                  f'--worker={side}'])
