@@ -60,11 +60,11 @@ QUICK = dict(depth=20, batch=8, steps=2, repeats=1, teachers=2,
 def finetune(o: dict) -> dict:
   """The fine-tuning step on the slimmed network (two views, the memory
   bank's targets) as one compiled `lax.scan` of `steps` steps."""
-  import jax_worker
+  import jax_workloads as workloads
   out = {}
   for dtype in o['dtypes']:
     start = time.perf_counter()
-    train = jax_worker.Train('finetune', o['batch'], o['steps'],
+    train = workloads.Train('finetune', o['batch'], o['steps'],
                              slimmed_widths(o['depth']), o['teachers'],
                              o['depth'], program='scan', dtype=dtype)
     train.time()  # compiles
@@ -83,9 +83,9 @@ def search(o: dict) -> dict:
   evaluation path (vmap at several chunk sizes)."""
   import dataclasses
 
-  import jax_worker
+  import jax_workloads as workloads
   from ekg_jax import search as search_lib
-  step = jax_worker.SearchStep(o['chunks'][0], o['images_per_class'],
+  step = workloads.SearchStep(o['chunks'][0], o['images_per_class'],
                                o['depth'], 'synthetic', ['prefix', 'loop'])
   problem = step.problem
   names = ['importance', 'prefix', 'loop']
@@ -108,14 +108,14 @@ def search(o: dict) -> dict:
 def search_e2e(o: dict) -> dict:
   """The whole greedy search to the FLOPs target (`auto` evaluation),
   compilation included."""
-  import jax_worker
-  return jax_worker.search_e2e(o['target'], o['images_per_class'],
+  import jax_workloads as workloads
+  return workloads.search_e2e(o['target'], o['images_per_class'],
                                o['depth'], 'synthetic')
 
 
 def memory_bank(o: dict) -> dict:
-  import jax_worker
-  reply = jax_worker.bank_throughput(o['bank_images'], o['teachers'], 256,
+  import jax_workloads as workloads
+  reply = workloads.bank_throughput(o['bank_images'], o['teachers'], 256,
                                      o['depth'], o['bank_repeats'])
   return {'images': reply['images'], 'teachers': o['teachers'],
           'images_per_s': stats([reply['images'] / s
@@ -124,8 +124,8 @@ def memory_bank(o: dict) -> dict:
 
 
 def inference(o: dict) -> dict:
-  import jax_worker
-  reply = jax_worker.inference(o['inference_batches'],
+  import jax_workloads as workloads
+  reply = workloads.inference(o['inference_batches'],
                                slimmed_widths(o['depth']),
                                o['inference_repeats'], o['depth'])
   macs = reply['macs']

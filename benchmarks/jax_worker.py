@@ -25,6 +25,8 @@ so far, so the driver can tell that timed calls compiled nothing):
   conv_kernels {shapes, repeats} ms of one 3x3 conv: forward, input
                                gradient, kernel gradient
   peak {}                      peak host (and device) memory
+
+The workloads themselves are in `jax_workloads.py`.
 """
 
 from __future__ import annotations
@@ -32,17 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from ekg_jax import xla_config  # noqa: E402
-
-SHARED = os.environ.get('EKG_SHARED', os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared'))
-
 
 CHANGES = ('materialize', 'xla_flags', 'sliced_kernel_grad')
 
@@ -59,373 +56,93 @@ def parse_changes() -> set:
   return changes
 
 
-if __name__ == '__main__':
-  ACTIVE = parse_changes()
-  if 'xla_flags' in ACTIVE:
-    xla_config.set_fast_cpu_flags()
-else:  # imported (device_check.py): the toolkit's code paths; XLA flags
-  ACTIVE = set(CHANGES) - {'xla_flags'}  # are the importer's to set
+ACTIVE = parse_changes()
+if 'xla_flags' in ACTIVE:  # before JAX starts
+  xla_config.set_fast_cpu_flags()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
 
-from ekg_jax import checkpoint, data, distill, flops, gates, memory_bank  # noqa: E402
-from ekg_jax import train as train_lib  # noqa: E402
-from ekg_jax import ops, search  # noqa: E402
-from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD, default_config  # noqa: E402
-from ekg_jax.models import create_model  # noqa: E402
+import jax_workloads as w  # noqa: E402 (benchmarks/, beside this file)
+from ekg_jax import ops  # noqa: E402
 
-COMPILES = [0]  # XLA compilations in this process
-
-
-def _count_compiles(event: str, _seconds: float, **_):
-  if event == '/jax/core/compile/backend_compile_duration':
-    COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+if 'materialize' not in ACTIVE:
+  w.MATERIALIZE = False
 if 'sliced_kernel_grad' not in ACTIVE:
   ops.KERNEL_GRAD_SLICE = 0
 
 
-def model_for(depth: int, widths=None):
-  materialize = None if 'materialize' in ACTIVE else False
-  return create_model(f'resnet{depth}',
-                      widths=tuple(sorted((widths or {}).items())),
-                      materialize_segments=materialize)
-
-
-def init(model):
-  return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-
-
-def macs(model) -> int:
-  return flops.count_flops(gates.layer_table(model, (32, 32, 3)))
-
-
-class Train:
-  """One training step of the toolkit (`train.make_step` on the
-  StepRunner the pipeline uses) on random uint8 data held on device."""
-
-  def __init__(self, kind, batch, steps, widths, teachers, depth,
-               program='auto', dtype='float32'):
-    self.model = model_for(depth, widths)
-    if dtype != 'float32':  # as trainer.train does for model.dtype
-      self.model = self.model.clone(dtype=jnp.dtype(dtype))
-    section = 'finetune' if kind == 'finetune' else 'pretrain'
-    config = default_config()  # the CIFAR recipes, as the pipeline runs them
-    self.config = distill.StepConfig.from_config(config, section)
-    tx = train_lib.make_optimizer(config[section], 100)
-    self.state = train_lib.TrainState.create(init(self.model), tx)
-    self.runner = train_lib.StepRunner(
-        train_lib.make_step(self.model, tx, self.config), program)
-    rng = np.random.default_rng(0)
-    pool = 4 * batch
-    self.data = train_lib.TrainData(
-        jnp.asarray(rng.integers(0, 256, (pool, 32, 32, 3), np.uint8)),
-        jnp.asarray(rng.integers(0, 10, (pool,)), jnp.int32),
-        jnp.asarray(rng.normal(size=(pool, teachers, 10)), jnp.float32)
-        if kind == 'finetune' else None)
-    self.indices = (np.arange(steps * batch) % pool).reshape(steps, batch)
-    self.key = jax.random.key(1)
-    self.flops_per_step = (2 * 3 * macs(self.model) * batch
-                           * self.config.views)
-
-  def time(self) -> float:
-    start = time.perf_counter()
-    self.state, metrics = self.runner(self.state, self.data, self.indices,
-                                      self.key)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - start
-
-  def export(self, path: str) -> dict:
-    """Writes what `torch_reference.check` needs and returns JAX's answer."""
-    images = self.data.images[:32]
-    labels, bank = self.data.labels[:32], self.data.bank[:32]
-    keys = jax.random.split(jax.random.key(2), 32)
-    views = distill.augmented_views(self.config, keys, images)
-    variables = self.state.variables
-    logits = self.model.apply(variables, views[0], train=False)
-    train_logits, _ = distill.views_logits(self.model, variables, views)
-    loss, _ = distill.views_loss(train_logits, labels, bank, self.config)
-    flat = {'/'.join(k): np.asarray(v) for k, v in
-            traverse_util.flatten_dict(jax.device_get(variables)).items()}
-    np.savez(path, **flat, view0=np.asarray(views[0]),
-             view1=np.asarray(views[1]), labels=np.asarray(labels),
-             bank=np.asarray(bank), temperature=self.config.temperature,
-             depth=self.model.depth, widths=json.dumps(dict(self.model.widths)))
-    return {'logits': np.asarray(logits).tolist(), 'loss': float(loss)}
-
-
-def load_pretrained(model):
-  depth = model.depth
-  ref = jax.eval_shape(model.init, jax.random.key(0),
-                       jnp.zeros((1, 32, 32, 3)))
-  path = os.path.join(SHARED, 'pretrained',
-                      f'ekg_official_resnet{depth}_cifar10.pkl')
-  if os.path.exists(path):
-    return checkpoint.load_official_pkl(path, ref), 'official'
-  return init(model), 'random'  # ResNet-20 (quick runs): no checkpoint
-
-
-def synthetic_split(images: int) -> data.Split:
-  """Random CIFAR-shaped images (timing only: no dataset needed)."""
-  rng = np.random.default_rng(0)
-  return data.Split(rng.integers(0, 256, (images, 32, 32, 3), np.uint8),
-                    (np.arange(images) % 10).astype(np.int32))
-
-
-def search_problem(chunk_size, images_per_class, depth, split,
-                   evaluation='auto', target=0.45):
-  """`split`: a CIFAR-10 train split, or 'synthetic' (random images)."""
-  model = model_for(depth)
-  table = gates.layer_table(model, (32, 32, 3))
-  variables, weights = load_pretrained(model)
-  if split == 'synthetic':
-    train = synthetic_split(10 * images_per_class)
-  else:
-    train = data.load_split('cifar10', split, os.environ.get(
-        'TFDS_DATA_DIR', os.path.join(SHARED, 'tfds')))
-  val = train.subset(data.class_subset_indices(train.labels,
-                                               images_per_class, True))
-  batches = search.Batches.from_split(val, 256, REFERENCE_MEAN,
-                                      REFERENCE_STD)
-  config = search.SearchConfig(chunk_size=chunk_size, evaluation=evaluation,
-                               target_flops_rate=target)
-  problem = search.SearchProblem(search.Evaluator(model, table, config),
-                                 variables, batches, config)
-  return problem, weights
-
-
-class SearchStep:
-  """The first step of the search: importance, then every candidate."""
-
-  def __init__(self, chunk_size, images_per_class, depth, split, modes):
-    self.problem, self.weights = search_problem(chunk_size, images_per_class,
-                                                depth, split)
-    problem, ev = self.problem, self.problem.evaluator
-    state = search.init_state(problem)
-    specs = problem.specs
-    kept = search.kept_from_rates(specs, state.rates)
-    masks = gates.masks_from_kept(kept, {g: jnp.asarray(r)
-                                         for g, r in state.ranks.items()})
-    scores = jax.device_get(problem.scores(state, masks))
-    ranks = {g: jnp.asarray(r)
-             for g, r in gates.ranks_from_scores(scores).items()}
-    marked = search.mark_candidates(specs, state.rates, scores,
-                                    problem.config)
-    candidates = {g: search.kept_count(
-        specs[g].channels,
-        state.rates[g] - search.step_size(specs[g], problem.config.step))
-                  for g in marked}
-    self.candidates = len(candidates)
-    self._step = (state.teacher.logits, ranks, kept, candidates)
-    self.runs = {'importance': lambda: problem.scores(state, masks)}
-    self.compile_s = {}
-    self._compile('importance')
-    for mode in modes:
-      self.add(mode, ev)
-
-  def add(self, mode, evaluator, name=None):
-    """Compiles `mode` of `evaluator` (another chunk size, say) on this
-    step's candidates and times it as `name`."""
-    problem = self.problem
-    self.runs[name or mode] = lambda: evaluator.evaluate_candidates(
-        mode, problem.variables, problem.batches, *self._step)
-    self._compile(name or mode)
-
-  def _compile(self, name):
-    start = time.perf_counter()
-    jax.block_until_ready(self.runs[name]())
-    self.compile_s[name] = time.perf_counter() - start
-
-  def time(self, mode) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(self.runs[mode]())
-    return time.perf_counter() - start
-
-
-def search_e2e(target, images_per_class, depth, split, chunk_size=4
-               ) -> dict:
-  problem, weights = search_problem(chunk_size, images_per_class, depth,
-                                    split, target=target)
+def _setup_train(request, objects):
   start = time.perf_counter()
-  state = search.init_state(problem)
-  compiles_at_step = []
-  evaluation = problem.evaluator.evaluation
-  while not search.done(problem, state):
-    state = search.search_step(problem, state, evaluation)
-    compiles_at_step.append(COMPILES[0])
-  seconds = time.perf_counter() - start
-  return {'seconds': seconds, 'steps': state.step, 'weights': weights,
-          'evaluation': evaluation,
-          'flops_rate': state.history[-1]['flops_rate'],
-          'compiles_after_step_1': (compiles_at_step[-1] - compiles_at_step[0]
-                                    if compiles_at_step else 0)}
+  train = objects['train'] = w.Train(
+      request['kind'], request['batch'], request['steps'],
+      request.get('widths') or {}, request['teachers'], request['depth'])
+  train.time()  # compiles
+  return {'compile_s': train.runner.compile_seconds,
+          'first_call_s': time.perf_counter() - start,
+          'flops_per_step': train.flops_per_step}
 
 
-def inference(batches, widths, repeats, depth) -> dict:
-  """Eval-mode latency: dense, the masked supernet and the slimmed
-  network, alternating, per batch size."""
-  dense, slimmed = model_for(depth), model_for(depth, widths)
-  table = gates.layer_table(dense, (32, 32, 3))
-  specs = gates.gate_specs(table)
-  kept = {g: widths.get(g, s.channels) for g, s in specs.items()}
-  masks = gates.masks_from_kept(kept, {g: jnp.arange(s.channels)
-                                       for g, s in specs.items()})
-  nets = {'dense': (dense, init(dense), None),
-          'masked': (dense, init(dense), masks),
-          'slimmed': (slimmed, init(slimmed), None)}
-  fns = {name: jax.jit(lambda v, x, m, model=model: model.apply(
-      v, x, masks=m, train=False)) for name, (model, _, _) in nets.items()}
-  out = {'macs': {'dense': macs(dense), 'slimmed': macs(slimmed)}}
-  for b in batches:
-    x = jax.random.normal(jax.random.key(0), (b, 32, 32, 3))
-    times = {n: [] for n in nets}
-    compile_s = {}
-    for n, (_, v, m) in nets.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fns[n](v, x, m))
-      compile_s[n] = time.perf_counter() - start
-    reps = max(repeats, 3 if b > 1 else 20)
-    for _ in range(reps):
-      for n, (_, v, m) in nets.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fns[n](v, x, m))
-        times[n].append(time.perf_counter() - start)
-    out[str(b)] = {'seconds': times, 'first_call_s': compile_s}
-  return out
+def _setup_search(request, objects):
+  step = objects['search'] = w.SearchStep(
+      request['chunk_size'], request['images_per_class'], request['depth'],
+      request['split'], request['modes'])
+  return {'first_call_s': step.compile_s, 'candidates': step.candidates,
+          'weights': step.weights}
 
 
-def bank_throughput(images, teachers, batch, depth, repeats) -> dict:
-  """`memory_bank.make_teacher_logits` over `images` CIFAR-shaped images
-  with `teachers` teachers (masks of the first search step's shape)."""
-  model = model_for(depth)
-  variables = init(model)
-  specs = gates.gate_specs(gates.layer_table(model, (32, 32, 3)))
-  ranks = {g: jnp.arange(s.channels) for g, s in specs.items()}
-  masks = [gates.masks_from_kept(
-      {g: max(1, s.channels - k) for g, s in specs.items()}, ranks)
-           for k in range(teachers)]
-  stacked = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *masks)
-  fn = memory_bank.make_teacher_logits(model, REFERENCE_MEAN, REFERENCE_STD)
-  x = jnp.asarray(np.random.default_rng(0).integers(
-      0, 256, (images, 32, 32, 3), np.uint8))
-
-  def run():
-    outs = [fn(variables, x[i:i + batch], stacked)
-            for i in range(0, images, batch)]
-    return jnp.concatenate(outs).astype(jnp.bfloat16)
-
-  start = time.perf_counter()
-  logits = jax.block_until_ready(run())
-  first = time.perf_counter() - start
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    seconds.append(time.perf_counter() - start)
-  return {'seconds': seconds, 'first_call_s': first,
-          'bytes': int(logits.nbytes), 'images': images,
-          'bytes_per_image': int(logits.nbytes) // images,
-          'dtype': str(logits.dtype)}
+def _profile(request, objects):
+  import profiling  # noqa: E402 (benchmarks/, beside this file)
+  train = objects['train']
+  by_kind = profiling.profile(train.time)
+  return {k: ({'ms': v['ms'] / len(train.indices),
+               'count': v['count'] / len(train.indices)}
+              if isinstance(v, dict) else v / len(train.indices))
+          for k, v in by_kind.items()}
 
 
-def conv_kernels(shapes, repeats) -> dict:
-  """Median ms of a 3x3 'SAME' conv on each NHWC shape: forward, input
-  gradient and kernel gradient, each its own jitted program."""
-  out = {}
-  for shape in shapes:
-    x = jax.random.normal(jax.random.key(0), shape)
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[-1],
-                                                   shape[-1]))
-    g = ops.conv2d(x, kernel)
-    programs = {
-        'forward': jax.jit(ops.conv2d),
-        'input_grad': jax.jit(lambda x, k, g: jax.vjp(
-            lambda x: ops.conv2d(x, k), x)[1](g)[0]),
-        'kernel_grad': jax.jit(lambda x, k, g: jax.vjp(
-            lambda k: ops.conv2d(x, k), k)[1](g)[0])}
-    entry = out['x'.join(map(str, shape))] = {}
-    for name, fn in programs.items():
-      args = (x, kernel) if name == 'forward' else (x, kernel, g)
-      jax.block_until_ready(fn(*args))
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-      entry[name] = float(np.median(times)) * 1e3
-  return out
+def _versions(request, objects):
+  import flax
+  import optax
+  return {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
+          'flax': flax.__version__, 'optax': optax.__version__,
+          'backend': jax.default_backend(),
+          'device': jax.devices()[0].device_kind,
+          'device_count': jax.device_count(),
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
-def peak() -> dict:
-  out = {'max_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-         * 1024}
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    out['device_peak_bytes'] = stats['peak_bytes_in_use']
-  return out
+def _with(fn, *keys):
+  """A command that calls `fn` with the request's `keys`, in order."""
+  return lambda request, objects: fn(*(request[k] for k in keys))
+
+
+# Each command: (request, objects this process keeps) -> its reply.
+COMMANDS = {
+    'setup_train': _setup_train,
+    'time': lambda request, objects: {
+        'seconds': objects['train'].time(),
+        'steps': len(objects['train'].indices)},
+    'export': lambda request, objects: objects['train'].export(
+        request['path']),
+    'setup_search': _setup_search,
+    'time_search': lambda request, objects: {
+        'seconds': objects['search'].time(request['mode'])},
+    'search_e2e': _with(w.search_e2e, 'target', 'images_per_class', 'depth',
+                        'split'),
+    'inference': _with(w.inference, 'batches', 'widths', 'repeats', 'depth'),
+    'memory_bank': _with(w.bank_throughput, 'images', 'teachers', 'batch',
+                         'depth', 'repeats'),
+    'profile': _profile,
+    'conv_kernels': _with(w.conv_kernels, 'shapes', 'repeats'),
+    'peak': lambda request, objects: w.peak(),
+    'versions': _versions,
+}
 
 
 def handle(request, objects):
-  cmd = request['cmd']
-  if cmd == 'setup_train':
-    start = time.perf_counter()
-    train = objects['train'] = Train(
-        request['kind'], request['batch'], request['steps'],
-        request.get('widths') or {}, request['teachers'], request['depth'])
-    train.time()  # compiles
-    return {'compile_s': train.runner.compile_seconds,
-            'first_call_s': time.perf_counter() - start,
-            'flops_per_step': train.flops_per_step}
-  if cmd == 'time':
-    return {'seconds': objects['train'].time(),
-            'steps': len(objects['train'].indices)}
-  if cmd == 'export':
-    return objects['train'].export(request['path'])
-  if cmd == 'setup_search':
-    step = objects['search'] = SearchStep(
-        request['chunk_size'], request['images_per_class'],
-        request['depth'], request['split'], request['modes'])
-    return {'first_call_s': step.compile_s, 'candidates': step.candidates,
-            'weights': step.weights}
-  if cmd == 'time_search':
-    return {'seconds': objects['search'].time(request['mode'])}
-  if cmd == 'search_e2e':
-    return search_e2e(request['target'], request['images_per_class'],
-                      request['depth'], request['split'])
-  if cmd == 'inference':
-    return inference(request['batches'], request['widths'],
-                     request['repeats'], request['depth'])
-  if cmd == 'memory_bank':
-    return bank_throughput(request['images'], request['teachers'],
-                           request['batch'], request['depth'],
-                           request['repeats'])
-  if cmd == 'profile':
-    import profiling  # noqa: E402 (benchmarks/, beside this file)
-    train = objects['train']
-    by_kind = profiling.profile(train.time)
-    return {k: ({'ms': v['ms'] / len(train.indices),
-                 'count': v['count'] / len(train.indices)}
-                if isinstance(v, dict) else v / len(train.indices))
-            for k, v in by_kind.items()}
-  if cmd == 'conv_kernels':
-    return conv_kernels(request['shapes'], request['repeats'])
-  if cmd == 'peak':
-    return peak()
-  if cmd == 'versions':
-    import flax
-    import optax
-    return {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
-            'flax': flax.__version__, 'optax': optax.__version__,
-            'backend': jax.default_backend(),
-            'device': jax.devices()[0].device_kind,
-            'device_count': jax.device_count(),
-            'xla_flags': os.environ.get('XLA_FLAGS', '')}
-  raise ValueError(f'unknown cmd {cmd!r}')
+  if request['cmd'] not in COMMANDS:
+    raise ValueError(f"unknown cmd {request['cmd']!r}")
+  return COMMANDS[request['cmd']](request, objects)
 
 
 def main():
@@ -433,7 +150,7 @@ def main():
   for line in sys.stdin:
     request = json.loads(line)
     reply = handle(request, objects)
-    reply['compiles'] = COMPILES[0]
+    reply['compiles'] = w.COMPILES[0]
     print(json.dumps(reply), flush=True)
 
 
