@@ -297,38 +297,48 @@ def conv_kernels(shapes, repeats) -> dict:
   return out
 
 
+def _setup(request, state):
+  torch.set_num_threads(request.get('threads', torch.get_num_threads()))
+  start = time.perf_counter()
+  state['steps'] = request['steps']
+  step = state['step'] = Step(
+      request['kind'], request['mode'], request['batch'],
+      request.get('widths') or {}, request['teachers'], request['mean'],
+      request['std'], request['depth'])
+  step()  # warm-up; torch.compile compiles here
+  return {'compile_s': time.perf_counter() - start,
+          'torch': torch.__version__, 'threads': torch.get_num_threads()}
+
+
+def _time(request, state):
+  start = time.perf_counter()
+  for _ in range(state['steps']):
+    state['step']()
+  return {'seconds': time.perf_counter() - start, 'steps': state['steps']}
+
+
+# Each command: (request, the step this process keeps) -> its reply.
+COMMANDS = {
+    'setup': _setup,
+    'time': _time,
+    'peak': lambda request, state: {'max_rss_bytes': resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024},
+    'check': lambda request, state: check(request),
+    'inference': lambda request, state: inference(
+        request['batches'], request['widths'], request['repeats'],
+        request['depth']),
+    'conv_kernels': lambda request, state: conv_kernels(
+        request['shapes'], request['repeats']),
+}
+
+
 def main():
-  step, steps = None, 0
+  state = {}
   for line in sys.stdin:
     request = json.loads(line)
-    if request['cmd'] == 'setup':
-      torch.set_num_threads(request.get('threads', torch.get_num_threads()))
-      start = time.perf_counter()
-      steps = request['steps']
-      step = Step(request['kind'], request['mode'], request['batch'],
-                  request.get('widths') or {}, request['teachers'],
-                  request['mean'], request['std'], request['depth'])
-      step()  # warm-up; torch.compile compiles here
-      reply = {'compile_s': time.perf_counter() - start,
-               'torch': torch.__version__,
-               'threads': torch.get_num_threads()}
-    elif request['cmd'] == 'time':
-      start = time.perf_counter()
-      for _ in range(steps):
-        step()
-      reply = {'seconds': time.perf_counter() - start, 'steps': steps}
-    elif request['cmd'] == 'peak':
-      reply = {'max_rss_bytes': resource.getrusage(
-          resource.RUSAGE_SELF).ru_maxrss * 1024}
-    elif request['cmd'] == 'check':
-      reply = check(request)
-    elif request['cmd'] == 'inference':
-      reply = inference(request['batches'], request['widths'],
-                        request['repeats'], request['depth'])
-    elif request['cmd'] == 'conv_kernels':
-      reply = conv_kernels(request['shapes'], request['repeats'])
-    else:
-      reply = {'error': f"unknown cmd {request['cmd']!r}"}
+    command = COMMANDS.get(request['cmd'])
+    reply = (command(request, state) if command else
+             {'error': f"unknown cmd {request['cmd']!r}"})
     print(json.dumps(reply), flush=True)
 
 
