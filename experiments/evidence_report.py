@@ -179,6 +179,52 @@ def commands(arms: dict) -> str:
   return '```\n' + ('\n'.join(lines) or MISSING) + '\n```'
 
 
+def _ranks(values: list) -> list:
+  """1-based ranks, ties given their mean rank."""
+  order = sorted(range(len(values)), key=values.__getitem__)
+  ranks = [0.0] * len(values)
+  i = 0
+  while i < len(order):
+    j = i
+    while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+      j += 1
+    for k in range(i, j + 1):
+      ranks[order[k]] = (i + j) / 2 + 1
+    i = j + 1
+  return ranks
+
+
+def spearman(x: list, y: list) -> float:
+  """Spearman's rank correlation (Pearson's on the ranks)."""
+  rx, ry = _ranks(x), _ranks(y)
+  mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+  cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+  var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+  return cov / var ** 0.5 if var else float('nan')  # nan: a constant
+
+
+def correlations(arms: dict, plotted: list) -> str:
+  """Does a flatter searched network fine-tune better? The rank
+  correlation of each measure with the accuracy after fine-tuning, across
+  the plotted greedy searches (the uniform allocation is another kind of
+  network). The paper's claim predicts negative values."""
+  names = [a for a in plotted if a != 'l1_uniform']
+  if len(names) < 3:
+    return ''
+  accuracy = [arms[a]['final']['test_accuracy'] for a in names]
+  measures = [('search', 'val_loss', 'search CE'),
+              ('landscape', 'condition', 'condition'),
+              ('landscape', 'lambda_max', 'lambda_max'),
+              ('landscape', 'trace', 'trace')]
+  rhos = [(label, spearman([arms[a][p][k] for a in names], accuracy))
+          for p, k, label in measures]
+  cells = [f'{label} {rho:+.2f}' if rho == rho else f'{label} n/a'
+           for label, rho in rhos]
+  return (f'Rank correlation (Spearman) with the accuracy after fine-tuning, '
+          f'across the {len(names)} greedy searches plotted: '
+          + ', '.join(cells) + '.')
+
+
 def plot(arms: dict) -> list[str]:
   """Each searched network's landscape measures against its test accuracy
   after fine-tuning without knowledge (the arms the paper's feasibility
@@ -241,7 +287,8 @@ def main(quiet: bool = False):
       'arm; seconds include the pauses and shared cores of the run log '
       'above).', arms_table(arms), seed_spread(arms),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
-      f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}.",
+      f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}. "
+      + correlations(arms, plotted),
       '<details><summary>The exact commands, as each arm\'s summary '
       'records them</summary>\n\n' + commands(arms) + '\n\n</details>',
       MARKERS[1]])

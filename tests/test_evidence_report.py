@@ -76,3 +76,19 @@ def test_readme_block_is_what_the_script_makes(tmp_path, monkeypatch):
   monkeypatch.setattr(module, 'FIGURE', str(tmp_path / 'landscape_vs_accuracy.png'))
   module.main()
   assert readme.read_text() == committed
+
+
+def test_rank_correlations_of_the_landscape_with_accuracy():
+  module = _module()
+  assert module.spearman([1, 2, 3], [30, 20, 10]) == -1.0
+  # Ties take their mean rank (scipy.stats.spearmanr gives 0.94868).
+  assert abs(module.spearman([1, 2, 2, 3], [1, 2, 3, 4]) - 0.948683) < 1e-6
+  # Flatter (lower condition) and better: the paper's claim, -1; the
+  # uniform allocation is left out of the greedy searches' correlation.
+  arms = {'ekg': _summary(0.61, 0.05, 88.0), 'gbn': _summary(0.64, 0.07, 87.5),
+          'l1': _summary(0.69, 0.09, 87.0),
+          'l1_uniform': _summary(2.7, 0.01, 81.0)}
+  line = module.correlations(arms, sorted(arms))
+  assert 'across the 3 greedy searches' in line
+  assert 'search CE -1.00, condition -1.00, lambda_max n/a' in line
+  assert module.correlations(arms, ['ekg', 'l1']) == ''
