@@ -284,8 +284,10 @@ def main(quiet: bool = False):
       '**Every arm** (`l1_uniform` and `per_channel` are not in the poster; '
       '"before": the searched network on the test set, per-batch BN; '
       '"after": one epoch of fine-tuning; a `-` phase did not run for the '
-      'arm; seconds include the pauses and shared cores of the run log '
-      'above).', arms_table(arms), seed_spread(arms),
+      'arm, and an arm built on another (`ekg_ft_*`, `ekg_seed*`) shows '
+      'the seconds of the pieces it copied; seconds include the pauses and '
+      'shared cores of the run log above).', arms_table(arms),
+      seed_spread(arms),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
       f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}. "
       + correlations(arms, plotted),
