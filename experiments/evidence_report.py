@@ -239,26 +239,31 @@ def plot(arms: dict) -> list[str]:
             and name not in SEED_ARMS[1:]}
   seeds = [arms[a]['final']['test_accuracy'] for a in SEED_ARMS
            if 'final' in arms[a]]
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+  # Row 2: the greedy searches alone, whose points row 1 squeezes together
+  # beside the uniform allocation's.
+  rows = [points, {n: s for n, s in points.items() if n != 'l1_uniform'}]
+  fig, axes = plt.subplots(2, 3, figsize=(13, 8), squeeze=False)
   measures = [('condition', 'abs(lambda_min / lambda_max)'),
               ('lambda_max', 'lambda_max'), ('trace', 'Hessian trace')]
-  for ax, (key, label) in zip(axes, measures):
-    for name, s in points.items():
-      x, y = s['landscape'][key], s['final']['test_accuracy']
-      ax.scatter(x, y)
-      ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4),
-                  fontsize=8)
-    if len(seeds) > 1 and SEED_ARMS[0] in points:
-      # The same network's range over fine-tuning seeds: how far apart
-      # two points must be to differ by more than a seed.
-      ax.vlines(points[SEED_ARMS[0]]['landscape'][key], min(seeds),
-                max(seeds), colors='gray', label='ekg: range over seeds')
-      ax.legend(fontsize=8)
-    ax.set_xlabel(label)
-    ax.set_ylabel('test accuracy after 1 epoch, %')
-    ax.grid(alpha=0.3)
+  for row, subset in zip(axes, rows):
+    for ax, (key, label) in zip(row, measures):
+      for name, s in subset.items():
+        x, y = s['landscape'][key], s['final']['test_accuracy']
+        ax.scatter(x, y)
+        ax.annotate(name, (x, y), textcoords='offset points',
+                    xytext=(4, 4), fontsize=8)
+      if len(seeds) > 1 and SEED_ARMS[0] in subset:
+        # The same network's range over fine-tuning seeds: how far apart
+        # two points must be to differ by more than a seed.
+        ax.vlines(subset[SEED_ARMS[0]]['landscape'][key], min(seeds),
+                  max(seeds), colors='gray', label='ekg: range over seeds')
+        ax.legend(fontsize=8)
+      ax.set_xlabel(label)
+      ax.set_ylabel('test accuracy after 1 epoch, %')
+      ax.grid(alpha=0.3)
   fig.suptitle('ResNet-56 / CIFAR-10 sub-networks at FLOPs rate 0.45: '
-               'landscape of the searched network vs accuracy')
+               'landscape of the searched network vs accuracy\n(row 2: '
+               'the greedy searches alone)')
   fig.tight_layout()
   fig.savefig(FIGURE, dpi=120)
   plt.close(fig)
