@@ -11,6 +11,7 @@ shows progress, results and the toolkit's warnings (`--verbose`: all).
 import errno
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -146,6 +147,26 @@ def _setup_logging(workdir: str, verbose: bool) -> None:
   root.addHandler(file_handler)
 
 
+class _Interrupts:
+  """SIGINT raises KeyboardInterrupt as Python's default handler does, and
+  is also remembered: a library that swallows the exception (one SIGINT
+  during data preparation was lost that way in CI) cannot turn an
+  interrupted run into a successful exit."""
+  seen = False
+
+  @classmethod
+  def handler(cls, signum, frame):
+    cls.seen = True
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+  # Checkpoints are atomic: the last complete one is where a rerun resumes.
+  print(f'ekg_jax: interrupted; rerun the same command to resume in '
+        f'{_WORKDIR.value}', file=sys.stderr)
+  sys.exit(130)
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}: every setting is a flag, e.g. '
@@ -156,18 +177,17 @@ def main(argv):
     if _CONFIG.value.distributed:
       _initialize_distributed()
       _leave_logs_to_process_0()
+    signal.signal(signal.SIGINT, _Interrupts.handler)
     pipeline.run(_CONFIG.value, _WORKDIR.value)
+    if _Interrupts.seen:
+      _interrupted()
   except USER_ERRORS as e:
     if _DEBUG.value:
       raise
     log = _log_traceback(_WORKDIR.value)
     fail(f'{e} (traceback in {log})')
   except KeyboardInterrupt:
-    # Checkpoints are atomic: the last complete one is where a rerun
-    # resumes.
-    print(f'ekg_jax: interrupted; rerun the same command to resume in '
-          f'{_WORKDIR.value}', file=sys.stderr)
-    sys.exit(130)
+    _interrupted()
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise

@@ -312,6 +312,27 @@ def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
   assert summary['search']['flops_rate'] <= 0.8
 
 
+def test_a_swallowed_sigint_still_ends_the_run_as_interrupted(tmp_path):
+  """A library that catches the KeyboardInterrupt (as happened once in CI
+  while data was prepared) cannot make an interrupted run exit 0."""
+  swallow = ('import os, runpy, signal, sys\n'
+             'import ekg_jax.pipeline as p\n'
+             'def run(config, workdir):\n'
+             '  try:\n'
+             '    os.kill(os.getpid(), signal.SIGINT)\n'
+             '    sum(range(10 ** 6))  # the handler runs here\n'
+             '  except BaseException:\n'
+             '    pass\n'
+             'p.run = run\n'
+             'sys.argv = ["ekg_jax.main"] + sys.argv[1:]\n'
+             'runpy.run_module("ekg_jax.main", run_name="__main__")\n')
+  result = run([sys.executable, '-c', swallow,
+                f'--workdir={tmp_path / "w"}', '--config=configs/quickstart.py'])
+  assert result.returncode == 130, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'ekg_jax: interrupted')
+
+
 def test_disk_full_is_one_line_and_the_workdir_resumes(tmp, tmp_path):
   workdir = tmp_path / 'w'
   full = ('import errno, runpy, sys\n'
