@@ -164,6 +164,15 @@ def default_config() -> ml_collections.ConfigDict:
                                lr_decay_epochs_fraction=(0.3, 0.6, 0.8),
                                lr_decay_factor=0.2, weight_decay=5e-4)
   c.finetune.knowledge = 'ensemble'  # 'ensemble' | 'single' | 'none'
+  # Augmented views per image in one batch: 0 follows the reference (two
+  # colour-jittered views with knowledge, one plain view without); 1 or 2
+  # sets it apart from the knowledge, e.g. the two-view control without it.
+  c.finetune.views = 0
+  # The network to fine-tune: 'search' (the search's kept channels),
+  # 'dense' (nothing pruned: the baseline), or a .json kept-channels file
+  # {gate: [kept channel indices]} (gates not named stay dense) standing in
+  # for the search, e.g. another tool's pruning carried over.
+  c.finetune.masks = 'search'
   c.finetune.temperature = 4.0  # 4 for CIFAR, 10 for ImageNet
   return c
 

@@ -30,16 +30,20 @@ class StepConfig:
   mean: tuple = (0.0, 0.0, 0.0)
   std: tuple = (1.0, 1.0, 1.0)
   augment: tuple = ()  # keyword arguments of data.augment_each, as items
+  num_views: int = 0  # 0: as the reference, two with knowledge, one without
 
   @classmethod
   def from_config(cls, config, section: str = 'finetune') -> 'StepConfig':
     recipe = config[section]  # pretrain has no knowledge to distil
     return cls(recipe.get('knowledge', 'none'), recipe.get('temperature', 1.0),
                tuple(config.data.mean), tuple(config.data.std),
-               tuple(sorted(dict(config.augment).items())))
+               tuple(sorted(dict(config.augment).items())),
+               recipe.get('views', 0))
 
   @property
   def views(self) -> int:
+    if self.num_views:
+      return self.num_views
     return 1 if self.knowledge == 'none' else 2
 
 
@@ -109,8 +113,8 @@ def augmented_views(config: StepConfig, keys: jax.Array,
                     images: jax.Array) -> list[jax.Array]:
   """`config.views` augmented views of a uint8 batch; view v of image i
   draws from fold_in(keys[i], v). As the reference, colour jitter belongs to
-  the two-view (knowledge) path; a single view is only flipped and
-  cropped.
+  the two-view path (knowledge's, or `finetune.views=2` without it); a
+  single view is only flipped and cropped.
 
   `images` [B, views, H, W, C] are views the streaming pipeline already
   cropped and flipped (`feeds.StreamFeed`): they are jittered and

@@ -8,11 +8,13 @@ slimmed network computes what the masked supernet computes.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import checkpoint
 from ekg_jax import gates as gates_lib
 from ekg_jax.models.common import Supernet
 
@@ -36,6 +38,45 @@ def kept_indices(masks: Mapping[str, Any]) -> dict[str, np.ndarray]:
     raise ValueError(f'masks keep no channel of gates {empty}; every gate '
                      'needs at least one')
   return indices
+
+
+def write_kept_channels(path: str, masks: Mapping[str, Any]) -> None:
+  """A kept-channels file: JSON {gate: [kept channel indices]}, what
+  `finetune.masks` reads in place of a search."""
+  checkpoint.write_json_atomic(path, {g: [int(i) for i in idx]
+                           for g, idx in kept_indices(masks).items()})
+
+
+def read_kept_channels(path: str, gates: Mapping[str, gates_lib.GateSpec]
+                       ) -> dict[str, np.ndarray]:
+  """0/1 masks from a kept-channels file, checked against the model's
+  gates; ValueError naming the file and the first bad entry."""
+  def bad(why):
+    return ValueError(f'kept-channels file {path}: {why}')
+  try:
+    with open(path) as f:
+      kept = json.load(f)
+  except (OSError, ValueError) as e:
+    raise bad(f'not readable as JSON ({e})') from None
+  if not isinstance(kept, dict):
+    raise bad('must hold one JSON object {gate: [kept channel indices]}')
+  unknown = sorted(set(kept) - set(gates))
+  if unknown:
+    raise bad(f'names unknown gates {unknown[:4]}; this model has '
+              f'{len(gates)}, e.g. {list(gates)[:4]}')
+  masks = {}
+  for g, idx in kept.items():
+    channels = gates[g].channels
+    if (not isinstance(idx, list) or not idx
+        or not all(isinstance(i, int) and not isinstance(i, bool)
+                   for i in idx)):
+      raise bad(f'gate {g!r}: needs a non-empty list of channel indices')
+    if len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= channels:
+      raise bad(f'gate {g!r}: indices must be distinct, in 0..{channels - 1}')
+    mask = np.zeros(channels, np.float32)
+    mask[idx] = 1.0
+    masks[g] = mask
+  return masks
 
 
 def slim(model: Supernet, variables: Mapping[str, Any],

@@ -129,6 +129,16 @@ def existing(exists: Callable[[str], bool], what: str) -> Rule:
   return rule
 
 
+def _masks(v) -> Optional[str]:
+  if v in MASKS:
+    return None
+  if not isinstance(v, str) or not v.endswith('.json'):
+    return (f'allowed: {", ".join(MASKS)}, or the path of a .json '
+            'kept-channels file {gate: [kept channel indices]}')
+  return None if os.path.isfile(v) else 'no such file'
+
+
+MASKS = ('search', 'dense')  # else a kept-channels file
 FRACTION = number(0, 1)
 UNIT_OPEN = number(0, 1, high_open=True)
 
@@ -219,6 +229,9 @@ RULES: dict[str, Rule] = {
     **_training_rules('pretrain'),
     **_training_rules('finetune'),
     'finetune.knowledge': choice(distill.KNOWLEDGE),
+    'finetune.views': lambda v: None if v in (0, 1, 2) and _is_int(v) else (
+        'allowed: 0 (two views with knowledge, one without), 1, 2'),
+    'finetune.masks': _masks,
     'export.platforms': _platforms,
     'export.onnx': _onnx,
     'finetune.temperature': number(0, low_open=True),
@@ -312,8 +325,13 @@ def validate_devices(config: ml_collections.ConfigDict,
 
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
   """Checks that need the model's layer table (a shape-only trace)."""
-  from ekg_jax import flops, gates
+  from ekg_jax import flops, gates, slimming
   specs = gates.gate_specs(table)
+  if config.finetune.masks not in MASKS:
+    try:
+      slimming.read_kept_channels(config.finetune.masks, specs)
+    except ValueError as e:
+      raise ConfigError(f'config.finetune.masks: {e}') from None
   smallest = flops.flops_rate(table, flops.min_kept(specs),
                               config.search.flops_include_bn)
   if config.search.target_flops_rate < smallest:

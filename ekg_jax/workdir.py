@@ -215,8 +215,10 @@ def validate_workdir(config: ml_collections.ConfigDict, phases, summary
   the finished ones): refuse before any compute, naming what to run."""
   ready = set(summary) | set(phases)  # phase names are their summary keys
   knowledge = config.finetune.knowledge != 'none'
+  searched = config.finetune.masks == 'search'  # else masks of its own
   needs = {'landscape': ['search'], 'memory_bank': ['search'],
-           'finetune': ['search'] + (['memory_bank'] if knowledge else []),
+           'finetune': (['search'] if searched else [])
+                       + (['memory_bank'] if knowledge else []),
            'export': ['finetune']}
   for phase in phases:
     for before in needs.get(phase, []):

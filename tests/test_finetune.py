@@ -102,10 +102,13 @@ def test_optimizer_is_keras_nesterov_sgd_with_decay_in_the_gradient():
   np.testing.assert_allclose(params, w, rtol=1e-5)
 
 
-@pytest.mark.parametrize('knowledge', distill.KNOWLEDGE)
-def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
+# views 0: as the reference (two with knowledge, one without); 1 and 2 set
+# the views apart from the knowledge (the two-view control without it).
+@pytest.mark.parametrize('knowledge,num_views', [
+    *((k, 0) for k in distill.KNOWLEDGE), ('none', 2), ('ensemble', 1)])
+def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge, num_views):
   model, variables = tiny_model()
-  c = tiny_config(knowledge=knowledge)
+  c = tiny_config(knowledge=knowledge, views=num_views)
   sc = distill.StepConfig.from_config(c)
   tx = train_lib.make_optimizer(c.finetune, 10)
   split = random_split(8, 1)
@@ -133,7 +136,7 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge):
     kd = 0.0 if target is None else losses.kl_divergence(target, z, 4.0).mean()
     total += (ce + kd) / len(logits)
     kd_total += kd / len(logits)
-  assert sc.views == (1 if knowledge == 'none' else 2)
+  assert sc.views == (num_views or (1 if knowledge == 'none' else 2))
   np.testing.assert_allclose(metrics['loss'], total, rtol=1e-5)
   np.testing.assert_allclose(metrics['kd'], kd_total, rtol=1e-5, atol=1e-7)
   jax.tree_util.tree_map(

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, needs_official
@@ -168,3 +169,46 @@ def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
   base = json.loads((evaluated / 'summary.json').read_text())['base']
   assert base['flops'] == final['flops']
   assert base['test_accuracy'] == final['test_accuracy']
+
+
+@needs_cifar10
+def test_finetune_without_a_search_from_a_kept_channels_file_or_dense(
+    tmp_path):
+  """`finetune.masks` stands in for the search: a kept-channels file (as
+  another tool's pruning is carried over) or 'dense'; no search phase, no
+  memory bank (knowledge none), two views; FLOPs of the kept widths."""
+  from ekg_jax import flops, gates, slimming
+  from ekg_jax.models import create_model
+  model = create_model('resnet20', num_classes=10)
+  table = gates.layer_table(model, (32, 32, 3))
+  specs = gates.gate_specs(table)
+  kept = {'stage0/block1': [0, 3, 5], 'stage1': list(range(0, 32, 2))}
+  masks = {g: np.isin(np.arange(specs[g].channels), i).astype(np.float32)
+           for g, i in kept.items()}
+  path = tmp_path / 'kept.json'
+  slimming.write_kept_channels(str(path), masks)
+  assert json.loads(path.read_text()) == kept
+  for name, source, expected in [
+      ('file', str(path), flops.count_flops(
+          table, {g: len(i) for g, i in kept.items()})),
+      ('dense', 'dense', flops.count_flops(table))]:
+    workdir = tmp_path / name
+    result = run_cli(*PIPELINE, f'--workdir={workdir}',
+                     '--config.phases=finetune',
+                     '--config.finetune.knowledge=none',
+                     '--config.finetune.views=2',
+                     f'--config.finetune.masks={source}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workdir / 'summary.json').read_text())
+    assert 'search' not in summary
+    assert summary['final']['flops'] == expected
+    assert summary['finetune']['views'] == 2
+    assert summary['finetune']['masks'] == source
+  # A file naming a gate the model lacks: one line before any compute.
+  path.write_text(json.dumps({'stage9': [0]}))
+  result = run_cli(*PIPELINE, f'--workdir={tmp_path / "bad"}',
+                   '--config.phases=finetune',
+                   '--config.finetune.knowledge=none',
+                   f'--config.finetune.masks={path}')
+  assert result.returncode != 0
+  assert 'unknown gates' in result.stderr and 'Traceback' not in result.stderr

@@ -19,6 +19,7 @@ from ekg_jax import slimming
 from ekg_jax import trainer
 from ekg_jax import validate
 from ekg_jax import workdir as workdir_lib
+from ekg_jax.distill import StepConfig
 from ekg_jax.phases.common import (Setup, final_accuracy, finished_search,
                                    input_shape, load_test, load_train,
                                    test_accuracy, training_summary,
@@ -60,17 +61,17 @@ def finetune_phase(setup: Setup) -> dict:
   """Slims the searched network and fine-tunes it with the memory bank's
   knowledge (sections 7-8); saves the final model in finetune/final."""
   c = setup.config
-  state = finished_search(setup)
+  masks = finetune_masks(setup)
   folder = workdir_lib.phase_dir(setup.workdir, 'finetune')
   os.makedirs(folder, exist_ok=True)
   train, test = load_train(c), load_test(c)
   variables, _ = warmed_up(setup)
-  model, variables = slimming.slim(setup.model, variables,
-                                   state.masks(), setup.table)
+  model, variables = slimming.slim(setup.model, variables, masks,
+                                   setup.table)
   table = gates_lib.layer_table(model, input_shape(c))
   flops, params = flops_lib.count_flops(table), flops_lib.count_params(table)
-  searched = workdir_lib.load_summary(setup.workdir)['search']
-  if flops != searched['flops']:
+  searched = workdir_lib.load_summary(setup.workdir).get('search')
+  if c.finetune.masks == 'search' and flops != searched['flops']:
     raise RuntimeError(f'slimmed network has {flops} FLOPs, the search '
                        f'reported {searched["flops"]}')
   bank_logits = None
@@ -103,10 +104,23 @@ def finetune_phase(setup: Setup) -> dict:
   return {
       'finetune': {**training_summary(result, c.finetune.epochs,
                                        time.time() - start, accuracy),
-                   'knowledge': c.finetune.knowledge, 'checkpoint': final},
+                   'knowledge': c.finetune.knowledge,
+                   'views': StepConfig.from_config(c).views,
+                   'masks': c.finetune.masks, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
                 'flops_reduction': round(1.0 - flops / dense, 4),
                 **unreadable_records(test)}}
+
+
+def finetune_masks(setup: Setup) -> dict:
+  """The channels to keep (config.finetune.masks): the search's, none
+  removed ('dense'), or a kept-channels file's."""
+  source = setup.config.finetune.masks
+  if source == 'search':
+    return finished_search(setup).masks()
+  if source == 'dense':
+    return {}
+  return slimming.read_kept_channels(source, setup.gates)
 
 
 def export_phase(setup: Setup) -> dict:
