@@ -15,9 +15,18 @@ start from a copy of that arm's search, landscape and memory bank (when it
 has one): the search is deterministic, so running it again would give the
 same network.
 
+Every piece runs from the study's own clean git worktree
+(`workdirs/evidence-code`) checked out at a recorded commit, not from the
+working checkout that other work changes: the commit is pinned in the
+committed `results/evidence/code.json` and each piece's summary records the
+commit it ran at. The study moves to another commit only between pieces:
+`--code=REF` at start, or a ref written to `workdirs/evidence/move-to` while
+it runs.
+
   python experiments/evidence_study.py            # run or resume every arm
   python experiments/evidence_study.py --arms=ekg,l1 --no-commit
   python experiments/evidence_study.py --status   # what is done
+  python experiments/evidence_study.py --code=HEAD  # move to a new commit
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ RESULTS = os.path.join(REPO, 'experiments', 'results', 'evidence')
 WORKDIRS = os.path.join(REPO, 'workdirs', 'evidence')
 OFFICIAL = os.path.join(REPO, '..', 'shared', 'pretrained',
                         'ekg_official_resnet56_cifar10.pkl')
+CODE_TREE = os.path.join(REPO, 'workdirs', 'evidence-code')
 # One full epoch per arm, the reference schedule's shape (lr 0.01, x0.2 at
 # 30/60/80% of the steps) compressed to it: 10 arms of 10-20 minutes each
 # fit the 2-core budget; two epochs would double the study to ~7 hours.
@@ -53,12 +63,46 @@ class Arm:
   base: str = ''  # an arm whose search (and bank) this one reuses
   what: str = ''
   seed: int = 0  # config.seed: fine-tuning's batch order and augmentation
+  views: int = 0  # finetune.views (0: two with knowledge, one without)
+  # finetune.masks: '' the arm's own search; 'dense'; or a kept-channels
+  # file (repository-relative) standing in for the search.
+  masks: str = ''
 
   def overrides(self) -> list[str]:
+    # Flags only where they differ from the default, so the commands of the
+    # arms committed before a flag existed are unchanged.
     flags = [f'--config.search.{k}={v}' for k, v in self.search]
     flags += [f'--config.seed={self.seed}'] if self.seed else []
+    flags += [f'--config.finetune.views={self.views}'] if self.views else []
+    flags += [f'--config.finetune.masks={self.masks}'] if self.masks else []
     return flags + [f'--config.finetune.knowledge={self.knowledge}',
                     f'--config.finetune.epochs={EPOCHS}']
+
+  @property
+  def pieces(self) -> list[str]:
+    return ((['search,landscape'] if not self.masks else [])
+            + (['memory_bank'] if self.knowledge != 'none' else [])
+            + ['finetune'])
+
+  def waiting_for(self) -> str:
+    """What the arm cannot start without ('' when it can)."""
+    if self.masks.endswith('.json') and not os.path.exists(
+        os.path.join(REPO, self.masks)):
+      return self.masks
+    return ''
+
+
+def with_seeds(arm: Arm, count: int) -> list[Arm]:
+  """`arm` and its seeds 1..count-1: the same network (the search is
+  deterministic, so they reuse the arm's), another fine-tuning seed."""
+  return [arm] + [dataclasses.replace(
+      arm, name=f'{arm.name}_seed{seed}', base=arm.name, seed=seed,
+      what=f'`{arm.name}` fine-tuned with seed {seed}')
+      for seed in range(1, count)]
+
+
+def kept_file(arm: str) -> str:
+  return f'experiments/results/evidence/{arm}/kept_channels.json'
 
 
 ARMS = [
@@ -82,7 +126,40 @@ ARMS = [
     *(Arm(f'ekg_seed{seed}', base='ekg', seed=seed,
           what=f'seed spread: `ekg` fine-tuned with seed {seed}')
       for seed in (1, 2)),
+    # Issue 25, in the order they run. First: the `ekg` fine-tuning again
+    # at the pinned commit (does this commit compute the committed number?).
+    Arm('ekg_rerun', base='ekg',
+        what='`ekg` fine-tuned again at the pinned commit (reproducibility)'),
+    # The two-view control: the views knowledge comes with, no knowledge.
+    Arm('ekg_2view', base='ekg', views=2,
+        what='control: the EKG network, two jittered views, no knowledge'),
+    # The unpruned official network, with the same recipe and views.
+    Arm('dense', masks='dense', views=2,
+        what='dense baseline: the official network, two views, no '
+        'knowledge'),
 ]
+# The two comparisons that decide the paper's claims get 5 seeds (EKG vs
+# FPGM without knowledge; ensemble knowledge vs the two-view control), every
+# other fine-tuned arm 3 (seed 0 is the arm itself; `ekg` has 1, 2 above).
+_FIRST = {a.name: a for a in ARMS}
+ARMS += [seeded for name in ('ekg_2view', 'ekg_ft_ensemble', 'fpgm')
+         for seeded in with_seeds(_FIRST[name], 5)[1:]]
+ARMS += [Arm(f'ekg_seed{seed}', base='ekg', seed=seed,
+             what=f'seed spread: `ekg` fine-tuned with seed {seed}')
+         for seed in (3, 4)]
+ARMS += [seeded for name in ('dense', 'l1', 'gbn', 'teacher_none',
+                             'teacher_single', 'ekg_ft_single', 'l1_uniform',
+                             'per_channel')
+         for seeded in with_seeds(_FIRST[name], 3)[1:]]
+# What a user would pick instead: Torch-Pruning 1.6 from the same official
+# weights to the same FLOPs rate; their kept channels carried over as a file
+# (experiments/torch_pruning_arms.py writes it); fine-tuned as `dense`.
+for _name, _importance in (('tp_magnitude', 'group magnitude'),
+                           ('tp_taylor', 'Taylor')):
+  ARMS += with_seeds(Arm(_name, masks=kept_file(_name), views=2,
+                         what=f'Torch-Pruning MetaPruner, global, '
+                         f'{_importance} importance; two views, no '
+                         'knowledge'), 3)
 BY_NAME = {a.name: a for a in ARMS}
 
 
@@ -103,9 +180,12 @@ def committed_summary(arm: Arm) -> dict:
       os.path.join(results_dir(arm), 'summary.json'))
 
 
-def command(arm: Arm, phases: str) -> list[str]:
-  return [sys.executable, '-m', 'ekg_jax.main',
-          '--config=configs/resnet56_cifar.py',
+def command(arm: Arm, phases: str, tree: str = '') -> list[str]:
+  """The piece's command as run from the root of a checkout (`tree`: the
+  code tree's path, which runs it from there with the working directory
+  here)."""
+  return [sys.executable, *(['-P'] if tree else []), '-m', 'ekg_jax.main',
+          f'--config={os.path.join(tree, "configs", "resnet56_cifar.py")}',
           f'--workdir={os.path.relpath(workdir(arm), REPO)}',
           f'--config.init_checkpoint={os.path.relpath(OFFICIAL, REPO)}',
           f'--config.phases={phases}', '--config.quiet=True',
@@ -154,14 +234,66 @@ def read_summary(arm: Arm) -> dict:
       os.path.join(workdir(arm), 'summary.json'))
 
 
+def git(*args, cwd: str = '') -> str:
+  return subprocess.run(['git', *args], cwd=cwd or REPO, check=True,
+                        capture_output=True, text=True).stdout.strip()
+
+
+def code_env() -> dict:
+  """The environment that runs `ekg_jax` from the code tree: `python -P`
+  does not put the working directory (this checkout) on the path, and
+  PYTHONPATH puts the tree before the editable install."""
+  return dict(os.environ, PYTHONPATH=CODE_TREE, TFDS_DATA_DIR=os.environ.get(
+      'TFDS_DATA_DIR', os.path.join(REPO, '..', 'shared', 'tfds')))
+
+
+def code_file() -> str:
+  """The pinned commit and its moves (committed with the results)."""
+  return os.path.join(RESULTS, 'code.json')
+
+
+def pinned() -> dict:
+  return evidence_report.read_json(code_file())
+
+
+def checkout(ref: str, commit: bool) -> str:
+  """Puts the code tree (a clean worktree, made on first use) at `ref`'s
+  commit, records a move in code.json, and checks that `ekg_jax` is
+  imported from it. Only between pieces."""
+  sha = git('rev-parse', '--verify', f'{ref}^{{commit}}')
+  if not os.path.isdir(os.path.join(CODE_TREE, 'ekg_jax')):
+    git('worktree', 'prune')
+    shutil.rmtree(CODE_TREE, ignore_errors=True)
+    git('worktree', 'add', '--detach', CODE_TREE, sha)
+  if git('status', '--porcelain', cwd=CODE_TREE):
+    raise SystemExit(f'{CODE_TREE} has changes; the study runs only from '
+                     'a clean checkout: remove the folder to remake it')
+  if git('rev-parse', 'HEAD', cwd=CODE_TREE) != sha:
+    git('checkout', '-q', '--detach', sha, cwd=CODE_TREE)
+  where = subprocess.run(
+      [sys.executable, '-P', '-c', 'import ekg_jax; print(ekg_jax.__file__)'],
+      cwd=REPO, env=code_env(), capture_output=True, text=True,
+      check=True).stdout.strip()
+  if not where.startswith(os.path.join(CODE_TREE, '')):
+    raise SystemExit(f'the code tree is not what runs: ekg_jax from {where}')
+  code = pinned()
+  if code.get('commit') != sha:
+    moves = code.get('moves', []) + [{
+        'commit': sha, 'date': datetime.datetime.now().isoformat(
+            timespec='minutes')}]
+    os.makedirs(RESULTS, exist_ok=True)
+    _write_json(code_file(), {'commit': sha, 'moves': moves})
+    if commit:
+      git_commit([code_file()], f'evidence study: code pinned at {sha[:10]}')
+  return sha
+
+
 def run_piece(arm: Arm, phases: str, log) -> float:
   start = time.time()
-  cmd = command(arm, phases)
-  log.write(f'$ {" ".join(cmd)}\n')
+  cmd = command(arm, phases, CODE_TREE)
+  log.write(f'$ {" ".join(cmd)}  # at {pinned().get("commit")}\n')
   log.flush()
-  env = dict(os.environ, TFDS_DATA_DIR=os.environ.get(
-      'TFDS_DATA_DIR', os.path.join(REPO, '..', 'shared', 'tfds')))
-  result = subprocess.run(cmd, cwd=REPO, env=env, stdout=log,
+  result = subprocess.run(cmd, cwd=REPO, env=code_env(), stdout=log,
                           stderr=subprocess.STDOUT)
   if result.returncode:
     raise SystemExit(f'arm {arm.name}: {phases} failed (exit '
@@ -178,6 +310,8 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
             'landscape/landscape.json': 'landscape.json',
             'landscape/landscape.png': 'landscape.png',
             'finetune/metrics.jsonl': 'finetune_metrics.jsonl'}
+  if arm.base and arm.seed:  # its search's files are committed with its base
+    copies = {'finetune/metrics.jsonl': 'finetune_metrics.jsonl'}
   for src, dst in copies.items():
     if os.path.exists(os.path.join(workdir(arm), src)):
       shutil.copy(os.path.join(workdir(arm), src), os.path.join(out, dst))
@@ -188,6 +322,9 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
                          **{p: ' '.join(command(arm, p)[1:])
                             for p in wall}},
             'wall_seconds': {**record.get('wall_seconds', {}), **wall},
+            # The commit each piece ran at (absent: before it was recorded).
+            'commits': {**record.get('commits', {}),
+                        **{p: pinned().get('commit') for p in wall}},
             'date': datetime.date.today().isoformat(),
             'machine': 'cpu2 (2 CPU cores, 24 GB, no GPU)'}
   _write_json(os.path.join(out, 'summary.json'),
@@ -218,23 +355,42 @@ def git_commit(paths: list[str], message: str) -> None:
 def run_arm(arm: Arm, commit: bool) -> None:
   if 'finetune' in committed_summary(arm):
     return
+  if arm.waiting_for():
+    print(f'arm {arm.name}: waits for {arm.waiting_for()}', flush=True)
+    return
   os.makedirs(workdir(arm), exist_ok=True)
   restore_from_commit(arm)
-  if arm.base and not read_summary(arm):
-    base = BY_NAME[arm.base]
-    run_arm(base, commit)
-    restore_from_commit(base)
-    seed_workdir(arm, workdir(base), read_summary(base))
   with open(os.path.join(workdir(arm), 'study.log'), 'a') as log:
-    pieces = ['search,landscape'] + (
-        ['memory_bank'] if arm.knowledge != 'none' else []) + ['finetune']
-    for piece in pieces:
+    if arm.base and not read_summary(arm):
+      base = BY_NAME[arm.base]
+      run_arm(base, commit)
+      restore_from_commit(base)
+      if (arm.seed and 'memory_bank' in arm.pieces
+          and 'memory_bank' not in read_summary(base)):
+        # A seed distils from its base's bank: on a fresh clone the bank is
+        # rebuilt once, in the base, not once per seed.
+        between_pieces(commit)
+        run_piece(base, 'memory_bank', log)
+      seed_workdir(arm, workdir(base), read_summary(base))
+    for piece in arm.pieces:
       if piece.split(',')[-1] in read_summary(arm):
         continue
+      between_pieces(commit)
       save_results(arm, {piece: run_piece(arm, piece, log)}, commit)
   # A stop between a piece's end and its commit: commit what is missing.
   if set(read_summary(arm)) - set(committed_summary(arm)):
     save_results(arm, {}, commit)
+
+
+def between_pieces(commit: bool) -> None:
+  """The only place the code tree may move: to a ref written in
+  workdirs/evidence/move-to while the study runs."""
+  move_to = os.path.join(WORKDIRS, 'move-to')
+  if os.path.exists(move_to):
+    with open(move_to) as f:
+      ref = f.read().strip()
+    checkout(ref, commit)
+    os.remove(move_to)
 
 
 def main():
@@ -242,12 +398,21 @@ def main():
   parser.add_argument('--arms', default=','.join(a.name for a in ARMS))
   parser.add_argument('--no-commit', action='store_true')
   parser.add_argument('--status', action='store_true')
+  parser.add_argument('--code', default='',
+                      help='a git ref to run the code of (default: the '
+                      'pinned commit, else HEAD)')
   args = parser.parse_args()
   arms = [BY_NAME[n] for n in args.arms.split(',')]
   if args.status:
+    print(f'code: {pinned().get("commit", "not pinned yet")}')
     for arm in arms:
-      print(f'{arm.name:16s} {sorted(committed_summary(arm))}')
+      commits = sorted({c[:10] for c in committed_summary(arm).get(
+          'study', {}).get('commits', {}).values()})
+      print(f'{arm.name:24s} {sorted(committed_summary(arm))} {commits}')
     return
+  os.makedirs(WORKDIRS, exist_ok=True)
+  checkout(args.code or pinned().get('commit', 'HEAD'),
+           commit=not args.no_commit)
   for arm in arms:
     print(f'{datetime.datetime.now():%H:%M} arm {arm.name}', flush=True)
     run_arm(arm, commit=not args.no_commit)

@@ -99,3 +99,66 @@ def test_seed_arms_fine_tune_the_base_search_with_their_seed(study):
   # The base arm's commands (committed before seeds existed) are unchanged.
   assert not any(flag.startswith('--config.seed')
                  for flag in study.command(study.BY_NAME['ekg'], 'finetune'))
+
+
+def test_knowledge_seeds_on_a_fresh_clone_build_the_bank_once_in_the_base(
+    study):
+  study.run_arm(study.BY_NAME['ekg_ft_ensemble'], commit=False)
+  shutil.rmtree(study.WORKDIRS)  # a fresh clone
+  study.pieces.clear()
+  for seed in (1, 2):
+    study.run_arm(study.BY_NAME[f'ekg_ft_ensemble_seed{seed}'], commit=False)
+  assert study.pieces == [('ekg_ft_ensemble', 'memory_bank'),
+                          ('ekg_ft_ensemble_seed1', 'finetune'),
+                          ('ekg_ft_ensemble_seed2', 'finetune')]
+  seed2 = study.committed_summary(study.BY_NAME['ekg_ft_ensemble_seed2'])
+  assert seed2['memory_bank'] == {'by': 'ekg_ft_ensemble'}
+  assert seed2['search'] == {'by': 'ekg'}
+
+
+def test_arms_without_a_search_and_arms_waiting_for_their_masks(study):
+  dense = study.BY_NAME['dense_seed1']
+  study.run_arm(dense, commit=False)
+  assert study.pieces == [('dense', 'finetune'), ('dense_seed1', 'finetune')]
+  flags = study.command(dense, 'finetune')
+  assert {'--config.finetune.masks=dense', '--config.finetune.views=2',
+          '--config.seed=1', '--config.finetune.knowledge=none'} <= set(flags)
+  study.pieces.clear()
+  tp = study.BY_NAME['tp_taylor']
+  assert not (REPO / tp.masks).exists()  # until Torch-Pruning has run
+  study.run_arm(tp, commit=False)
+  assert study.pieces == []
+
+
+def test_pieces_run_from_a_clean_tree_at_the_pinned_commit(
+    study, tmp_path, monkeypatch):
+  repo = tmp_path / 'repo'
+  (repo / 'ekg_jax').mkdir(parents=True)
+  (repo / '.gitignore').write_text('workdirs/\n')
+  study.git('init', '-q', cwd=str(repo))
+
+  def commit(text):
+    (repo / 'ekg_jax' / '__init__.py').write_text(text)
+    for args in (['add', '-A'], ['-c', 'user.name=t', '-c', 'user.email=t@t',
+                                 'commit', '-qm', text]):
+      study.git(*args, cwd=str(repo))
+    return study.git('rev-parse', 'HEAD', cwd=str(repo))
+
+  first = commit('VERSION = 1\n')
+  monkeypatch.setattr(study, 'REPO', str(repo))
+  monkeypatch.setattr(study, 'WORKDIRS', str(repo / 'workdirs' / 'evidence'))
+  monkeypatch.setattr(study, 'CODE_TREE', str(repo / 'workdirs' / 'code'))
+  assert study.checkout('HEAD', commit=False) == first
+  second = commit('VERSION = 2\n')  # the working checkout moves on ...
+  tree = repo / 'workdirs' / 'code' / 'ekg_jax' / '__init__.py'
+  assert tree.read_text() == 'VERSION = 1\n'  # ... the study's code does not
+  study.between_pieces(commit=False)
+  assert study.pinned()['commit'] == first
+  os.makedirs(study.WORKDIRS)
+  (repo / 'workdirs' / 'evidence' / 'move-to').write_text(second)
+  study.between_pieces(commit=False)  # moves only here, recorded
+  assert tree.read_text() == 'VERSION = 2\n'
+  assert [m['commit'] for m in study.pinned()['moves']] == [first, second]
+  tree.write_text('VERSION = 3\n')  # a changed tree is refused
+  with pytest.raises(SystemExit, match='has changes'):
+    study.checkout(first, commit=False)
