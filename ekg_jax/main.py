@@ -134,6 +134,9 @@ def _setup_logging(workdir: str, verbose: bool) -> None:
   root = logging.getLogger()
   root.setLevel(logging.INFO)
   absl_logging.set_verbosity(absl_logging.INFO)
+  # Libraries' Python warnings (tqdm's, with the source line they quote)
+  # become records of the 'py.warnings' logger: the log file keeps them.
+  logging.captureWarnings(True)
   for handler in root.handlers:
     if not verbose:
       handler.addFilter(_TerminalFilter())

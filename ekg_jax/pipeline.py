@@ -7,8 +7,8 @@ is `ekg_jax.workdir`'s.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import time
 
 import jax
@@ -83,7 +83,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # One write: the phase is done.
       summary = workdir_lib.record(workdir, results)
       if distributed.is_primary():  # process 0 reports and writes for all
-        print(json.dumps(results, indent=2), flush=True)
+        # One short line per entry; the whole record is in summary.json.
+        for entry, record in results.items():
+          print(f'{entry}: {report_lib.phase_cells(record, entry)}',
+                flush=True)
     if distributed.is_primary():
-      report_lib.write_report(workdir, summary, setup.gates)
+      report = report_lib.write_report(workdir, summary, setup.gates)
+      print(f'\n{report_lib.terminal_table(summary)}\n\nreport: {report}'
+            f'\nsummary: {os.path.join(workdir, workdir_lib.SUMMARY)}',
+            flush=True)
   return summary

@@ -28,29 +28,49 @@ def _fmt(value, digits=4):
   return f'{value:,}' if isinstance(value, int) else str(value)
 
 
+# What the terminal's line per phase and the report's table show of each
+# summary entry; the whole record stays in summary.json.
+FIELDS = {
+    'pretrain': ('test_accuracy', 'epochs', 'images_per_second', 'seconds'),
+    'base': ('test_accuracy', 'flops', 'params', 'seconds'),
+    'search': ('flops_rate', 'flops', 'params', 'steps', 'val_loss',
+               'seconds'),
+    'landscape': ('lambda_max', 'trace', 'condition',
+                  'test_accuracy_batch_bn', 'seconds'),
+    'memory_bank': ('teachers', 'bytes', 'dtype', 'seconds'),
+    'finetune': ('test_accuracy', 'epochs', 'knowledge', 'images_per_second',
+                 'seconds'),
+    'final': ('test_accuracy', 'flops', 'params', 'flops_reduction'),
+    'export': ('program', 'seconds'),
+}
+
+
+def phase_cells(record: Mapping, key: str) -> str:
+  """One summary entry as `name value, ...` (FIELDS' names only)."""
+  return ', '.join(f'{n} {_fmt(record[n])}' for n in FIELDS.get(key, ())
+                   if n in record)
+
+
+def results_table(summary: Mapping) -> list[tuple[str, str]]:
+  """(phase, result) rows of the entries `summary` holds, in FIELDS' order."""
+  return [(key, phase_cells(summary[key], key)) for key in FIELDS
+          if key in summary]
+
+
+def terminal_table(summary: Mapping) -> str:
+  """The results table as aligned plain text, for the end of a run."""
+  rows = [('phase', 'result')] + results_table(summary)
+  width = max(len(phase) for phase, _ in rows)
+  return '\n'.join(f'{phase:<{width}}  {cells}' for phase, cells in rows)
+
+
 def write_report(workdir: str, summary: Mapping, gates: Mapping) -> str:
   """Writes workdir/report.md (and the plots it shows) from `summary`, the
   phases' metrics files and the gate widths; returns the path."""
   lines = ['# EKG run report', '',
            f'Workdir: `{os.path.abspath(workdir)}`', '']
   table = [_row('phase', 'result'), _row('---', '---')]
-  fields = {
-      'pretrain': ('test_accuracy', 'epochs', 'images_per_second', 'seconds'),
-      'base': ('test_accuracy', 'flops', 'params', 'seconds'),
-      'search': ('flops_rate', 'flops', 'params', 'steps', 'val_loss',
-                 'seconds'),
-      'landscape': ('lambda_max', 'trace', 'condition',
-                    'test_accuracy_batch_bn', 'seconds'),
-      'memory_bank': ('teachers', 'bytes', 'dtype', 'seconds'),
-      'finetune': ('test_accuracy', 'epochs', 'knowledge',
-                   'images_per_second', 'seconds'),
-      'final': ('test_accuracy', 'flops', 'params', 'flops_reduction'),
-  }
-  for key, names in fields.items():
-    if key in summary:
-      cells = ', '.join(f'{n} {_fmt(summary[key][n])}' for n in names
-                        if n in summary[key])
-      table.append(_row(key, cells))
+  table += [_row(phase, cells) for phase, cells in results_table(summary)]
   lines += table + ['']
 
   curves = {phase: _read_jsonl(os.path.join(workdir, phase, 'metrics.jsonl'))

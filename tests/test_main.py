@@ -49,7 +49,11 @@ def test_cli_evaluate_writes_summary(tmp_path):
   assert base['test_accuracy'] == pytest.approx(100.0 * hits / 200)
   # ResNet-56 MACs: stem, 9 blocks per stage, projections, fc.
   assert base['flops'] == 125_747_840
-  assert '"test_accuracy"' in result.stdout
+  # The terminal gets a line per phase and the results table, not the JSON
+  # (that stays in summary.json), and no library warning's source line.
+  assert f"base: test_accuracy {base['test_accuracy']:.4g}" in result.stdout
+  assert 'report: ' in result.stdout and '{' not in result.stdout
+  assert 'Warning' not in result.stderr, result.stderr[-2000:]
 
 
 @needs_cifar10
@@ -212,3 +216,26 @@ def test_finetune_without_a_search_from_a_kept_channels_file_or_dense(
                    f'--config.finetune.masks={path}')
   assert result.returncode != 0
   assert 'unknown gates' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_library_warnings_go_to_the_log_file_not_the_terminal(tmp_path):
+  """A third-party Python warning (tqdm's quotes its source line) is a
+  record of the log file; the toolkit's own warnings still reach the
+  terminal."""
+  script = f"""
+import logging, warnings
+from absl import app
+from ekg_jax import main
+def run(argv):
+  main._setup_logging({str(tmp_path)!r}, verbose=False)
+  warnings.warn_explicit('clamping frac to range [0, 1]', UserWarning,
+                         'tqdm/std.py', 1, module='tqdm.std')
+  logging.getLogger('ekg_jax.pipeline').warning('our own warning')
+app.run(run, argv=['x', '--config=configs/quickstart.py', '--workdir=w'])
+"""
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'clamping' not in result.stderr and 'our own warning' in result.stderr
+  log = (tmp_path / 'log.txt').read_text()
+  assert 'clamping frac' in log
