@@ -1,12 +1,14 @@
 """The evidence study's tables and figure, from the committed arm summaries.
 
 Reads `results/evidence/<arm>/summary.json` (what `evidence_study.py`
-commits) and writes the poster's two tables with the paper's numbers beside
-ours, a table of every arm with every measure and each phase's wall-clock,
-the spread of one network's accuracy over fine-tuning seeds, and the exact
-commands, into `experiments/README.md`
-(between the `evidence-tables` markers), and the feasibility figure
-(landscape measure against test accuracy) to
+commits; `<arm>_seed<k>` is `<arm>` fine-tuned with seed k) and writes, into
+`experiments/README.md` (between the `evidence-tables` markers): the poster's
+two tables with the paper's numbers beside ours, each arm's accuracy as mean
+and standard deviation over its seeds, every comparison the paper makes with
+its Welch t-interval and Holm-corrected p-value (`evidence_stats.py`), the
+baselines a user would pick instead, a table of every arm with every measure,
+the code commits behind the numbers and the exact commands; and the
+feasibility figure (landscape measure against accuracy, arm means) to
 `results/evidence/landscape_vs_accuracy.png`. Arms not finished yet read
 "not run yet"; nothing else is left out.
 
@@ -18,6 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+
+import evidence_figure as figure  # experiments/, beside this file
+import evidence_stats as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results', 'evidence')
@@ -36,14 +42,38 @@ FEASIBILITY_NAMES = {'l1': 'L1', 'fpgm': 'FPGM', 'gbn': 'GBN', 'ekg': 'EKG'}
 ABLATION = [('none', 'none', 'teacher_none', '93.78 (+-0.07)'),
             ('single', 'none', 'teacher_single', '93.54 (+-0.09)'),
             ('ensemble', 'none', 'ekg', '93.85 (+-0.10)'),
+            ('ensemble', 'none, two views (control)', 'ekg_2view', '-'),
             ('ensemble', 'single', 'ekg_ft_single', '94.02 (+-0.08)'),
             ('ensemble', 'ensemble', 'ekg_ft_ensemble', '94.09 (+-0.07)')]
-# Every arm of the study, in the order the tables list them.
+# Every arm of the study (seeds aside), in the order the tables list them.
 ARM_ORDER = ['ekg', 'l1', 'fpgm', 'gbn', 'teacher_none', 'teacher_single',
-             'ekg_ft_single', 'ekg_ft_ensemble', 'l1_uniform', 'per_channel',
-             'ekg_seed1', 'ekg_seed2']
-# One network fine-tuned with seeds 0, 1, 2: the spread a seed alone gives.
-SEED_ARMS = ['ekg', 'ekg_seed1', 'ekg_seed2']
+             'ekg_ft_single', 'ekg_ft_ensemble', 'ekg_2view', 'dense',
+             'tp_magnitude', 'tp_taylor', 'l1_uniform', 'per_channel',
+             'ekg_rerun']
+# The comparisons each table makes: (table, what, arm a, arm b, claim). The
+# claim is the paper's: a's accuracy above b's ('>'), or none ('').
+COMPARISONS = [
+    ('feasibility', 'EKG vs FPGM scores', 'ekg', 'fpgm', '>'),
+    ('feasibility', 'EKG vs GBN scores', 'ekg', 'gbn', '>'),
+    ('feasibility', 'EKG vs L1 scores', 'ekg', 'l1', '>'),
+    ('ablation', 'search teacher: ensemble vs none', 'ekg', 'teacher_none',
+     '>'),
+    ('ablation', 'search teacher: ensemble vs single', 'ekg',
+     'teacher_single', '>'),
+    ('ablation', 'ensemble knowledge vs the two-view control',
+     'ekg_ft_ensemble', 'ekg_2view', '>'),
+    ('ablation', 'single-teacher knowledge vs the two-view control',
+     'ekg_ft_single', 'ekg_2view', '>'),
+    ('ablation', 'ensemble vs single-teacher knowledge', 'ekg_ft_ensemble',
+     'ekg_ft_single', '>'),
+    ('baselines', 'EKG network vs the dense network (two views each)',
+     'ekg_2view', 'dense', ''),
+    ('baselines', 'EKG vs Torch-Pruning, magnitude (two views each)',
+     'ekg_2view', 'tp_magnitude', '>'),
+    ('baselines', 'EKG vs Torch-Pruning, Taylor (two views each)',
+     'ekg_2view', 'tp_taylor', '>'),
+]
+SEED = re.compile(r'^(?P<arm>.+)_seed(?P<seed>[0-9]+)$')
 MISSING = 'not run yet'
 
 
@@ -57,6 +87,35 @@ def read_json(path: str) -> dict:
 
 def load(arm: str) -> dict:
   return read_json(os.path.join(RESULTS, arm, 'summary.json'))
+
+
+def load_all() -> dict[str, dict]:
+  """Every committed arm, seeds included, by name."""
+  names = sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []
+  found = {n: load(n) for n in names
+           if os.path.isfile(os.path.join(RESULTS, n, 'summary.json'))}
+  return {**{n: found.get(n, {}) for n in ARM_ORDER}, **found}
+
+
+def seeds(arms: dict, arm: str) -> dict[int, dict]:
+  """The finished fine-tunings of `arm`'s network and recipe, by seed."""
+  out = {0: arms[arm]} if 'final' in arms.get(arm, {}) else {}
+  for name, summary in arms.items():
+    match = SEED.match(name)
+    if match and match['arm'] == arm and 'final' in summary:
+      out[int(match['seed'])] = summary
+  return dict(sorted(out.items()))
+
+
+def accuracy(arms: dict, arm: str):
+  """The arm's test accuracies over its seeds (None: none finished)."""
+  values = [s['final']['test_accuracy'] for s in seeds(arms, arm).values()]
+  return st.Spread(tuple(values)) if values else None
+
+
+def _acc(arms: dict, arm: str) -> str:
+  spread = accuracy(arms, arm)
+  return str(spread) if spread else MISSING
 
 
 def _get(summary: dict, *keys, fmt: str = '{}'):
@@ -77,48 +136,97 @@ def _hours(summary: dict, phases) -> str:
 
 def feasibility_table(arms: dict) -> str:
   rows = [('validation CE of the search (paper: "validation loss")',
-           lambda s: _get(s, 'search', 'val_loss', fmt='{:.4f}'), 0),
+           lambda n: _get(arms[n], 'search', 'val_loss', fmt='{:.4f}'), 0),
           ('condition: abs(lambda_min / lambda_max) (paper: "condition '
            'number", undefined)',
-           lambda s: _get(s, 'landscape', 'condition', fmt='{:.4f}'), 1),
-          ('test accuracy after fine-tuning, % (ours: 1 epoch)',
-           lambda s: _get(s, 'final', 'test_accuracy', fmt='{:.2f}'), 2),
-          ('lambda_max', lambda s: _get(s, 'landscape', 'lambda_max',
+           lambda n: _get(arms[n], 'landscape', 'condition', fmt='{:.4f}'),
+           1),
+          ('test accuracy after fine-tuning, % (ours: 1 epoch, mean +- '
+           'std over seeds)', lambda n: _acc(arms, n), 2),
+          ('lambda_max', lambda n: _get(arms[n], 'landscape', 'lambda_max',
                                         fmt='{:.1f}'), None),
-          ('Hessian trace', lambda s: _get(s, 'landscape', 'trace',
+          ('Hessian trace', lambda n: _get(arms[n], 'landscape', 'trace',
                                            fmt='{:.0f}'), None),
           ('test accuracy before fine-tuning, % (per-batch BN)',
-           lambda s: _get(s, 'landscape', 'test_accuracy_batch_bn',
+           lambda n: _get(arms[n], 'landscape', 'test_accuracy_batch_bn',
                           fmt='{:.2f}'), None),
-          ('FLOPs rate', lambda s: _get(s, 'search', 'flops_rate',
+          ('FLOPs rate', lambda n: _get(arms[n], 'search', 'flops_rate',
                                         fmt='{:.4f}'), None),
-          ('parameters', lambda s: _get(s, 'search', 'params',
+          ('parameters', lambda n: _get(arms[n], 'search', 'params',
                                         fmt='{:,}'), None)]
   names = list(FEASIBILITY_NAMES)
   lines = ['| score | ' + ' | '.join(FEASIBILITY_NAMES[n] for n in names)
            + ' |', '|---' * (len(names) + 1) + '|']
   for label, cell, paper in rows:
-    cells = []
-    for name in names:
-      ours = cell(arms[name])
-      cells.append(ours if paper is None else
-                   f'{ours} (paper {PAPER_FEASIBILITY[name][paper]})')
+    cells = [cell(n) if paper is None else
+             f'{cell(n)} (paper {PAPER_FEASIBILITY[n][paper]})'
+             for n in names]
     lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 def ablation_table(arms: dict) -> str:
   lines = ['| search teacher | fine-tune teacher | arm | test accuracy, % '
-           '(paper, 3 runs) | test accuracy, % (ours, 1 run, 1 epoch) | '
-           'CPU hours search / fine-tune (paper: GPU hours) |',
+           '(paper, 3 runs) | test accuracy, % (ours, 1 epoch, mean +- std '
+           'over seeds) | CPU hours search / fine-tune (paper: GPU hours) |',
            '|---|---|---|---|---|---|']
   for search, finetune, arm, paper in ABLATION:
     s = arms[arm]
     hours = (f"{_hours(s, ('search',))} / "
              f"{_hours(s, ('memory_bank', 'finetune'))}")
     lines.append(f'| {search} | {finetune} | `{arm}` | {paper} | '
-                 f"{_get(s, 'final', 'test_accuracy', fmt='{:.2f}')} | "
-                 f'{hours} |')
+                 f'{_acc(arms, arm)} | {hours} |')
+  return '\n'.join(lines)
+
+
+def baselines_table(arms: dict) -> str:
+  """The dense network and what a user would pick instead, each fine-tuned
+  with two views and no knowledge, beside the EKG network with the same
+  recipe and with ensemble knowledge."""
+  lines = ['| arm | what | FLOPs rate (without BN) | parameters | test accuracy, % (1 '
+           'epoch, mean +- std over seeds) |', '|---|---|---|---|---|']
+  for arm in ('dense', 'tp_magnitude', 'tp_taylor', 'ekg_2view',
+              'ekg_ft_ensemble'):
+    s = arms[arm]
+    reduction = s.get('final', {}).get('flops_reduction')
+    rate = MISSING if reduction is None else f'{1 - reduction:.4f}'
+    lines.append(f"| `{arm}` | {_get(s, 'study', 'what')} | {rate} | "
+                 f"{_get(s, 'final', 'params', fmt='{:,}')} | "
+                 f'{_acc(arms, arm)} |')
+  return '\n'.join(lines)
+
+
+def verdict(d, claim: str, adjusted: float) -> str:
+  if adjusted >= st.ALPHA:
+    return (f'not resolved (seeds detect about {d.detectable:.2f} points)')
+  if not claim:
+    return 'differ'
+  return 'holds' if d.diff > 0 else 'reversed'
+
+
+def comparisons_table(arms: dict, table: str) -> str:
+  """The table's comparisons: difference of means (a - b), its Welch
+  95% interval, p-value, Holm-corrected over the table, and the verdict on
+  the paper's claim."""
+  rows = [(what, a, b, claim, st.welch(accuracy(arms, a) or st.Spread(()),
+                                       accuracy(arms, b) or st.Spread(())))
+          for t, what, a, b, claim in COMPARISONS if t == table]
+  tested = [d.p for *_, d in rows if d]
+  adjusted = iter(st.holm(tested))
+  lines = ['| comparison (a vs b) | paper | n a / b | a - b, points | 95% '
+           'interval (Welch) | p | p, Holm | verdict |',
+           '|---|---|---|---|---|---|---|---|']
+  for what, a, b, claim, d in rows:
+    n = '/'.join(str(len(seeds(arms, x))) for x in (a, b))
+    paper = 'a > b' if claim else 'no claim'
+    if d is None:
+      lines.append(f'| {what} (`{a}` vs `{b}`) | {paper} | {n} | '
+                   + ' | '.join(['needs 2 seeds each'] + [''] * 4) + ' |')
+      continue
+    p_holm = next(adjusted)
+    lines.append(f'| {what} (`{a}` vs `{b}`) | {paper} | {n} | '
+                 f'{d.diff:+.2f} | [{d.low:+.2f}, {d.high:+.2f}] | '
+                 f'{d.p:.3f} | {p_holm:.3f} | {verdict(d, claim, p_holm)} |')
   return '\n'.join(lines)
 
 
@@ -132,45 +240,61 @@ def arms_table(arms: dict) -> str:
              ('condition', 'landscape', 'condition', '{:.4f}'),
              ('trace', 'landscape', 'trace', '{:.0f}'),
              ('accuracy before, %', 'landscape', 'test_accuracy_batch_bn',
-              '{:.2f}'),
-             ('accuracy after, %', 'final', 'test_accuracy', '{:.2f}')]
+              '{:.2f}')]
   phases = ('search', 'landscape', 'memory_bank', 'finetune')
   lines = ['| arm | what | ' + ' | '.join(c[0] for c in columns)
-           + ' | seconds: search / landscape / bank / fine-tune |',
-           '|---' * (len(columns) + 3) + '|']
+           + ' | accuracy after, % (by seed) | seconds: search / landscape '
+           '/ bank / fine-tune (seed 0) |', '|---' * (len(columns) + 4) + '|']
   for arm in ARM_ORDER:
     s = arms[arm]
     cells = [_get(s, phase, key, fmt=fmt) for _, phase, key, fmt in columns]
+    by_seed = ', '.join(f"{seed}: {r['final']['test_accuracy']:.2f}"
+                        for seed, r in seeds(arms, arm).items()) or MISSING
     seconds = ' / '.join(
         _get(s, p, 'seconds', fmt='{:.0f}') if p in s else '-'
         for p in phases) if s else MISSING
     lines.append(f"| `{arm}` | {_get(s, 'study', 'what')} | "
-                 + ' | '.join(cells) + f' | {seconds} |')
+                 + ' | '.join(cells) + f' | {by_seed} | {seconds} |')
   return '\n'.join(lines)
 
 
-def seed_spread(arms: dict) -> str:
-  accuracies = [arms[a]['final']['test_accuracy'] for a in SEED_ARMS
-                if 'final' in arms[a]]
-  line = (f"**Seed spread**: the `ekg` network fine-tuned for one epoch with "
-          f"seeds 0, 1, 2 (batch order and augmentation): "
-          f"{', '.join(f'{a:.2f}' for a in accuracies) or MISSING}")
-  if len(accuracies) < 2:
-    return line + '.'
-  mean = sum(accuracies) / len(accuracies)
-  std = (sum((a - mean) ** 2 for a in accuracies)
-         / (len(accuracies) - 1)) ** 0.5
-  return (line + f'; mean {mean:.2f}%, sample standard deviation '
-          f'{std:.2f} points, range {max(accuracies) - min(accuracies):.2f} '
-          f'({len(accuracies)} of {len(SEED_ARMS)} seeds run).')
+def reproducibility(arms: dict) -> str:
+  """`ekg_rerun` fine-tunes the `ekg` network again, seed 0, at the pinned
+  commit: equal numbers say the commit computes what the earlier code
+  did."""
+  a, b = arms['ekg'], arms['ekg_rerun']
+  if 'final' not in b:
+    return '**Reproducibility** (`ekg_rerun`): ' + MISSING + '.'
+  x, y = a['final']['test_accuracy'], b['final']['test_accuracy']
+  commit = b['study'].get('commits', {}).get('finetune', '?')[:10]
+  same = 'the same' if x == y else f'{y - x:+.2f} points from'
+  return (f'**Reproducibility**: the `ekg` fine-tuning run again at commit '
+          f'{commit} (`ekg_rerun`, seed 0) reached {y:.2f}%, {same} the '
+          f'committed {x:.2f}% of 2026-11-26.')
+
+
+def code_commits(arms: dict) -> str:
+  """Which pieces ran at which commit."""
+  by_commit: dict[str, list[str]] = {}
+  for name, s in sorted(arms.items()):
+    recorded = s.get('study', {}).get('commits', {})
+    for piece in s.get('study', {}).get('wall_seconds', {}):
+      by_commit.setdefault(recorded.get(piece) or 'not recorded', []).append(
+          f'{name} ({piece})')
+  lines = [f"- {commit if commit == 'not recorded' else commit[:10]}: "
+           f"{', '.join(pieces)}"
+           for commit, pieces in sorted(by_commit.items())]
+  return ('**Code behind the numbers** ("not recorded": run from the working '
+          'checkout on 2026-11-26, before the study pinned a commit):\n\n'
+          + ('\n'.join(lines) or MISSING))
 
 
 def commands(arms: dict) -> str:
   """The exact command of every piece each arm ran (as the study recorded
-  them; run from the repository root with `python`)."""
+  them; run from the root of a checkout of the piece's commit)."""
   lines = []
-  for arm in ARM_ORDER:
-    study = arms[arm].get('study', {})
+  for arm, s in arms.items():
+    study = s.get('study', {})
     if study.get('base'):
       lines.append(f"# {arm}: starts from a copy of {study['base']}'s "
                    'finished pieces')
@@ -179,100 +303,10 @@ def commands(arms: dict) -> str:
   return '```\n' + ('\n'.join(lines) or MISSING) + '\n```'
 
 
-def _ranks(values: list) -> list:
-  """1-based ranks, ties given their mean rank."""
-  order = sorted(range(len(values)), key=values.__getitem__)
-  ranks = [0.0] * len(values)
-  i = 0
-  while i < len(order):
-    j = i
-    while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-      j += 1
-    for k in range(i, j + 1):
-      ranks[order[k]] = (i + j) / 2 + 1
-    i = j + 1
-  return ranks
-
-
-def spearman(x: list, y: list) -> float:
-  """Spearman's rank correlation (Pearson's on the ranks)."""
-  rx, ry = _ranks(x), _ranks(y)
-  mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-  cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-  var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-  return cov / var ** 0.5 if var else float('nan')  # nan: a constant
-
-
-def correlations(arms: dict, plotted: list) -> str:
-  """Does a flatter searched network fine-tune better? The rank
-  correlation of each measure with the accuracy after fine-tuning, across
-  the plotted greedy searches (the uniform allocation is another kind of
-  network). The paper's claim predicts negative values."""
-  names = [a for a in plotted if a != 'l1_uniform']
-  if len(names) < 3:
-    return ''
-  accuracy = [arms[a]['final']['test_accuracy'] for a in names]
-  measures = [('search', 'val_loss', 'search CE'),
-              ('landscape', 'condition', 'condition'),
-              ('landscape', 'lambda_max', 'lambda_max'),
-              ('landscape', 'trace', 'trace')]
-  rhos = [(label, spearman([arms[a][p][k] for a in names], accuracy))
-          for p, k, label in measures]
-  cells = [f'{label} {rho:+.2f}' if rho == rho else f'{label} n/a'
-           for label, rho in rhos]
-  return (f'Rank correlation (Spearman) with the accuracy after fine-tuning, '
-          f'across the {len(names)} greedy searches plotted: '
-          + ', '.join(cells) + '.')
-
-
-def plot(arms: dict) -> list[str]:
-  """Each searched network's landscape measures against its test accuracy
-  after fine-tuning without knowledge (the arms the paper's feasibility
-  figure compares; fine-tuning with knowledge would mix in a second
-  effect). Returns the arms plotted."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  points = {name: s for name, s in arms.items()
-            if 'landscape' in s and 'final' in s
-            and s.get('finetune', {}).get('knowledge') == 'none'
-            and name not in SEED_ARMS[1:]}
-  seeds = [arms[a]['final']['test_accuracy'] for a in SEED_ARMS
-           if 'final' in arms[a]]
-  # Row 2: the greedy searches alone, whose points row 1 squeezes together
-  # beside the uniform allocation's.
-  rows = [points, {n: s for n, s in points.items() if n != 'l1_uniform'}]
-  fig, axes = plt.subplots(2, 3, figsize=(13, 8), squeeze=False)
-  measures = [('condition', 'abs(lambda_min / lambda_max)'),
-              ('lambda_max', 'lambda_max'), ('trace', 'Hessian trace')]
-  for row, subset in zip(axes, rows):
-    for ax, (key, label) in zip(row, measures):
-      for name, s in subset.items():
-        x, y = s['landscape'][key], s['final']['test_accuracy']
-        ax.scatter(x, y)
-        ax.annotate(name, (x, y), textcoords='offset points',
-                    xytext=(4, 4), fontsize=8)
-      if len(seeds) > 1 and SEED_ARMS[0] in subset:
-        # The same network's range over fine-tuning seeds: how far apart
-        # two points must be to differ by more than a seed.
-        ax.vlines(subset[SEED_ARMS[0]]['landscape'][key], min(seeds),
-                  max(seeds), colors='gray', label='ekg: range over seeds')
-        ax.legend(fontsize=8)
-      ax.set_xlabel(label)
-      ax.set_ylabel('test accuracy after 1 epoch, %')
-      ax.grid(alpha=0.3)
-  fig.suptitle('ResNet-56 / CIFAR-10 sub-networks at FLOPs rate 0.45: '
-               'landscape of the searched network vs accuracy\n(row 2: '
-               'the greedy searches alone)')
-  fig.tight_layout()
-  fig.savefig(FIGURE, dpi=120)
-  plt.close(fig)
-  return sorted(points)
-
-
 def main(quiet: bool = False):
-  arms = {name: load(name) for name in ARM_ORDER}
-  plotted = plot(arms)
+  arms = load_all()
+  plotted = figure.plotted_arms(arms, ARM_ORDER, accuracy)
+  figure.plot(arms, plotted, accuracy, FIGURE)
   dates = sorted({s['study']['date'] for s in arms.values()
                   if 'study' in s})
   block = '\n\n'.join([
@@ -283,19 +317,31 @@ def main(quiet: bool = False):
       '**Feasibility** (poster: "Comparison of potential loss vs '
       'validation loss and condition number"; every search with the '
       'ensemble teacher, fine-tuned without knowledge). Each cell: ours '
-      '(paper).', feasibility_table(arms),
-      '**Ablation** (poster: "Ablation study", ResNet-56 CIFAR-10 column).',
-      ablation_table(arms),
-      '**Every arm** (`l1_uniform` and `per_channel` are not in the poster; '
-      '"before": the searched network on the test set, per-batch BN; '
-      '"after": one epoch of fine-tuning; a `-` phase did not run for the '
-      'arm, and an arm built on another (`ekg_ft_*`, `ekg_seed*`) shows '
-      'the seconds of the pieces it copied; seconds include the pauses and '
-      'shared cores of the run log above).', arms_table(arms),
-      seed_spread(arms),
+      '(paper).', feasibility_table(arms), comparisons_table(
+          arms, 'feasibility'),
+      '**Ablation** (poster: "Ablation study", ResNet-56 CIFAR-10 column; '
+      'the two-view control is ours: the views knowledge comes with, no '
+      'knowledge).', ablation_table(arms),
+      comparisons_table(arms, 'ablation'),
+      '**Baselines**: the dense network and what a user would pick instead '
+      '(Torch-Pruning at the same FLOPs rate, its kept channels carried '
+      'over), fine-tuned with the same recipe and seeds.',
+      baselines_table(arms), comparisons_table(arms, 'baselines'),
+      'Comparisons: a - b is the difference of the arms\' mean accuracies; '
+      'the interval and p come from Welch\'s t-test over the seeds, p '
+      'Holm-corrected over the comparisons of one table; "holds": the '
+      'paper\'s direction at corrected p < 0.05, "reversed": the opposite, '
+      '"not resolved": neither, with the difference these seeds would '
+      'detect with 80% power.',
+      '**Every arm** (`l1_uniform`, `per_channel`, `dense`, `tp_*` are not '
+      'in the poster; "before": the searched network on the test set, '
+      'per-batch BN; "after": one epoch of fine-tuning; a `-` phase did not '
+      'run for the arm, and an arm built on another shows the seconds of '
+      'the pieces it copied; seconds include the pauses and shared cores '
+      'of the run log above).', arms_table(arms), reproducibility(arms),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
       f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}. "
-      + correlations(arms, plotted),
+      + figure.correlations(arms, plotted, accuracy), code_commits(arms),
       '<details><summary>The exact commands, as each arm\'s summary '
       'records them</summary>\n\n' + commands(arms) + '\n\n</details>',
       MARKERS[1]])
@@ -312,4 +358,4 @@ def main(quiet: bool = False):
 
 
 if __name__ == '__main__':
-  main()
+  main(quiet='--quiet' in sys.argv[1:])

@@ -330,12 +330,19 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
   _write_json(os.path.join(out, 'summary.json'),
               {**summary, 'study': record})
   # The tables and the figure follow every finished piece, so what is
-  # committed always agrees with them (tests/test_evidence_report.py).
-  evidence_report.main(quiet=True)
+  # committed always agrees with them (tests/test_evidence_report.py); in a
+  # process of their own, so the report's newest code makes them.
+  make_report()
   if commit:
     git_commit([out, evidence_report.FIGURE, evidence_report.README],
                f'evidence study: arm {arm.name} '
                f'({", ".join(wall) or "results"} finished)')
+
+
+def make_report() -> None:
+  subprocess.run([sys.executable, os.path.join(REPO, 'experiments',
+                                               'evidence_report.py'),
+                  '--quiet'], check=True)
 
 
 def git_commit(paths: list[str], message: str) -> None:

@@ -29,8 +29,7 @@ def study(tmp_path, monkeypatch):
   spec.loader.exec_module(module)
   monkeypatch.setattr(module, 'RESULTS', str(tmp_path / 'results'))
   monkeypatch.setattr(module, 'WORKDIRS', str(tmp_path / 'workdirs'))
-  monkeypatch.setattr(module.evidence_report, 'main',
-                      lambda quiet=False: None)
+  monkeypatch.setattr(module, 'make_report', lambda: None)
   module.pieces = []
   module.fail_on = set()
 
