@@ -8,10 +8,18 @@ VENV ?= .venv
 # Prepared TFDS datasets: $TFDS_DATA_DIR, else ../shared/tfds where it exists.
 export TFDS_DATA_DIR ?= $(if $(wildcard ../shared/tfds),$(abspath ../shared/tfds),)
 WORKDIR ?= workdirs/quickstart
-INIT ?= ../shared/pretrained/ekg_official_resnet56_cifar10.pkl
+# The authors' ResNet-56: the shared copy, else 'official' (fetched once into
+# the cache folder, checksum verified).
+INIT ?= $(if $(wildcard ../shared/pretrained/ekg_official_resnet56_cifar10.pkl),../shared/pretrained/ekg_official_resnet56_cifar10.pkl,official)
+# What `make prepare` prepares ahead of a run (each is also prepared on first
+# use): datasets into TFDS_DATA_DIR, weights into the cache folder.
+PREPARE ?= cifar10 official
+# Extra flags for `make demo`, e.g. a cut-down run:
+# DEMO_ARGS='--config.pretrain.epochs=1 --config.data.train_split=train[:1000]'
+DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo evaluate test test-slow torch-venv onnx-venv tf-venv \
+.PHONY: install demo prepare evaluate test test-slow torch-venv onnx-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
@@ -83,8 +91,14 @@ bench-authors-quick: install tf-venv
 
 # The quickstart: the whole pipeline (pretrain, search, memory bank,
 # fine-tuning) on a CIFAR-10 subset with ResNet-20, minutes on a laptop CPU.
+# CIFAR-10 is prepared on first use when TFDS_DATA_DIR lacks it.
 demo: install
-	$(VENV)/bin/python -m ekg_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
+	$(VENV)/bin/python -m ekg_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR) $(DEMO_ARGS)
+
+# Downloads (checksum verified) and prepares ahead of time what a run would
+# fetch on first use (no TensorFlow): make prepare PREPARE='cifar10 cifar100'.
+prepare: install
+	$(VENV)/bin/python -m ekg_jax.prepare $(PREPARE)
 
 # Evaluates the official ResNet-56 on the CIFAR-10 test split.
 evaluate: install

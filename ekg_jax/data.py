@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shlex
 from typing import Optional, Sequence
 
 import jax
@@ -103,6 +104,14 @@ def _source(name: str, split: str, data_dir: Optional[str], **kwargs):
   except Exception as e:  # TFDS raises several types for a missing dataset
     searched = data_dir or '~/tensorflow_datasets (TFDS default)'
     folder = _tfrecord_folder(name, data_dir)
+    from ekg_jax import prepare  # pylint: disable=g-import-not-at-top
+    if folder and name in prepare.DATASETS:
+      raise DatasetNotFoundError(
+          f'dataset {name!r} in {folder} is prepared as TFRecord files; '
+          'ekg_jax reads ArrayRecord (random access, no TensorFlow) and '
+          'prepares it itself once that folder is moved aside: mv '
+          f'{shlex.quote(folder)} {shlex.quote(folder + ".tfrecord")}'
+      ) from None
     if folder:
       raise DatasetNotFoundError(
           f'dataset {name!r} in {folder} is prepared as TFRecord files; '
@@ -110,9 +119,15 @@ def _source(name: str, split: str, data_dir: Optional[str], **kwargs):
           f'prepare it again with tfds build {name} --data_dir={searched} '
           '--file_format=array_record (TensorFlow installed), or convert '
           'it with tfds convert_format') from None
+    if name in prepare.DATASETS and not prepare.is_prepared(name, data_dir):
+      # Prepared here, once (download, checksum, ArrayRecord; no
+      # TensorFlow), then read as if it had been there.
+      prepare.ensure_dataset(name, data_dir)
+      return _source(name, split, data_dir, **kwargs)
     prepare = MANUAL_DOWNLOAD.get(name, (
         'Prepare it once with TensorFlow installed (pip install '
-        '"ekg_jax[prepare]"; tfds build {name} --data_dir={data_dir})'))
+        '"ekg_jax[prepare]"; tfds build {name} --data_dir={data_dir} '
+        '--file_format=array_record)'))
     raise DatasetNotFoundError(
         f'dataset {name!r} (split {split!r}) is not prepared in {searched}. '
         f'Set data.data_dir or TFDS_DATA_DIR (now '

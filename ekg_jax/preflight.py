@@ -16,6 +16,7 @@ import numpy as np
 
 from ekg_jax import data as data_lib
 from ekg_jax import input_pipeline
+from ekg_jax import prepare
 from ekg_jax.config import ConfigError
 
 # Phases that read each split (when they still have to run).
@@ -77,6 +78,12 @@ def check_weights(config, todo: Sequence[str], workdir: str,
   checkpoint, the workdir's pretrained network, or the pretrain phase about
   to run. Evaluating random weights is refused (it reports chance accuracy
   as a result); other phases on random weights run with a warning."""
+  if config.init_checkpoint in prepare.WEIGHTS:
+    # Fetched (and verified) now, before any compute; recorded by its
+    # published origin, the same on every machine and cache folder.
+    prepare.init_checkpoint_path(config)
+    asset = prepare.WEIGHTS[config.init_checkpoint].resolved()
+    return f'{config.init_checkpoint}: {asset.url} (sha256 {asset.sha256})'
   if config.init_checkpoint:
     return os.path.abspath(config.init_checkpoint)
   if 'pretrain' in todo or os.path.isdir(os.path.join(workdir, pretrained)):

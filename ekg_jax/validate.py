@@ -16,6 +16,7 @@ from ekg_jax import config as config_lib
 from ekg_jax import data as data_lib
 from ekg_jax import distill, export, importance, input_pipeline, landscape
 from ekg_jax import memory_bank
+from ekg_jax import prepare
 from ekg_jax import search
 from ekg_jax import teacher, train
 from ekg_jax.models import MODELS
@@ -162,7 +163,9 @@ def _training_rules(section: str) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     'seed': integer(0),
     'phases': _phases,
-    'init_checkpoint': existing(os.path.exists, 'file or directory'),
+    'init_checkpoint': lambda v: None if v in prepare.WEIGHTS else existing(
+        os.path.exists, 'file or directory (or official: the authors\' '
+        'ResNet-56, fetched once)')(v),
     'quiet': boolean,
     'cache_dir': text,
     'distributed': boolean,

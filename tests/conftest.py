@@ -24,6 +24,12 @@ OFFICIAL_RESNET56 = SHARED / 'pretrained' / 'ekg_official_resnet56_cifar10.pkl'
 os.environ['EKG_JAX_CACHE'] = tempfile.mkdtemp(prefix='ekg_jax_test_cache_')
 atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
 
+# Tests never reach the internet: a dataset or weights missing in a test
+# would be fetched from a port nothing listens on, and fail in one line.
+# Tests that serve archives (tests/fake_cifar.py) point these elsewhere.
+for _asset in ('CIFAR10', 'CIFAR100', 'OFFICIAL'):
+  os.environ[f'EKG_JAX_{_asset}_URL'] = f'http://127.0.0.1:9/{_asset}'
+
 # Under CI (CI=true), where ../shared is always beside the checkout, a test
 # that needs the shared data runs and fails without it instead of skipping:
 # a green CI can never mean "every end-to-end test skipped".

@@ -19,6 +19,7 @@ from ekg_jax import data as data_lib
 from ekg_jax import evaluation
 from ekg_jax import gates as gates_lib
 from ekg_jax import input_pipeline
+from ekg_jax import prepare
 from ekg_jax import search as search_lib
 from ekg_jax import trainer
 from ekg_jax import validate
@@ -53,7 +54,7 @@ def build_model(config) -> common.Supernet:
                                      config.data.train_split)
   model = create_model(config.model.name,
                        **config_lib.model_kwargs(config, num_classes))
-  path = config.init_checkpoint
+  path = prepare.init_checkpoint_path(config)  # 'official': its local copy
   if path and not path.endswith('.pkl'):
     widths = ckpt_lib.read_model_config(path).get('widths')
     if widths:
@@ -67,7 +68,7 @@ def init_variables(config, model, workdir: str) -> Any:
   shape = (1, *input_shape(config))
   init = lambda: model.init(jax.random.key(config.seed),
                             jnp.zeros(shape, jnp.float32))
-  path = config.init_checkpoint
+  path = prepare.init_checkpoint_path(config)
   pretrained = os.path.join(workdir, workdir_lib.PRETRAINED)
   if not path and os.path.exists(os.path.join(pretrained,
                                               ckpt_lib.MODEL_FILE)):
