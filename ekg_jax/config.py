@@ -124,13 +124,19 @@ def default_config() -> ml_collections.ConfigDict:
   # validation batches.
   c.landscape = ml_collections.ConfigDict()
   # ~4 minutes for the searched ResNet-56 on 2 CPU cores.
-  c.landscape.lanczos_iterations = 20
+  c.landscape.lanczos_iterations = 20  # at most, with a tolerance
+  # 0: exactly lanczos_iterations steps; > 0: stop once lambda_min moves by
+  # at most this fraction of itself per step, two steps running.
+  c.landscape.lanczos_tolerance = 0.0
   c.landscape.num_eigenvalues = 3
   c.landscape.trace_samples = 20
   c.landscape.slice_points = 21
   c.landscape.grid_points = 9
   c.landscape.bn = 'batch'  # 'batch' (as the search) | 'running'
-  c.landscape.seed = 0
+  c.landscape.seed = 0  # Lanczos' start vector, the trace's, the slices'
+  # 0: the search's validation batches; k >= 1: the k-th disjoint subset of
+  # as many train images, held out from the search (repeats of the measure).
+  c.landscape.subset = 0
 
   c.memory_bank = ml_collections.ConfigDict()  # section 6
   c.memory_bank.num_teachers = 5

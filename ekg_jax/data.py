@@ -233,22 +233,25 @@ def _skip_decoding():
 
 
 def class_subset_indices(labels: np.ndarray, per_class: int,
-                         from_end: bool, seed: int = 1) -> np.ndarray:
+                         from_end: bool, seed: int = 1,
+                         offset: int = 0) -> np.ndarray:
   """The reference code's fixed subsets (ekg_algorithm.md section 5).
 
   For each class in label order, take its first `per_class` indices (or its
   last ones, walking backwards, with `from_end`), concatenate, then permute
   with NumPy's legacy global-seed shuffle, exactly as the reference does:
   with BN in batch-statistics mode, batch composition changes the results.
+  `offset` skips that many indices of each class first (disjoint subsets).
   """
   labels = np.asarray(labels)
   chosen = []
   for c in np.unique(labels):
     idx = np.flatnonzero(labels == c)
-    if len(idx) < per_class:
+    if len(idx) < offset + per_class:
       raise ValueError(f'class {c} has {len(idx)} images, fewer than the '
-                       f'{per_class} per class asked for')
-    chosen.append(idx[::-1][:per_class] if from_end else idx[:per_class])
+                       f'{offset + per_class} per class asked for')
+    idx = idx[::-1] if from_end else idx
+    chosen.append(idx[offset:offset + per_class])
   indices = np.concatenate(chosen)
   state = np.random.get_state()  # the legacy API is global: leave it intact
   try:

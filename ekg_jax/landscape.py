@@ -39,7 +39,10 @@ BN_MODES = ('batch', 'running')
 
 @dataclasses.dataclass(frozen=True)
 class LandscapeConfig:
-  lanczos_iterations: int = 20
+  lanczos_iterations: int = 20  # at most, with a tolerance
+  # 0: exactly lanczos_iterations steps; > 0: stop once lambda_min moves by
+  # at most this fraction of itself per step (two steps running).
+  lanczos_tolerance: float = 0.0
   num_eigenvalues: int = 3
   trace_samples: int = 20
   slice_points: int = 21  # 1-D slice: alpha in linspace(-1, 1, n)
@@ -87,10 +90,20 @@ def flat_hvp(loss: Callable[[Any], jax.Array], params: Any):
 
 
 def lanczos(matvec: Callable[[np.ndarray], np.ndarray], dim: int,
-            iterations: int, seed: int = 0) -> np.ndarray:
+            iterations: int, seed: int = 0, tolerance: float = 0.0,
+            trajectory: list | None = None) -> np.ndarray:
   """Ritz values (descending) of a symmetric operator after `iterations`
   Lanczos steps with full reorthogonalisation; with iterations == dim they
-  are its eigenvalues."""
+  are its eigenvalues. With `tolerance` > 0 it stops earlier, once the
+  smallest Ritz value moved by at most `tolerance` (relative to its size)
+  in each of the last two steps; `trajectory` receives the smallest Ritz
+  value after every step (how far it was still moving)."""
+  ritz = lambda a, b: np.sort(np.linalg.eigvalsh(
+      np.diag(a) + np.diag(b[:len(a) - 1], 1)
+      + np.diag(b[:len(a) - 1], -1)))[::-1]
+  trajectory = [] if trajectory is None else trajectory
+  moved = lambda k: (abs(trajectory[-k] - trajectory[-k - 1])
+                     <= tolerance * abs(trajectory[-k]))
   rng = np.random.default_rng(seed)
   v = rng.standard_normal(dim)
   v /= np.linalg.norm(v)
@@ -103,14 +116,15 @@ def lanczos(matvec: Callable[[np.ndarray], np.ndarray], dim: int,
     for _ in range(2):  # full reorthogonalisation, twice is enough
       w = w - np.stack(basis).T @ (np.stack(basis) @ w)
     beta = float(np.linalg.norm(w))
-    if j == min(iterations, dim) - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
+    trajectory.append(float(ritz(alphas, betas)[-1]))
+    converged = tolerance > 0 and len(trajectory) > 2 and moved(1) and moved(2)
+    if (j == min(iterations, dim) - 1 or converged
+        or beta < 1e-10 * max(1.0, abs(alpha))):
       break
     betas.append(beta)
     basis.append(w / beta)
     w = matvec(basis[-1])
-  tridiagonal = (np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1)
-                 + np.diag(betas[:len(alphas) - 1], -1))
-  return np.sort(np.linalg.eigvalsh(tridiagonal))[::-1]
+  return ritz(alphas, betas)
 
 
 def hutchinson_trace(matvec: Callable[[np.ndarray], np.ndarray], dim: int,
@@ -163,7 +177,9 @@ def analyse(loss: Callable[[Any], jax.Array], params: Any,
             config: LandscapeConfig) -> dict:
   """Every measure of the module docstring, as plain numbers."""
   matvec, dim = flat_hvp(loss, params)
-  ritz = lanczos(matvec, dim, config.lanczos_iterations, config.seed)
+  trajectory = []
+  ritz = lanczos(matvec, dim, config.lanczos_iterations, config.seed,
+                 config.lanczos_tolerance, trajectory)
   trace, trace_error = hutchinson_trace(matvec, dim, config.trace_samples,
                                         config.seed + 1)
   k1, k2, k3 = jax.random.split(jax.random.key(config.seed), 3)
@@ -184,6 +200,8 @@ def analyse(loss: Callable[[Any], jax.Array], params: Any,
       'top_eigenvalues': [float(r) for r in ritz[:config.num_eigenvalues]],
       'condition': abs(lam_min / lam_max) if lam_max else float('nan'),
       'trace': trace, 'trace_standard_error': trace_error,
+      # lambda_min after each Lanczos step: how far it was still moving.
+      'lanczos_steps': len(trajectory), 'lambda_min_trajectory': trajectory,
       'slice_1d': {'alpha': line.tolist(), 'loss': slice_1d.tolist()},
       'slice_2d': {'alpha': grid.tolist(), 'beta': grid.tolist(),
                    'loss': slice_2d.reshape(aa.shape).tolist()},

@@ -222,6 +222,8 @@ RULES: dict[str, Rule] = {
     'landscape.grid_points': integer(2),
     'landscape.bn': choice(landscape.BN_MODES),
     'landscape.seed': integer(0),
+    'landscape.lanczos_tolerance': number(0, 1),
+    'landscape.subset': integer(0),
     'memory_bank.num_teachers': integer(1),
     'memory_bank.batch_size': integer(1),
     'memory_bank.dtype': choice(memory_bank.STORAGE_DTYPES),

@@ -1,10 +1,53 @@
-"""The evidence report's figure and rank correlations: each searched
-network's loss-landscape measures against its mean accuracy after
-fine-tuning (`accuracy(arms, arm)` gives an `evidence_stats.Spread`)."""
+"""The evidence report's landscape table, figure and rank correlations:
+each searched network's loss-landscape measures (with their spread over
+repeats) against its mean accuracy after fine-tuning (`accuracy(arms,
+arm)` gives an `evidence_stats.Spread`)."""
 
 from __future__ import annotations
 
 import evidence_stats as st  # experiments/, beside this file
+
+
+def repeats(arms: dict, net: str) -> list[dict]:
+  """The landscape records of `net`'s repeats (`<net>_landscape_<name>`:
+  Lanczos to convergence, other start vectors, held-out subsets)."""
+  return [s['landscape'] for name, s in sorted(arms.items())
+          if name.startswith(f'{net}_landscape_') and 'landscape' in s]
+
+
+def measure(arms: dict, net: str, key: str) -> st.Spread:
+  """A landscape measure of `net` over its repeats; before they exist, the
+  one 20-step measurement of the search's piece."""
+  done = repeats(arms, net)
+  values = [r[key] for r in done] or [arms[net]['landscape'][key]]
+  return st.Spread(tuple(values))
+
+
+def landscape_table(arms: dict, nets) -> str:
+  """Each network's measures as mean +- std over its repeats (n), beside
+  the first 20-step measurement."""
+  keys = [('lambda_max', '{:.1f}'), ('lambda_min', '{:.2f}'),
+          ('condition', '{:.4f}'), ('trace', '{:.0f}')]
+  lines = ['| network | ' + ' | '.join(f'{k}, repeats' for k, _ in keys)
+           + ' | Lanczos steps | first measurement (20 steps): '
+           'lambda_min / condition |', '|---' * (len(keys) + 3) + '|']
+  for net in nets:
+    done = repeats(arms, net)
+    first = arms.get(net, {}).get('landscape')
+    cells = []
+    for key, fmt in keys:
+      values = [r[key] for r in done]
+      spread = st.Spread(tuple(values)) if values else None
+      cells.append('not run yet' if not spread else
+                   fmt.format(spread.mean) + (
+                       f' +- {fmt.format(spread.std)}' if spread.n > 1
+                       else '') + f' (n={spread.n})')
+    steps = ', '.join(str(r.get('lanczos_steps', '?')) for r in done) or '-'
+    before = (f"{first.get('lambda_min', float('nan')):.2f} / "
+              f"{first['condition']:.4f}" if first else 'not run yet')
+    lines.append(f'| `{net}` | ' + ' | '.join(cells)
+                 + f' | {steps} | {before} |')
+  return '\n'.join(lines)
 
 
 def one_view_no_knowledge(summary: dict) -> bool:
@@ -23,7 +66,8 @@ def plotted_arms(arms: dict, order, accuracy) -> list[str]:
 
 def correlations(arms: dict, plotted: list, accuracy) -> str:
   """Does a flatter searched network fine-tune better? The rank
-  correlation of each measure with the arm's mean accuracy after
+  correlation of each measure (its mean over the landscape repeats) with
+  the arm's mean accuracy after
   fine-tuning, across the plotted greedy searches (the uniform allocation
   is another kind of network), with its exact permutation p-value. The
   paper's claim predicts negative values."""
@@ -37,7 +81,8 @@ def correlations(arms: dict, plotted: list, accuracy) -> str:
               ('landscape', 'trace', 'trace')]
   cells = []
   for phase, key, label in measures:
-    x = [arms[a][phase][key] for a in names]
+    x = [arms[a][phase][key] if phase == 'search'
+         else measure(arms, a, key).mean for a in names]
     rho = st.spearman(x, mean)
     cells.append(f'{label} {rho:+.2f} (p {st.spearman_p(x, mean):.2f})'
                  if rho == rho else f'{label} n/a')
@@ -47,8 +92,9 @@ def correlations(arms: dict, plotted: list, accuracy) -> str:
 
 
 def plot(arms: dict, plotted: list, accuracy, path: str) -> None:
-  """Each searched network's landscape measures against its mean test
-  accuracy (error bars: the standard deviation over seeds) after
+  """Each searched network's landscape measures (mean over repeats)
+  against its mean test accuracy (error bars: standard deviations over
+  the repeats and over seeds) after
   fine-tuning without knowledge (the arms the paper's feasibility figure
   compares; knowledge would mix in a second effect)."""
   import matplotlib
@@ -63,10 +109,12 @@ def plot(arms: dict, plotted: list, accuracy, path: str) -> None:
   for row, subset in zip(axes, rows):
     for ax, (key, label) in zip(row, measures):
       for name in subset:
-        x, spread = arms[name]['landscape'][key], accuracy(arms, name)
-        ax.errorbar(x, spread.mean, yerr=spread.std if spread.n > 1 else 0,
+        x, spread = measure(arms, name, key), accuracy(arms, name)
+        ax.errorbar(x.mean, spread.mean,
+                    xerr=x.std if x.n > 1 else 0,
+                    yerr=spread.std if spread.n > 1 else 0,
                     fmt='o', capsize=3)
-        ax.annotate(f'{name} (n={spread.n})', (x, spread.mean),
+        ax.annotate(f'{name} (n={spread.n})', (x.mean, spread.mean),
                     textcoords='offset points', xytext=(4, 4), fontsize=8)
       ax.set_xlabel(label)
       ax.set_ylabel('test accuracy after 1 epoch, % (mean +- std)')

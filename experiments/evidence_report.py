@@ -73,6 +73,8 @@ COMPARISONS = [
     ('baselines', 'EKG vs Torch-Pruning, Taylor (two views each)',
      'ekg_2view', 'tp_taylor', '>'),
 ]
+LANDSCAPE_NETS = ['ekg', 'fpgm', 'gbn', 'l1', 'teacher_none',
+                  'teacher_single']
 SEED = re.compile(r'^(?P<arm>.+)_seed(?P<seed>[0-9]+)$')
 MISSING = 'not run yet'
 
@@ -339,6 +341,14 @@ def main(quiet: bool = False):
       'run for the arm, and an arm built on another shows the seconds of '
       'the pieces it copied; seconds include the pauses and shared cores '
       'of the run log above).', arms_table(arms), reproducibility(arms),
+      '**Landscape with error bars**: each network of the feasibility '
+      'table and the search-teacher ablation measured again with Lanczos '
+      'run until lambda_min settles (at most 150 steps; stopped when it '
+      'moved by at most 0.1% of itself in each of two steps running), '
+      'from three start vectors on the search\'s validation images and '
+      'from the first on two disjoint 320-image subsets of train images '
+      'the search never saw; mean +- std over these repeats.',
+      figure.landscape_table(arms, LANDSCAPE_NETS),
       f'![landscape vs accuracy](results/evidence/{os.path.basename(FIGURE)})'
       f"\n\nPlotted: {', '.join(f'`{a}`' for a in plotted) or 'none yet'}. "
       + figure.correlations(arms, plotted, accuracy), code_commits(arms),

@@ -67,6 +67,7 @@ class Arm:
   # finetune.masks: '' the arm's own search; 'dense'; or a kept-channels
   # file (repository-relative) standing in for the search.
   masks: str = ''
+  landscape: tuple = ()  # landscape.* overrides: a repeat of the measures
 
   def overrides(self) -> list[str]:
     # Flags only where they differ from the default, so the commands of the
@@ -75,11 +76,14 @@ class Arm:
     flags += [f'--config.seed={self.seed}'] if self.seed else []
     flags += [f'--config.finetune.views={self.views}'] if self.views else []
     flags += [f'--config.finetune.masks={self.masks}'] if self.masks else []
+    flags += [f'--config.landscape.{k}={v}' for k, v in self.landscape]
     return flags + [f'--config.finetune.knowledge={self.knowledge}',
                     f'--config.finetune.epochs={EPOCHS}']
 
   @property
   def pieces(self) -> list[str]:
+    if self.landscape:  # a repeat measures its base's searched network
+      return ['landscape']
     return ((['search,landscape'] if not self.masks else [])
             + (['memory_bank'] if self.knowledge != 'none' else [])
             + ['finetune'])
@@ -89,6 +93,11 @@ class Arm:
     if self.masks.endswith('.json') and not os.path.exists(
         os.path.join(REPO, self.masks)):
       return self.masks
+    config = os.path.join(CODE_TREE, 'ekg_jax', 'config.py')
+    if self.landscape and (not os.path.exists(config) or 'landscape.subset'
+                           not in open(config).read()):
+      return ('code that has landscape.subset (move the study to a newer '
+              'commit: --code=REF)')
     return ''
 
 
@@ -160,6 +169,20 @@ for _name, _importance in (('tp_magnitude', 'group magnitude'),
                          what=f'Torch-Pruning MetaPruner, global, '
                          f'{_importance} importance; two views, no '
                          'knowledge'), 3)
+# The landscape's error bars (issue 25, item 4): for each network of the
+# feasibility table and the search-teacher ablation, Lanczos run until
+# lambda_min settles, from three start vectors on the search's validation
+# images and from the first on two disjoint subsets the search never saw.
+LANCZOS = (('lanczos_iterations', 150), ('lanczos_tolerance', 0.001))
+REPEATS = {'converged': (), 'start1': (('seed', 1),),
+           'start2': (('seed', 2),), 'subset1': (('subset', 1),),
+           'subset2': (('subset', 2),)}
+ARMS += [Arm(f'{net}_landscape_{name}', base=net,
+             landscape=LANCZOS + extra,
+             what=f'landscape of `{net}`: {name}')
+         for net in ('ekg', 'fpgm', 'gbn', 'l1', 'teacher_none',
+                     'teacher_single')
+         for name, extra in REPEATS.items()]
 BY_NAME = {a.name: a for a in ARMS}
 
 
@@ -198,10 +221,13 @@ def workdir(arm: Arm) -> str:
 
 def seed_workdir(arm: Arm, source_dir: str, summary: dict) -> None:
   """Copies finished phases (search, landscape, memory bank: folder and
-  summary entry, only where both exist) into the arm's new workdir."""
+  summary entry, only where both exist; a landscape repeat measures
+  again) into the arm's new workdir."""
   os.makedirs(workdir(arm), exist_ok=True)
   mine = {}
   for key in ('search', 'landscape', 'memory_bank'):
+    if key == 'landscape' and arm.landscape and source_dir != workdir(arm):
+      continue
     src = os.path.join(source_dir, key)
     if key not in summary or not os.path.isdir(src):
       continue
@@ -310,7 +336,9 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
             'landscape/landscape.json': 'landscape.json',
             'landscape/landscape.png': 'landscape.png',
             'finetune/metrics.jsonl': 'finetune_metrics.jsonl'}
-  if arm.base and arm.seed:  # its search's files are committed with its base
+  if arm.landscape:  # a repeat: its search's files are its base's
+    copies = {'landscape/landscape.json': 'landscape.json'}
+  elif arm.base and arm.seed:  # likewise, a seed
     copies = {'finetune/metrics.jsonl': 'finetune_metrics.jsonl'}
   for src, dst in copies.items():
     if os.path.exists(os.path.join(workdir(arm), src)):
@@ -360,7 +388,7 @@ def git_commit(paths: list[str], message: str) -> None:
 
 
 def run_arm(arm: Arm, commit: bool) -> None:
-  if 'finetune' in committed_summary(arm):
+  if arm.pieces[-1] in committed_summary(arm):
     return
   if arm.waiting_for():
     print(f'arm {arm.name}: waits for {arm.waiting_for()}', flush=True)

@@ -40,7 +40,16 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
                        'ekg_ft_ensemble': _summary(0.61, 0.0618, 88.16,
                                                    'ensemble'),
                        'ekg': _summary(0.61, 0.0618, 87.0),
-                       'ekg_seed2': _summary(0.61, 0.0618, 88.0)}.items():
+                       'ekg_seed2': _summary(0.61, 0.0618, 88.0),
+                       # Two landscape repeats of the ekg network.
+                       'ekg_landscape_converged': {'landscape': {
+                           'condition': 0.05, 'lambda_max': 280.0,
+                           'lambda_min': -14.0, 'trace': 7100.0,
+                           'lanczos_steps': 61}},
+                       'ekg_landscape_start1': {'landscape': {
+                           'condition': 0.07, 'lambda_max': 300.0,
+                           'lambda_min': -21.0, 'trace': 6900.0,
+                           'lanczos_steps': 58}}}.items():
     (results / arm).mkdir(parents=True)
     (results / arm / 'summary.json').write_text(json.dumps(summary))
   readme = tmp_path / 'README.md'
@@ -72,6 +81,10 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   assert (f'| 2/2 | +0.07 | ' in text and
           f'| {p:.3f} | {p:.3f} | not resolved (seeds detect about' in text)
   assert '| EKG vs FPGM scores (`ekg` vs `fpgm`) | a > b | 2/0 | needs 2 ' in text
+  # The landscape over its repeats: mean +- sample std (n).
+  assert ('| `ekg` | 290.0 +- 14.1 (n=2) | -17.50 +- 4.95 (n=2) | 0.0600 +- '
+          '0.0141 (n=2) | 7000 +- 141 (n=2) | 61, 58 |') in text
+  assert '| `fpgm` | not run yet |' in text
   # Only arms fine-tuned without knowledge (one view) go in the figure.
   assert 'Plotted: `ekg`, `l1`.' in text
   assert (tmp_path / 'figure.png').stat().st_size > 0

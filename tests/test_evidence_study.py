@@ -161,3 +161,26 @@ def test_pieces_run_from_a_clean_tree_at_the_pinned_commit(
   tree.write_text('VERSION = 3\n')  # a changed tree is refused
   with pytest.raises(SystemExit, match='has changes'):
     study.checkout(first, commit=False)
+
+
+def test_landscape_repeats_measure_the_base_network_again(study, tmp_path,
+                                                          monkeypatch):
+  code = tmp_path / 'code' / 'ekg_jax'
+  code.mkdir(parents=True)
+  (code / 'config.py').write_text('c.landscape.lanczos_tolerance = 0.0\n')
+  monkeypatch.setattr(study, 'CODE_TREE', str(tmp_path / 'code'))
+  repeat = study.BY_NAME['gbn_landscape_subset1']
+  study.run_arm(repeat, commit=False)  # its code lacks landscape.subset
+  assert study.pieces == []
+  (code / 'config.py').write_text('c.landscape.subset = 0\n')
+  study.run_arm(repeat, commit=False)
+  assert study.pieces == [('gbn', 'search,landscape'), ('gbn', 'finetune'),
+                          ('gbn_landscape_subset1', 'landscape')]
+  flags = study.command(repeat, 'landscape')
+  assert {'--config.landscape.subset=1', '--config.phases=landscape',
+          '--config.landscape.lanczos_tolerance=0.001'} <= set(flags)
+  summary = study.committed_summary(repeat)
+  assert summary['search'] == {'by': 'gbn'}
+  assert summary['landscape'] == {'by': 'gbn_landscape_subset1'}
+  assert not os.path.exists(os.path.join(study.results_dir(repeat),
+                                         'search_state.npz'))

@@ -80,3 +80,42 @@ def test_filter_normalized_direction():
   np.testing.assert_allclose(jnp.sqrt((d['kernel'] ** 2).sum((0, 1, 2))),
                              jnp.sqrt((params['kernel'] ** 2).sum((0, 1, 2))),
                              rtol=1e-5)
+
+
+def test_lanczos_with_a_tolerance_stops_once_lambda_min_settles():
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+  h = q @ np.diag(np.r_[np.linspace(-2.0, 5.0, 59), 40.0]) @ q.T
+  matvec = lambda v: h @ v
+  fixed = landscape.lanczos(matvec, 60, 60, seed=1)
+  trajectory = []
+  early = landscape.lanczos(matvec, 60, 60, seed=1, tolerance=1e-3,
+                            trajectory=trajectory)
+  assert 3 <= len(trajectory) < 60  # stopped before the full space
+  assert trajectory[-1] == early[-1]  # the last step's lambda_min
+  last = [abs(trajectory[i] - trajectory[i - 1]) / abs(trajectory[i])
+          for i in (-1, -2)]
+  assert max(last) <= 1e-3
+  assert abs(early[-1] - fixed[-1]) < 0.05 * abs(fixed[-1])
+  # Without a tolerance: every step, the same Ritz values as before.
+  plain = []
+  np.testing.assert_array_equal(
+      landscape.lanczos(matvec, 60, 20, seed=1, trajectory=plain),
+      landscape.lanczos(matvec, 60, 20, seed=1))
+  assert len(plain) == 20
+
+
+def test_held_out_subsets_are_disjoint_from_the_search_and_each_other():
+  from ekg_jax import data
+  labels = np.repeat(np.arange(3), 20)
+  val = data.class_subset_indices(labels, 4, from_end=True)
+  held = [data.class_subset_indices(labels, 4, from_end=True, offset=4 * k)
+          for k in (1, 2)]
+  warmup = data.class_subset_indices(labels, 5, from_end=False)
+  for subset in held:
+    assert len(subset) == 12 and np.bincount(labels[subset]).tolist() == [4] * 3
+    assert not np.intersect1d(subset, val).size
+    assert not np.intersect1d(subset, warmup).size
+  assert not np.intersect1d(*held).size
+  with pytest.raises(ValueError, match='fewer than the 24 per class'):
+    data.class_subset_indices(labels, 4, from_end=True, offset=20)

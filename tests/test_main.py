@@ -239,3 +239,24 @@ app.run(run, argv=['x', '--config=configs/quickstart.py', '--workdir=w'])
   assert 'clamping' not in result.stderr and 'our own warning' in result.stderr
   log = (tmp_path / 'log.txt').read_text()
   assert 'clamping frac' in log
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_landscape_on_a_held_out_subset_until_lambda_min_settles(tmp_path):
+  """The landscape's repeats: another start vector, train images the
+  search never saw (subset 1), Lanczos stopped by its tolerance."""
+  result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
+                   '--config.phases=search,landscape',
+                   '--config.landscape.subset=1', '--config.landscape.seed=1',
+                   '--config.landscape.lanczos_iterations=12',
+                   '--config.landscape.lanczos_tolerance=0.2',
+                   '--config.landscape.trace_samples=2',
+                   '--config.landscape.slice_points=3',
+                   '--config.landscape.grid_points=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  s = json.loads((tmp_path / 'summary.json').read_text())['landscape']
+  assert s['subset'] == 1 and s['seed'] == 1
+  steps = s['lanczos_steps']
+  assert 3 <= steps <= 12 and len(s['lambda_min_trajectory']) == steps
+  assert s['lambda_min'] == pytest.approx(s['lambda_min_trajectory'][-1])

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ekg_jax import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
@@ -147,13 +148,22 @@ def test_accuracy(model, variables, test, setup) -> float:
                              c.data.eval_batch_size, progress=setup.progress)
 
 
-def class_subset(config, per_class: int, from_end: bool) -> data_lib.Split:
+def class_subset(config, per_class: int, from_end: bool,
+                 offset: int = 0) -> data_lib.Split:
   """A fixed per-class subset of the train split (section 5), decoding only
   its images."""
   d = config.data
   labels = input_pipeline.labels(config, d.train_split)
   indices = data_lib.class_subset_indices(labels, per_class, from_end,
-                                          seed=d.subset_seed)
+                                          seed=d.subset_seed, offset=offset)
+  if offset:  # a held-out subset must not reach the warm-up's images
+    warmup = data_lib.class_subset_indices(labels, d.warmup_per_class, False)
+    if np.intersect1d(indices, warmup).size:
+      raise validate.ConfigError(
+          f'config.landscape.subset: subset {offset // per_class} overlaps '
+          'the warm-up images (data.warmup_per_class='
+          f'{d.warmup_per_class}); the train split has too few images per '
+          'class for it: choose a smaller subset')
   return input_pipeline.of(config).split(config, d.train_split, indices)
 
 
@@ -178,9 +188,13 @@ def warmed_up(setup: Setup) -> tuple[Any, float]:
   return variables, seconds
 
 
-def validation_batches(config) -> search_lib.Batches:
-  """The search's fixed validation batches (section 5)."""
-  val = class_subset(config, config.data.val_per_class, from_end=True)
+def validation_batches(config, subset: int = 0) -> search_lib.Batches:
+  """The search's fixed validation batches (section 5); `subset` k >= 1:
+  the k-th disjoint subset of as many images before them in each class,
+  which the search never sees (the landscape's repeats)."""
+  per_class = config.data.val_per_class
+  val = class_subset(config, per_class, from_end=True,
+                     offset=subset * per_class)
   return search_lib.Batches.from_split(val, config.search.batch_size,
                                        config.data.mean, config.data.std)
 

@@ -91,7 +91,7 @@ def landscape_phase(setup: Setup) -> dict:
   variables, _ = warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables, state.masks(),
                                    setup.table)
-  batches = validation_batches(c)
+  batches = validation_batches(c, c.landscape.subset)
   config = landscape_lib.LandscapeConfig.from_config(c.landscape)
   start = time.time()
   result = landscape_lib.analyse(
@@ -109,9 +109,12 @@ def landscape_phase(setup: Setup) -> dict:
           progress=setup.progress, bn=bn)
       for bn in evaluation.BN_MODES}
   keys = ('loss', 'parameters', 'lambda_max', 'lambda_min',
-          'top_eigenvalues', 'condition', 'trace', 'trace_standard_error')
+          'top_eigenvalues', 'condition', 'trace', 'trace_standard_error',
+          'lanczos_steps', 'lambda_min_trajectory')
   return {'landscape': {**{k: result[k] for k in keys}, **accuracy,
-                        'bn': config.bn, 'seconds': round(seconds, 2)}}
+                        'bn': config.bn, 'subset': c.landscape.subset,
+                        'seed': config.seed,
+                        'seconds': round(seconds, 2)}}
 
 
 def memory_bank_phase(setup: Setup) -> dict:
