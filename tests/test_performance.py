@@ -1,5 +1,7 @@
 """The speed-ups change no numbers: segment materialisation, XLA flags."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +52,26 @@ def test_fast_cpu_flags_are_added_once_and_keep_the_users(monkeypatch):
   env = {'XLA_FLAGS': f'{name}=-reduce'}
   assert not xla_config.set_fast_cpu_flags(env)
   assert env['XLA_FLAGS'] == f'{name}=-reduce'
+
+
+def test_flags_this_xla_does_not_know_are_left_out(monkeypatch, tmp_path):
+  """XLA aborts on an unknown flag: it is tried in a child process (which
+  dies, not this one), left out, and the answer kept in the cache."""
+  monkeypatch.setattr('jax._src.xla_bridge.backends_are_initialized',
+                      lambda: False)
+  monkeypatch.setenv('EKG_JAX_CACHE', str(tmp_path))
+  monkeypatch.setattr(xla_config, '_known', {})
+  unknown = ('--xla_ekg_jax_no_such_flag=1',)
+  monkeypatch.setattr(xla_config, 'FAST_CPU_FLAGS', unknown)
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  assert not xla_config.set_fast_cpu_flags(env)
+  assert env == {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  cached = json.loads((tmp_path / xla_config.PROBE_FILE).read_text())
+  assert list(cached.values()) == [False]
+  # The shipped flag is known to the main environment's XLA (should a
+  # release drop it, this fails: the speed-up is gone, see xla_config).
+  assert xla_config.flags_known(
+      ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',))
 
 
 def test_fast_cpu_flags_refused_after_backend_start():
