@@ -89,6 +89,13 @@ bench-authors: install tf-venv
 bench-authors-quick: install tf-venv
 	$(VENV)/bin/python benchmarks/authors_tf.py --quick --authors-repo=$(AUTHORS_REPO)
 
+# The evidence study's Torch-Pruning arms (experiments/README.md): Torch-
+# Pruning 1.6 prunes the official ResNet-56 to FLOPs rate 0.45 and writes
+# experiments/results/evidence/tp_*/kept_channels.json and pruning.json.
+.PHONY: tp-arms
+tp-arms: install torch-venv
+	$(VENV)/bin/python experiments/torch_pruning_arms.py
+
 # The quickstart: the whole pipeline (pretrain, search, memory bank,
 # fine-tuning) on a CIFAR-10 subset with ResNet-20, minutes on a laptop CPU.
 # CIFAR-10 is prepared on first use when TFDS_DATA_DIR lacks it.
