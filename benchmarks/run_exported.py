@@ -28,6 +28,7 @@ class _Refuse(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Refuse())
 
 import jax  # noqa: E402
+from jax import export  # noqa: E402 (older JAX needs this import)
 import numpy as np  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main() -> None:
   for item in args.exports:
     directory, _, expected = item.partition('=')
     with open(f'{directory}/model.jax', 'rb') as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
+      exported = export.deserialize(bytearray(f.read()))
     fn = jax.jit(exported.call)
     entry = {'platforms': list(exported.platforms)}
     if expected:

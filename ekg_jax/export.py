@@ -4,18 +4,19 @@
 network:
 - `model.jax`: the eval-mode forward pass, uint8 images [B, H, W, 3] ->
   float32 logits [B, classes], normalisation included, serialised with
-  `jax.export` for CPU, CUDA and TPU with a symbolic batch size. Any JAX
-  process loads and calls it with `jax.export.deserialize(...).call(x)`:
-  no ekg_jax, flax or config needed;
+  `jax.export` for CPU, CUDA and TPU with a symbolic batch size. A JAX
+  process loads and calls it with
+  `from jax import export; export.deserialize(...).call(x)`: no ekg_jax,
+  flax or config needed;
 - `network.json` (the model's registry name and attributes, the widths
   among them, the input shape and the normalisation) and `variables.npz`
   (every array, keyed 'collection::module::...::name', since module names
   may hold '/'): `load(directory)` rebuilds the Flax model and its
   variables from them in one call.
 
-Compatibility (jax.export's): an artifact loads in JAX versions up to 6
-months newer than the one that exported it, and in older ones only within
-about 3 weeks (StableHLO's forward window).
+Compatibility: the JAX that exported an artifact loads it, and releases
+near it; much older or newer ones refuse it (measured, README "Which JAX
+loads model.jax"), so export with the JAX that will run it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+# jax.export is a submodule that `import jax` loads only in newer releases
+# (jax 0.7.2 has no `jax.export` attribute until it is imported).
+from jax import export as jax_export
 
 from ekg_jax import checkpoint
 from ekg_jax import data as data_lib
@@ -62,9 +66,9 @@ def export(model, variables: Any, directory: str, model_name: str,
   rebuilds (`ekg_jax.models.MODELS`)."""
   os.makedirs(directory, exist_ok=True)
   variables = jax.device_get(variables)
-  batch, = jax.export.symbolic_shape('batch')
+  batch, = jax_export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.uint8)
-  exported = jax.export.export(
+  exported = jax_export.export(
       jax.jit(forward(model, variables, mean, std)),
       platforms=tuple(platforms))(spec)
   program = os.path.join(directory, PROGRAM)
@@ -87,7 +91,7 @@ def export(model, variables: Any, directory: str, model_name: str,
           'variables': os.path.join(directory, VARIABLES)}
 
 
-def load_program(path: str) -> jax.export.Exported:
+def load_program(path: str) -> jax_export.Exported:
   """The exported forward pass; a damaged file is one ExportError."""
   try:
     with open(path, 'rb') as f:
@@ -95,7 +99,7 @@ def load_program(path: str) -> jax.export.Exported:
   except OSError as e:
     raise ExportError(f'{path}: cannot read ({e.strerror})') from None
   try:
-    return jax.export.deserialize(bytearray(payload))
+    return jax_export.deserialize(bytearray(payload))
   except Exception as e:  # flatbuffers and MLIR raise many kinds
     raise ExportError(
         f'{path} is not a readable jax.export artifact (truncated or '
