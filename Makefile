@@ -19,7 +19,7 @@ PREPARE ?= cifar10 official
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo prepare evaluate test test-slow torch-venv onnx-venv tf-venv \
+.PHONY: install demo prepare evaluate test test-slow torch-venv onnx colab-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
@@ -49,15 +49,26 @@ $(TORCH_VENV)/.installed: benchmarks/requirements-torch.txt
 
 torch-venv: $(TORCH_VENV)/.installed
 
-# ONNX export (the [onnx] extra) in its own virtualenv: jax2onnx 0.17 pins
-# orbax-checkpoint below 0.11.37, older than the main environment's.
-ONNX_VENV ?= .venv-onnx
-
-$(ONNX_VENV)/.installed: setup.cfg pyproject.toml
-	$(call venv,PYTHON,3.12,$(ONNX_VENV),-e '.[onnx]')
+# ONNX export (the [onnx] extra) in the same virtualenv: jax2onnx 0.17 pins
+# orbax-checkpoint below 0.11.37, so pip moves it to 0.11.36, which ekg_jax
+# works with (README, Deployment). Not part of `install`, which keeps the
+# newest orbax-checkpoint for those who do not export to ONNX.
+$(VENV)/.onnx: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q -e '.[test,onnx]'
 	touch $@
 
-onnx-venv: $(ONNX_VENV)/.installed
+onnx: $(VENV)/.onnx
+
+# The Colab TPU image's JAX stack (tests/requirements-colab.txt) without
+# ekg_jax, for tests/test_colab_versions.py: it installs the project through
+# the notebook's own install cell, as a Colab user does.
+COLAB_VENV ?= .venv-colab
+
+$(COLAB_VENV)/.installed: tests/requirements-colab.txt
+	$(call venv,PYTHON,3.12,$(COLAB_VENV),-r tests/requirements-colab.txt)
+	touch $@
+
+colab-venv: $(COLAB_VENV)/.installed
 
 # The authors' TensorFlow code for benchmarks/authors_tf.py, in its own
 # virtualenv (~2 min, 1.8 GB). tf-keras goes in without its dependencies: it

@@ -10,7 +10,7 @@ Paths (each its own worker process, spoken to one JSON line at a time):
 - `xla_ynnpack`: the same with XLA's default flags (YNNPACK convolutions);
 - `xla_1thread`: `xla` with Eigen's convolutions on one thread
   (`--xla_cpu_multi_thread_eigen=false`), to see what threading gives;
-- `onnxruntime`: `ekg_jax.export_onnx` then ONNX Runtime (`.venv-onnx`);
+- `onnxruntime`: `ekg_jax.export_onnx` then ONNX Runtime (the [onnx] extra);
 - `torch`: the PyTorch reference network, eager (`.venv-torch`).
 Networks: dense, and slimmed to the widths of the committed ResNet-56
 searches at 45% FLOPs with `round_to` 1 and 8. Weights are random (latency
@@ -32,8 +32,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SEARCHES = {'round_to_1': 'r56_search_summary.json',
             'round_to_8': 'r56_search_round8_summary.json'}
-PYTHONS = {'onnxruntime': os.path.join(ROOT, '.venv-onnx', 'bin', 'python'),
-           'torch': os.path.join(ROOT, '.venv-torch', 'bin', 'python')}
+# PyTorch runs in its own virtualenv; ONNX Runtime in this one, with the
+# [onnx] extra (make onnx).
+PYTHONS = {'torch': os.path.join(ROOT, '.venv-torch', 'bin', 'python')}
+ONNX_MODULES = ('jax2onnx', 'onnx', 'onnxruntime')
 SIDES = ('xla', 'xla_ynnpack', 'xla_1thread', 'onnxruntime', 'torch')
 FULL = dict(depth=56, batches=[1, 256], repeats=7, calls={1: 20, 256: 2},
             narrow=[1, 2, 4, 7, 8, 16], narrow_batch=256, sides=SIDES)
@@ -204,10 +206,13 @@ def _time(fn, calls: int) -> float:
 
 
 def sides(wanted) -> dict:
-  """Side -> the Python that runs its worker (absent virtualenvs left
-  out, and said so in the results)."""
+  """Side -> the Python that runs its worker (an absent virtualenv or
+  [onnx] extra leaves its side out, and the results say so)."""
+  import importlib.util
+  onnx = all(importlib.util.find_spec(m) for m in ONNX_MODULES)
   return {side: PYTHONS.get(side, sys.executable) for side in wanted
-          if os.path.exists(PYTHONS.get(side, sys.executable))}
+          if os.path.exists(PYTHONS.get(side, sys.executable))
+          and (side != 'onnxruntime' or onnx)}
 
 
 def measure(o: dict, log) -> dict:
@@ -217,7 +222,7 @@ def measure(o: dict, log) -> dict:
                                  f'--worker={side}'])
              for side, python in sides(o['sides']).items()}
   out = {'sides': list(workers), 'missing': sorted(
-      set(PYTHONS) - set(workers)), 'nets': nets, 'latency': {},
+      set(o['sides']) - set(workers)), 'nets': nets, 'latency': {},
          'narrow': {}}
   for side, w in workers.items():
     reply = w('build', nets=nets, depth=o['depth'])

@@ -35,7 +35,7 @@ from ekg_jax import export as export_lib
 from ekg_jax import gates
 
 ONNX = 'model.onnx'
-INSTALL = "pip install -e '.[onnx]' (or make onnx-venv)"
+INSTALL = "pip install -e '.[onnx]' (or make onnx)"
 # The unpatched BatchNorm, taken before jax2onnx patches it during a
 # conversion.
 _BATCH_NORM_CALL = nn.BatchNorm.__call__
