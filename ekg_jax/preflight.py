@@ -60,6 +60,17 @@ def check_data(config, todo: Sequence[str]) -> dict:
               f'config.data.{key}={want}: the train split '
               f'{d.train_split!r} has only {smallest} images in its '
               'smallest class; use at most that')
+  subset = config.landscape.subset
+  if 'landscape' in todo and subset:  # held out: after val, before warm-up
+    labels = input_pipeline.labels(config, d.train_split)
+    need = (subset + 1) * d.val_per_class + d.warmup_per_class
+    smallest = int(np.bincount(labels).min())
+    if need > smallest:
+      raise ConfigError(
+          f'config.landscape.subset={subset}: it needs {need} train images '
+          f'in each class (the validation subset, {subset} held-out ones and '
+          f'the warm-up images), the split {d.train_split!r} has {smallest} '
+          'in its smallest class; choose a smaller subset')
   if any(p in TEST_READERS for p in todo):
     found['test'] = _size(config, d.test_split, 'data.test_split')
   top_k = config.memory_bank.top_k

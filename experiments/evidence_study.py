@@ -353,6 +353,7 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
             # The commit each piece ran at (absent: before it was recorded).
             'commits': {**record.get('commits', {}),
                         **{p: pinned().get('commit') for p in wall}},
+            'environment': environment(),
             'date': datetime.date.today().isoformat(),
             'machine': 'cpu2 (2 CPU cores, 24 GB, no GPU)'}
   _write_json(os.path.join(out, 'summary.json'),
@@ -365,6 +366,22 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
     git_commit([out, evidence_report.FIGURE, evidence_report.README],
                f'evidence study: arm {arm.name} '
                f'({", ".join(wall) or "results"} finished)')
+
+
+def environment() -> dict:
+  """What else decides the numbers: the packages the code tree runs with
+  and the processor (XLA's CPU kernels differ between instruction sets)."""
+  probe = ('import json, sys, jax, jaxlib, flax, optax, numpy; print(json.dumps('
+           '{"python": sys.version.split()[0], "jax": jax.__version__, '
+           '"jaxlib": jaxlib.__version__, "flax": flax.__version__, '
+           '"optax": optax.__version__, "numpy": numpy.__version__}))')
+  found = json.loads(subprocess.run(
+      [sys.executable, '-P', '-c', probe], cwd=REPO, env=code_env(),
+      capture_output=True, text=True, check=True).stdout)
+  with open('/proc/cpuinfo') as f:
+    cpu = next((l.split(':', 1)[1].strip() for l in f
+                if l.startswith('model name')), 'unknown')
+  return {**found, 'cpu': cpu}
 
 
 def make_report() -> None:

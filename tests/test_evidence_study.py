@@ -4,6 +4,7 @@ reuses its base arm's search and bank, and a fresh clone (only the
 committed results) picks the study up without running a finished piece
 again."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -123,8 +124,10 @@ def test_arms_without_a_search_and_arms_waiting_for_their_masks(study):
   assert {'--config.finetune.masks=dense', '--config.finetune.views=2',
           '--config.seed=1', '--config.finetune.knowledge=none'} <= set(flags)
   study.pieces.clear()
-  tp = study.BY_NAME['tp_taylor']
-  assert not (REPO / tp.masks).exists()  # until Torch-Pruning has run
+  # Before Torch-Pruning has written its kept-channels file.
+  tp = dataclasses.replace(study.BY_NAME['tp_taylor'],
+                           masks='experiments/results/evidence/none/kept.json')
+  assert tp.waiting_for() == tp.masks
   study.run_arm(tp, commit=False)
   assert study.pieces == []
 

@@ -248,6 +248,9 @@ def test_landscape_on_a_held_out_subset_until_lambda_min_settles(tmp_path):
   search never saw (subset 1), Lanczos stopped by its tolerance."""
   result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
                    '--config.phases=search,landscape',
+                   '--config.data.val_per_class=16',
+                   '--config.data.warmup_per_class=16',
+                   '--config.search.batch_size=80',
                    '--config.landscape.subset=1', '--config.landscape.seed=1',
                    '--config.landscape.lanczos_iterations=12',
                    '--config.landscape.lanczos_tolerance=0.2',
@@ -260,3 +263,10 @@ def test_landscape_on_a_held_out_subset_until_lambda_min_settles(tmp_path):
   steps = s['lanczos_steps']
   assert 3 <= steps <= 12 and len(s['lambda_min_trajectory']) == steps
   assert s['lambda_min'] == pytest.approx(s['lambda_min_trajectory'][-1])
+  # A subset the split cannot hold: one line before any compute.
+  result = run_cli(*PIPELINE, f'--workdir={tmp_path / "big"}',
+                   '--config.phases=search,landscape',
+                   '--config.landscape.subset=3')
+  assert result.returncode != 0
+  assert 'config.landscape.subset=3: it needs' in result.stderr
+  assert not (tmp_path / 'big' / 'search').exists()
