@@ -91,7 +91,7 @@ TINY = ('--config=configs/resnet20_cifar.py',
 
 
 def command(arm: Arm, weights: str, tiny: bool) -> list[str]:
-  schedule = (list(TINY) + ['--config.finetune.epochs=30'] if tiny else
+  schedule = (list(TINY) + ['--config.finetune.epochs=12'] if tiny else
               ['--config=configs/resnet56_cifar.py',
                f'--config.init_checkpoint={weights}',
                f'--config.finetune.epochs={EPOCHS}'])
