@@ -23,6 +23,7 @@ from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
 STEPS = 3
+RTOL = 1e-3
 SCORED_GATES = ('stage0', 'stage1', 'stage2', 'stage0/block0',
                 'stage2/block8')
 
@@ -98,18 +99,22 @@ def test_search_trajectory_is_pinned():
                              [0.2114, 0.2101, 0.2052], atol=2e-4)
   assert [s['gate'] for s in got['steps']] == \
       [s['gate'] for s in PINNED['steps']]
+  # The choices are exact; the floats agree to RTOL, not to the last bit:
+  # XLA:CPU picks its kernels by CPU model, and two machines of the same kind
+  # gave a first-step val_loss 1.7e-4 apart (relative), far below the gaps
+  # between the candidates the search ranks.
   for mine, pinned in zip(got['steps'], PINNED['steps']):
     assert mine['kept'] == pinned['kept']
     assert mine['candidates'] == pinned['candidates']
     np.testing.assert_allclose(mine['val_loss'], pinned['val_loss'],
-                               rtol=1e-4)
+                               rtol=RTOL)
     np.testing.assert_allclose(mine['objective'], pinned['objective'],
-                               rtol=1e-4)
+                               rtol=RTOL)
   for g in SCORED_GATES:
     np.testing.assert_allclose(got['scores'][g], PINNED['scores'][g],
-                               rtol=1e-4, err_msg=g)
+                               rtol=RTOL, err_msg=g)
   np.testing.assert_allclose(got['initial_val_loss'],
-                             PINNED['initial_val_loss'], rtol=1e-4)
+                             PINNED['initial_val_loss'], rtol=RTOL)
 
 
 if __name__ == '__main__':
