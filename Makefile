@@ -19,7 +19,7 @@ PREPARE ?= cifar10 official
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo prepare evaluate test test-slow torch-venv onnx colab-venv tf-venv \
+.PHONY: install demo prepare evaluate lint test test-slow torch-venv onnx colab-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
@@ -122,6 +122,11 @@ prepare: install
 evaluate: install
 	$(VENV)/bin/python -m ekg_jax.main --config=configs/resnet56_cifar.py \
 	  --config.init_checkpoint=$(INIT) --config.phases=evaluate --workdir=workdirs/evaluate
+
+# The package's layers (.importlinter): an import that runs back up a layer
+# or closes a circle fails, named.
+lint: install
+	$(VENV)/bin/lint-imports
 
 # The test suite without the slow integration checks (under 10 minutes on
 # 2 cores) ...

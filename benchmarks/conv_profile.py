@@ -23,7 +23,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from ekg_jax import xla_config  # noqa: E402
+from ekg_jax.runtime import xla_config  # noqa: E402
 
 xla_config.set_fast_cpu_flags()
 
@@ -81,7 +81,7 @@ def main(argv=None):
   nets = speedup.widths(56)
   x = np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3),
                                         np.uint8)
-  from ekg_jax import export
+  from ekg_jax.deploy import export
   result = {}
   for name in ('dense', 'round_to_1'):
     model, variables = speedup._flax(56, nets[name])

@@ -1,7 +1,7 @@
 """Which JAX versions load which `model.jax` (README, Deployment).
 
 Each --exporter Python (ekg_jax importable there) exports a ResNet-20 with
-random weights through `ekg_jax.export` (platforms cpu, cuda, tpu, symbolic
+random weights through `ekg_jax.deploy.export` (platforms cpu, cuda, tpu, symbolic
 batch) and records the logits of 5 uint8 images; each --loader Python
 (jax, jaxlib and flatbuffers; ekg_jax and flax refused) loads every export
 with `jax.export` alone and runs it at batch 5 and 2 on its CPU.

@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from ekg_jax import xla_config  # noqa: E402
+from ekg_jax.runtime import xla_config  # noqa: E402
 
 CHANGES = ('materialize', 'xla_flags', 'sliced_kernel_grad')
 
@@ -63,7 +63,7 @@ if 'xla_flags' in ACTIVE:  # before JAX starts
 import jax  # noqa: E402
 
 import jax_workloads as w  # noqa: E402 (benchmarks/, beside this file)
-from ekg_jax import ops  # noqa: E402
+from ekg_jax.supernet import ops  # noqa: E402
 
 if 'materialize' not in ACTIVE:
   w.MATERIALIZE = False

@@ -18,9 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ekg_jax import checkpoint, data, distill, flops, gates, memory_bank
-from ekg_jax import train as train_lib
-from ekg_jax import ops, search
+from ekg_jax.files import checkpoint
+from ekg_jax.data import datasets
+from ekg_jax.training import distill
+from ekg_jax.supernet import flops, gates
+from ekg_jax.knowledge import memory_bank
+from ekg_jax.training import steps as train_lib
+from ekg_jax.supernet import ops
+from ekg_jax import search
 from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD, default_config
 from ekg_jax.models import create_model
 
@@ -119,11 +124,11 @@ def load_pretrained(model):
   return init(model), 'random'  # ResNet-20 (quick runs): no checkpoint
 
 
-def synthetic_split(images: int) -> data.Split:
+def synthetic_split(images: int) -> datasets.Split:
   """Random CIFAR-shaped images (timing only: no dataset needed)."""
   rng = np.random.default_rng(0)
-  return data.Split(rng.integers(0, 256, (images, 32, 32, 3), np.uint8),
-                    (np.arange(images) % 10).astype(np.int32))
+  return datasets.Split(rng.integers(0, 256, (images, 32, 32, 3), np.uint8),
+                        (np.arange(images) % 10).astype(np.int32))
 
 
 def search_problem(chunk_size, images_per_class, depth, split,
@@ -135,10 +140,10 @@ def search_problem(chunk_size, images_per_class, depth, split,
   if split == 'synthetic':
     train = synthetic_split(10 * images_per_class)
   else:
-    train = data.load_split('cifar10', split, os.environ.get(
+    train = datasets.load_split('cifar10', split, os.environ.get(
         'TFDS_DATA_DIR', os.path.join(SHARED, 'tfds')))
-  val = train.subset(data.class_subset_indices(train.labels,
-                                               images_per_class, True))
+  val = train.subset(datasets.class_subset_indices(train.labels,
+                                                   images_per_class, True))
   batches = search.Batches.from_split(val, 256, REFERENCE_MEAN,
                                       REFERENCE_STD)
   config = search.SearchConfig(chunk_size=chunk_size, evaluation=evaluation,

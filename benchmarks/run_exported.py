@@ -1,4 +1,4 @@
-"""Runs exported networks (`ekg_jax.export`) with nothing but JAX and NumPy:
+"""Runs exported networks (`ekg_jax.deploy.export`) with nothing but JAX and NumPy:
 importing ekg_jax or flax is refused, so the numbers show what a deployment
 gets from the artifact alone.
 

@@ -5,12 +5,12 @@ per deployment path, sides alternating in one run (issue 16, item 3).
   python benchmarks/speedup.py --quick    # smoke run (CI)
 
 Paths (each its own worker process, spoken to one JSON line at a time):
-- `xla`: the exported forward (`ekg_jax.export.forward`, what `model.jax`
+- `xla`: the exported forward (`ekg_jax.deploy.export.forward`, what `model.jax`
   holds) jitted with the toolkit's XLA:CPU flags (Eigen convolutions);
 - `xla_ynnpack`: the same with XLA's default flags (YNNPACK convolutions);
 - `xla_1thread`: `xla` with Eigen's convolutions on one thread
   (`--xla_cpu_multi_thread_eigen=false`), to see what threading gives;
-- `onnxruntime`: `ekg_jax.export_onnx` then ONNX Runtime (the [onnx] extra);
+- `onnxruntime`: `ekg_jax.deploy.export_onnx` then ONNX Runtime (the [onnx] extra);
 - `torch`: the PyTorch reference network, eager (`.venv-torch`).
 Networks: dense, and slimmed to the widths of the committed ResNet-56
 searches at 45% FLOPs with `round_to` 1 and 8. Weights are random (latency
@@ -77,8 +77,9 @@ def _flax(depth, kept):
 
 def _build_xla(nets, depth):
   import jax
-  from ekg_jax import export, flops
-  from ekg_jax import gates
+  from ekg_jax.deploy import export
+  from ekg_jax.supernet import flops
+  from ekg_jax.supernet import gates
   runs, macs = {}, {}
   for name, kept in nets.items():
     model, variables = _flax(depth, kept)
@@ -91,7 +92,7 @@ def _build_xla(nets, depth):
 def _build_onnxruntime(nets, depth):
   import tempfile
   import onnxruntime as ort
-  from ekg_jax import export_onnx
+  from ekg_jax.deploy import export_onnx
   runs = {}
   for name, kept in nets.items():
     model, variables = _flax(depth, kept)
@@ -165,7 +166,7 @@ def _narrow_torch(k, batch, layout=None):
 def worker(side: str) -> None:
   """Answers `build`, `time` and `narrow` requests on stdin."""
   if side in ('xla', 'xla_1thread'):
-    from ekg_jax import xla_config
+    from ekg_jax.runtime import xla_config
     xla_config.set_fast_cpu_flags()
   if side == 'xla_1thread':
     os.environ['XLA_FLAGS'] += ' --xla_cpu_multi_thread_eigen=false'

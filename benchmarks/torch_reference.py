@@ -17,7 +17,7 @@ state:
 
 The network is the toolkit's CIFAR ResNet (TensorFlow 'SAME' padding, BN
 eps 1e-5 / momentum 0.9, the same names), the step the same as
-`ekg_jax.train.make_step`: per view colour jitter, normalisation, flip,
+`ekg_jax.training.steps.make_step`: per view colour jitter, normalisation, flip,
 reflect-pad crop; both views in one batch, CE plus KL_tau to the filtered
 teacher mean (`finetune`), or one view (no jitter) and CE only (`dense`); SGD with Nesterov momentum
 and weight decay. `check` loads the JAX variables and inputs from an .npz
@@ -132,7 +132,7 @@ class CifarResNet(nn.Module):
 def augment(images: torch.Tensor, mean, std, pad: int = 4,
             jitter: bool = True) -> torch.Tensor:
   """uint8 [B,H,W,3] -> one normalised NCHW view, per-image draws, as
-  `ekg_jax.data.augment_each` (colour jitter, normalise, flip, crop)."""
+  `ekg_jax.data.datasets.augment_each` (colour jitter, normalise, flip, crop)."""
   x = images.float()
   b, h, w, _ = x.shape
   if jitter:
@@ -150,7 +150,7 @@ def augment(images: torch.Tensor, mean, std, pad: int = 4,
 
 
 def color_jitter(x: torch.Tensor) -> torch.Tensor:
-  """Brightness, contrast and HSV saturation, as `ekg_jax.data`."""
+  """Brightness, contrast and HSV saturation, as `ekg_jax.data.datasets`."""
   u = torch.rand(x.shape[0], 3, 1, 1, 1)
   c, s = 0.8 + 0.4 * u[:, 0], 0.8 + 0.4 * u[:, 1]
   x = x + (0.4 * u[:, 2] - 0.2)  # brightness: +-0.2 on the 0-255 scale

@@ -8,14 +8,15 @@
 The pipeline (pretrain, search, memory bank, fine-tuning) is `ekg_jax.main`.
 """
 
-from ekg_jax.flops import count_flops, count_params, flops_rate
-from ekg_jax.gates import (GateSpec, GatedBatchNorm, GatedConv, GatedDense,
-                           LayerSpec, gate_specs, layer_table, masks_from_kept,
-                           ranks_from_scores)
+from ekg_jax.supernet.flops import count_flops, count_params, flops_rate
+from ekg_jax.supernet.gates import (GateSpec, GatedBatchNorm, GatedConv,
+                                    GatedDense, LayerSpec, gate_specs,
+                                    layer_table, masks_from_kept,
+                                    ranks_from_scores)
 from ekg_jax.models import create_model
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.model import Supernet
 from ekg_jax.search import Batches, SearchState, prune
-from ekg_jax.slimming import slim
+from ekg_jax.supernet.slimming import slim
 
 __all__ = [
     'Batches', 'GateSpec', 'GatedBatchNorm', 'GatedConv', 'GatedDense',

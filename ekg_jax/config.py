@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from ekg_jax.rules import ConfigError  # noqa: F401  (config files catch it)
 from ekg_jax.search import options as search_options
 
-
-class ConfigError(ValueError):
-  """A config value the toolkit refuses, named with what is allowed."""
-
-
-def check_divides_over_devices(batch_size: int, devices: int,
-                               key: str) -> None:
-  """Training batches are sharded over every device."""
-  if batch_size % devices:
-    raise ConfigError(f'config.{key}={batch_size}: does not divide over the '
-                      f'{devices} devices; use a multiple of {devices}')
 
 # The reference code's per-channel statistics, applied to R, G, B in this
 # order (shared README): the official checkpoint was trained with them.
@@ -55,7 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
   # The official `.pkl` or a checkpoint directory written by this project.
   c.init_checkpoint = ''
   c.quiet = False  # no progress bars (CI logs)
-  # Decoded splits and compiled programs kept between runs (ekg_jax/cache.py):
+  # Decoded splits and compiled programs kept between runs (ekg_jax/files/cache.py):
   # 'auto' = $EKG_JAX_CACHE or ~/.cache/ekg_jax; '' = none.
   c.cache_dir = 'auto'
   # Multi-host: call jax.distributed.initialize() first (its settings come
@@ -83,7 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.warmup_per_class = 256  # warm-up: first 256 train images/class
   c.data.subset_seed = 1  # np.random.seed(1); np.random.shuffle(idx)
   c.data.eval_batch_size = 500
-  # How images reach the steps (ekg_jax/input_pipeline.py): 'memory' (splits
+  # How images reach the steps (ekg_jax/training/input_pipeline.py): 'memory' (splits
   # decoded once, the train split on the device; CIFAR) or 'grain'
   # (streamed: ImageNet and other datasets of any size).
   c.data.pipeline = 'memory'
@@ -119,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.search.warmup = True  # run the warm-up before the search
 
   # Loss-landscape measures of the searched network (phase 'landscape';
-  # ekg_jax/landscape.py): Lanczos on Hessian-vector products, Hutchinson's
+  # ekg_jax/search/landscape.py): Lanczos on Hessian-vector products, Hutchinson's
   # trace, loss slices along filter-normalised directions, on the search's
   # validation batches.
   c.landscape = ml_collections.ConfigDict()
@@ -143,7 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory_bank.batch_size = 256
   c.memory_bank.dtype = 'bfloat16'  # storage of the logits (2 bytes each)
   # Keep only the k largest logits per image and teacher, with their class
-  # indices and one tail logit for the rest (ekg_jax/topk.py): 0 keeps all
+  # indices and one tail logit for the rest (ekg_jax/knowledge/topk.py): 0 keeps all
   # (dense); ~20 makes an ImageNet bank fit (0.5 GB instead of 12.8 GB).
   # The tail is computed at finetune.temperature, which then cannot change.
   c.memory_bank.top_k = 0
@@ -153,9 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
   # no init_checkpoint. The usual CIFAR ResNet recipe (He et al. 2016: lr
   # 0.1, x0.1 at 50% and 75% of 164 epochs, weight decay 1e-4, batch 128),
   # one augmented view, cross-entropy.
-  # The fine-tuned network as deployable artifacts (ekg_jax/export.py): a
+  # The fine-tuned network as deployable artifacts (ekg_jax/deploy/export.py): a
   # jax.export program for these platforms, and widths + arrays; with onnx,
-  # also model.onnx (ekg_jax/export_onnx.py, needs the [onnx] extra).
+  # also model.onnx (ekg_jax/deploy/export_onnx.py, needs the [onnx] extra).
   c.export = ml_collections.ConfigDict()
   c.export.platforms = 'cpu,cuda,tpu'
   c.export.onnx = False

@@ -20,12 +20,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ekg_jax import pipeline, xla_config
-from ekg_jax.checkpoint import CheckpointError
+from ekg_jax import pipeline
+from ekg_jax.runtime import xla_config
+from ekg_jax.files.checkpoint import CheckpointError
 from ekg_jax.config import ConfigError
-from ekg_jax.data import DatasetNotFoundError
-from ekg_jax.trainer import NonFiniteError
-from ekg_jax.workdir import WorkdirError
+from ekg_jax.data.datasets import DatasetNotFoundError
+from ekg_jax.training.loop import NonFiniteError
+from ekg_jax.run.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (a Python file with get_config()).',
@@ -218,7 +219,7 @@ def _initialize_distributed():
 def _leave_logs_to_process_0():
   """Other processes keep errors only, on the terminal: process 0 writes
   log.txt and reports for the whole run."""
-  from ekg_jax import distributed
+  from ekg_jax.runtime import distributed
   if distributed.is_primary():
     return
   root = logging.getLogger()

@@ -1,8 +1,8 @@
 """The pipeline: the configured phases in order, finished ones skipped, every
 check before any compute, one summary.json per workdir.
 
-The phases themselves live in `ekg_jax.phases`; where they keep their files
-is `ekg_jax.workdir`'s.
+The phases themselves live in `ekg_jax.run.phases`; where they keep their files
+is `ekg_jax.run.workdir`'s.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import time
 import jax
 import ml_collections
 
-from ekg_jax import breakdown
-from ekg_jax import cache as cache_lib
+from ekg_jax.runtime import breakdown
+from ekg_jax.files import cache as cache_lib
 from ekg_jax import config as config_lib
-from ekg_jax import distributed
-from ekg_jax import phases as phases_lib
-from ekg_jax import preflight
-from ekg_jax import report as report_lib
-from ekg_jax import validate
-from ekg_jax import workdir as workdir_lib
-from ekg_jax.phases import PHASES
+from ekg_jax.runtime import distributed
+from ekg_jax.run import phases as phases_lib
+from ekg_jax.run import preflight
+from ekg_jax.run import report as report_lib
+from ekg_jax.run import validate
+from ekg_jax.run import workdir as workdir_lib
+from ekg_jax.run.phases import PHASES
 
 
 def produced_phases(workdir: str, summary: dict) -> list[str]:

@@ -49,7 +49,7 @@ def _npz(path):
 
 def _model(path):
   from flax import traverse_util
-  from ekg_jax import checkpoint
+  from ekg_jax.files import checkpoint
   import orbax.checkpoint as ocp
   config = checkpoint.read_model_config(path)
   with ocp.StandardCheckpointer() as ckptr:

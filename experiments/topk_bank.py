@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ekg_jax import distill, losses, memory_bank, topk
-from ekg_jax import train as train_lib
+from ekg_jax.training import distill, losses
+from ekg_jax.knowledge import memory_bank, topk
+from ekg_jax.training import steps as train_lib
 
 IMAGENET_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
 
@@ -111,10 +112,9 @@ def student_logits(workdir: str, student: str, batch_size: int = 500
                    ) -> np.ndarray:
   """[N, C] logits of a saved (slimmed) network on the workdir's train
   split, unaugmented, running BN statistics."""
-  import ml_collections
-  from ekg_jax import data as data_lib
+  from ekg_jax.data import datasets as data_lib
   from ekg_jax.config import default_config
-  from ekg_jax.phases import common
+  from ekg_jax.run.phases import common
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
   config = default_config()

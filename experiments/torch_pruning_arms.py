@@ -154,9 +154,9 @@ def export(path: str) -> dict:
   import jax.numpy as jnp
   from flax import traverse_util
 
-  from ekg_jax import checkpoint
-  from ekg_jax import data as data_lib
-  from ekg_jax.phases import common
+  from ekg_jax.files import checkpoint
+  from ekg_jax.data import datasets as data_lib
+  from ekg_jax.run.phases import common
   sys.path.insert(0, os.path.join(REPO, 'configs'))
   import resnet56_cifar
 
@@ -395,7 +395,7 @@ def prune(arm: str, inputs: str, out_path: str, steps: int, target: float,
 
 def write(arm: str, pruned: dict, subset: dict, command: str,
           machine: str, results: str = RESULTS) -> dict:
-  from ekg_jax import flops, gates, slimming
+  from ekg_jax.supernet import flops, gates, slimming
   from ekg_jax.models import create_model
 
   table = gates.layer_table(create_model('resnet56'), (32, 32, 3))

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit('/', 1)[0])
 from test_finetune import random_split, tiny_config, tiny_model  # noqa: E402
 
-from ekg_jax import data as data_lib  # noqa: E402
-from ekg_jax import distill, train  # noqa: E402
-from ekg_jax import losses  # noqa: E402
+from ekg_jax.data import datasets as data_lib  # noqa: E402
+from ekg_jax.training import distill, steps  # noqa: E402
+from ekg_jax.training import losses  # noqa: E402
 
 DEVICES = 4
 BATCH = 16
@@ -77,23 +77,23 @@ def per_device_reference(model, tx, sc, state, keys, images, labels, bank):
 
 def main():
   assert jax.device_count() == DEVICES, jax.devices()
-  mesh = train.data_mesh()
+  mesh = steps.data_mesh()
   model, variables = tiny_model()
   config = tiny_config(knowledge='ensemble', batch_size=BATCH)
   sc = distill.StepConfig.from_config(config)
-  tx = train.make_optimizer(config.finetune, 10)
+  tx = steps.make_optimizer(config.finetune, 10)
   split = random_split(BATCH, 11)
   bank = jnp.asarray(np.random.default_rng(12).normal(size=(BATCH, 3, 10)),
                      jnp.float32)
   ok = True
   for sync in (True, False):
-    state = train.TrainState.create(variables, tx)
+    state = steps.TrainState.create(variables, tx)
     reference = state
-    parallel_model = (model.clone(bn_axis_name=train.DATA_AXIS) if sync
+    parallel_model = (model.clone(bn_axis_name=steps.DATA_AXIS) if sync
                       else model)
-    step = jax.jit(train.data_parallel(
-        train.make_step(parallel_model, tx, sc, train.DATA_AXIS), mesh))
-    plain = jax.jit(train.make_step(model, tx, sc))
+    step = jax.jit(steps.data_parallel(
+        steps.make_step(parallel_model, tx, sc, steps.DATA_AXIS), mesh))
+    plain = jax.jit(steps.make_step(model, tx, sc))
     for i in range(2):
       keys = jax.random.split(jax.random.key(i), BATCH)
       state, _ = step(state, keys, split.images, split.labels, bank)

@@ -24,8 +24,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_finetune import random_split, tiny_config  # noqa: E402
 
-from ekg_jax import distill, distributed, train, trainer  # noqa: E402
-from ekg_jax import gates as gates_lib  # noqa: E402
+from ekg_jax.training import distill, loop
+from ekg_jax.training import steps as steps_lib
+from ekg_jax.runtime import distributed  # noqa: E402
+from ekg_jax.supernet import gates as gates_lib  # noqa: E402
 from ekg_jax.config import ConfigError  # noqa: E402
 from ekg_jax.models.resnet_cifar import CifarResNet  # noqa: E402
 
@@ -49,20 +51,21 @@ def flat(prefix, tree):
 def steps(model, variables, out):
   """Two steps of the trainer's data-parallel step on this process's rows."""
   del out
-  mesh = train.data_mesh()  # every process's devices
+  mesh = steps_lib.data_mesh()  # every process's devices
   config = tiny_config(knowledge='ensemble', batch_size=BATCH,
                        sync_batch_norm=True)
   sc = distill.StepConfig.from_config(config)
-  tx = train.make_optimizer(config.finetune, 10)
-  step = jax.jit(train.data_parallel(train.make_step(
-      model.clone(bn_axis_name=train.DATA_AXIS), tx, sc, train.DATA_AXIS),
+  tx = steps_lib.make_optimizer(config.finetune, 10)
+  step = jax.jit(steps_lib.data_parallel(steps_lib.make_step(
+      model.clone(bn_axis_name=steps_lib.DATA_AXIS), tx, sc,
+      steps_lib.DATA_AXIS),
       mesh))
   # The same global batch in every process; each keeps its own rows.
   split = random_split(BATCH, 11)
   bank = np.random.default_rng(12).normal(size=(BATCH, 3, 10)).astype(
       np.float32)
   rows = distributed.process_rows(mesh, BATCH)
-  state = distributed.replicate(mesh, train.TrainState.create(variables, tx))
+  state = distributed.replicate(mesh, steps_lib.TrainState.create(variables, tx))
   for i in range(2):
     keys = jax.random.split(jax.random.key(i), BATCH)
     batch = distributed.global_batch(
@@ -79,8 +82,8 @@ def fine_tune(model, variables, out):
   train_split, test = random_split(32, 7), random_split(16, 8)
   bank = np.random.default_rng(9).normal(size=(32, 3, 10)).astype(
       jnp.bfloat16)
-  result = trainer.train(model, variables, train_split, bank, test, config,
-                         os.path.join(out, 'train'), progress=False)
+  result = loop.train(model, variables, train_split, bank, test, config,
+                      os.path.join(out, 'train'), progress=False)
   history = {f'train_history_{k}': np.asarray(v)
              for k, v in result.history[-1].items()}
   return {**flat('train_', result.variables), **history}
@@ -89,10 +92,10 @@ def fine_tune(model, variables, out):
 def bad_batch(model, variables, out):
   """A global batch of 6 over 4 devices: refused before any compute."""
   try:
-    trainer.train(model, variables, random_split(32, 7), None,
-                  random_split(16, 8), tiny_config(batch_size=6,
+    loop.train(model, variables, random_split(32, 7), None,
+               random_split(16, 8), tiny_config(batch_size=6,
                                                    knowledge='none'),
-                  os.path.join(out, 'bad'), progress=False)
+               os.path.join(out, 'bad'), progress=False)
   except ConfigError as e:
     return {'bad_batch': np.asarray(str(e))}
   return {'bad_batch': np.asarray('accepted')}

@@ -12,7 +12,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ekg_jax import config as config_lib  # noqa: E402
-from ekg_jax import feeds, input_pipeline, streaming, train  # noqa: E402
+from ekg_jax.training import feeds, input_pipeline, steps
+from ekg_jax.data import streaming  # noqa: E402
 
 
 def main(data_dir):
@@ -24,7 +25,7 @@ def main(data_dir):
   records = input_pipeline.of(c).train(c)
   bank = np.random.default_rng(0).normal(
       size=(len(records), 3, 10)).astype(np.float32)
-  feed = feeds.StreamFeed(records, bank, None, train.data_mesh(), c,
+  feed = feeds.StreamFeed(records, bank, None, steps.data_mesh(), c,
                           'finetune')
   images, labels, rows = feed._next()
   expected = next(iter(streaming.train_dataset(feed.spec)))

@@ -54,7 +54,7 @@ def test_quick_benchmark_runs_every_section(tmp_path):
 def test_speedup_benchmark_runs_every_path(tmp_path):
   """benchmarks/speedup.py --quick: every deployment path times the dense
   and both slimmed networks, and the slimmed ones have fewer MACs."""
-  from ekg_jax import export_onnx  # pylint: disable=g-import-not-at-top
+  from ekg_jax.deploy import export_onnx  # pylint: disable=g-import-not-at-top
   onnx = not export_onnx.missing()
   if os.environ.get('CI') and not (TORCH_PYTHON.exists() and onnx):
     pytest.fail('CI builds the torch virtualenv and installs the [onnx] '

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
-from ekg_jax import checkpoint, data, evaluation
+from ekg_jax.files import checkpoint
+from ekg_jax.data import datasets
+from ekg_jax.training import evaluation
 from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
 from ekg_jax.models import create_model
 
@@ -40,7 +42,7 @@ def test_official_resnet56_is_accurate_on_cifar10_subset():
   model = create_model('resnet56')
   variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
                                            shapes(model))
-  split = data.load_split('cifar10', 'test[:500]', TFDS_DIR)
+  split = datasets.load_split('cifar10', 'test[:500]', TFDS_DIR)
   acc = evaluation.accuracy(model, variables, split, REFERENCE_MEAN,
                             REFERENCE_STD, batch_size=250, progress=False)
   assert acc > 75.0  # ~84% on the full split; random weights give ~10%

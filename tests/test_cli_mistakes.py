@@ -336,7 +336,7 @@ def test_a_swallowed_sigint_still_ends_the_run_as_interrupted(tmp_path):
 def test_disk_full_is_one_line_and_the_workdir_resumes(tmp, tmp_path):
   workdir = tmp_path / 'w'
   full = ('import errno, runpy, sys\n'
-          'import ekg_jax.checkpoint as c\n'
+          'import ekg_jax.files.checkpoint as c\n'
           'def no_space(path, *a, **k):\n'
           '  raise OSError(errno.ENOSPC, "No space left on device", path)\n'
           'c.write_json_atomic = no_space\n'

@@ -4,37 +4,37 @@ import numpy as np
 import pytest
 
 from conftest import TFDS_DIR, needs_cifar10
-from ekg_jax import data
+from ekg_jax.data import datasets
 
 
 def test_class_subset_indices_follow_reference_recipe():
   labels = np.array([0, 1, 0, 1, 2, 2, 0, 1, 2, 0])
-  idx = data.class_subset_indices(labels, per_class=2, from_end=True)
+  idx = datasets.class_subset_indices(labels, per_class=2, from_end=True)
   # Last two of each class, walking backwards, then the legacy shuffle.
   expected = np.array([9, 6, 7, 3, 8, 5])
   np.random.seed(1)
   np.random.shuffle(expected)
   np.testing.assert_array_equal(idx, expected)
-  first = data.class_subset_indices(labels, per_class=2, from_end=False)
+  first = datasets.class_subset_indices(labels, per_class=2, from_end=False)
   assert sorted(first.tolist()) == [0, 1, 2, 3, 4, 5]
 
 
 def test_class_subset_leaves_global_numpy_state_alone():
   np.random.seed(123)
   before = np.random.get_state()[1].copy()
-  data.class_subset_indices(np.arange(20) % 2, 3, from_end=True)
+  datasets.class_subset_indices(np.arange(20) % 2, 3, from_end=True)
   np.testing.assert_array_equal(np.random.get_state()[1], before)
 
 
 def test_class_subset_too_few_images():
   with pytest.raises(ValueError, match='class 1 has 1 images'):
-    data.class_subset_indices(np.array([0, 0, 1]), 2, from_end=True)
+    datasets.class_subset_indices(np.array([0, 0, 1]), 2, from_end=True)
 
 
 def test_augment_is_deterministic_per_key_and_varies_per_image():
   images = jnp.asarray(np.random.default_rng(0).integers(
       0, 256, (8, 32, 32, 3), dtype=np.uint8))
-  f = jax.jit(lambda k, x: data.augment(k, x, (120.,) * 3, (60.,) * 3))
+  f = jax.jit(lambda k, x: datasets.augment(k, x, (120.,) * 3, (60.,) * 3))
   a = f(jax.random.key(0), images)
   assert a.shape == (8, 32, 32, 3) and a.dtype == jnp.float32
   np.testing.assert_array_equal(a, f(jax.random.key(0), images))
@@ -43,8 +43,8 @@ def test_augment_is_deterministic_per_key_and_varies_per_image():
 
 def test_augment_without_jitter_is_a_flipped_crop():
   image = jnp.arange(4 * 4 * 3, dtype=jnp.uint8).reshape(1, 4, 4, 3)
-  out = data.augment(jax.random.key(3), image, (0.,) * 3, (1.,) * 3, pad=1,
-                     color_jitter=False)
+  out = datasets.augment(jax.random.key(3), image, (0.,) * 3, (1.,) * 3, pad=1,
+                         color_jitter=False)
   padded = np.pad(np.asarray(image[0], np.float32), ((1, 1), (1, 1), (0, 0)),
                   mode='reflect')
   crops = [c for dy in range(3) for dx in range(3)
@@ -59,13 +59,13 @@ def test_augment_without_jitter_is_a_flipped_crop():
 
 def test_normalize_uses_config_statistics():
   x = jnp.full((1, 2, 2, 3), 100, jnp.uint8)
-  out = data.normalize(x, (100., 50., 0.), (1., 2., 4.))
+  out = datasets.normalize(x, (100., 50., 0.), (1., 2., 4.))
   np.testing.assert_allclose(out[0, 0, 0], [0., 25., 25.])
 
 
 @needs_cifar10
 def test_load_split_with_slicing():
-  split = data.load_split('cifar10', 'test[:100]', TFDS_DIR)
+  split = datasets.load_split('cifar10', 'test[:100]', TFDS_DIR)
   assert split.images.shape == (100, 32, 32, 3)
   assert split.images.dtype == np.uint8
   assert split.labels.dtype == np.int32 and split.labels.max() <= 9
@@ -73,8 +73,8 @@ def test_load_split_with_slicing():
 
 def test_missing_dataset_names_dataset_and_directory(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-  with pytest.raises(data.DatasetNotFoundError) as e:
-    data.load_split('cifar10', 'test', None)
+  with pytest.raises(datasets.DatasetNotFoundError) as e:
+    datasets.load_split('cifar10', 'test', None)
   message = str(e.value)
   assert "'cifar10'" in message and str(tmp_path) in message
   assert 'TFDS_DATA_DIR' in message
@@ -85,7 +85,7 @@ def test_mock_dataset_cifar100(tmp_path):
   path the real data takes."""
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-    split = data.load_split('cifar100', 'train', str(tmp_path))
+    split = datasets.load_split('cifar100', 'train', str(tmp_path))
   assert split.images.shape == (12, 32, 32, 3)
   assert split.labels.max() < 100
 
@@ -93,51 +93,51 @@ def test_mock_dataset_cifar100(tmp_path):
 @needs_cifar10
 def test_a_decoded_split_is_cached_and_redecoded_when_the_data_changes(
     tmp_path, monkeypatch):
-  first = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
-                          cache_dir=str(tmp_path))
+  first = datasets.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                              cache_dir=str(tmp_path))
   [entry] = (tmp_path / 'decoded' / 'cifar10').glob('*.npz')
   decoded = []
-  real = data._read
-  monkeypatch.setattr(data, '_read', lambda *a: decoded.append(1) or real(*a))
-  again = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
-                          cache_dir=str(tmp_path))
+  real = datasets._read
+  monkeypatch.setattr(datasets, '_read', lambda *a: decoded.append(1) or real(*a))
+  again = datasets.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                              cache_dir=str(tmp_path))
   assert not decoded  # read back, not decoded
   np.testing.assert_array_equal(again.images, first.images)
   np.testing.assert_array_equal(again.labels, first.labels)
   # Another split is another entry; a damaged entry is decoded again.
-  data.load_split('cifar10', 'test[:20]', TFDS_DIR, cache_dir=str(tmp_path))
+  datasets.load_split('cifar10', 'test[:20]', TFDS_DIR, cache_dir=str(tmp_path))
   assert len(list((tmp_path / 'decoded' / 'cifar10').glob('*.npz'))) == 2
   entry.write_bytes(b'damaged')
-  third = data.load_split('cifar10', 'test[:50]', TFDS_DIR,
-                          cache_dir=str(tmp_path))
+  third = datasets.load_split('cifar10', 'test[:50]', TFDS_DIR,
+                              cache_dir=str(tmp_path))
   assert decoded and np.array_equal(third.images, first.images)
 
 
 @needs_cifar10
 def test_labels_are_kept_between_runs_in_the_cache(tmp_path, monkeypatch):
-  first = data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
-                           cache_dir=str(tmp_path))
+  first = datasets.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                               cache_dir=str(tmp_path))
   [entry] = (tmp_path / 'labels' / 'cifar10').glob('*.npz')
   read = []
-  real = data._read
-  monkeypatch.setattr(data, '_read', lambda *a: read.append(1) or real(*a))
-  data._labels.cache_clear()  # a new process
-  again = data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
-                           cache_dir=str(tmp_path))
+  real = datasets._read
+  monkeypatch.setattr(datasets, '_read', lambda *a: read.append(1) or real(*a))
+  datasets._labels.cache_clear()  # a new process
+  again = datasets.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                               cache_dir=str(tmp_path))
   assert not read and not again.flags.writeable
   np.testing.assert_array_equal(again, first)
   np.testing.assert_array_equal(
-      first, data.load_split('cifar10', 'test[:300]', TFDS_DIR).labels)
+      first, datasets.load_split('cifar10', 'test[:300]', TFDS_DIR).labels)
   entry.write_bytes(b'damaged')  # only a cache miss
-  data._labels.cache_clear()
+  datasets._labels.cache_clear()
   np.testing.assert_array_equal(
-      data.load_labels('cifar10', 'test[:300]', TFDS_DIR,
-                       cache_dir=str(tmp_path)), first)
+      datasets.load_labels('cifar10', 'test[:300]', TFDS_DIR,
+                           cache_dir=str(tmp_path)), first)
   assert read
 
 
 def test_the_cache_key_follows_the_dataset_files(tmp_path):
-  from ekg_jax import cache
+  from ekg_jax.files import cache
   files = tmp_path / 'files'
   files.mkdir()
   (files / 'cifar10-test.array_record-00000-of-00001').write_bytes(b'a' * 10)

@@ -13,7 +13,10 @@ import pytest
 
 from conftest import REPO, TFDS_DIR, needs_cifar10, perturb
 from ekg_jax import config as config_lib
-from ekg_jax import data, export, export_onnx, gates, slimming, validate, workdir
+from ekg_jax.data import datasets
+from ekg_jax.deploy import export, export_onnx
+from ekg_jax.supernet import gates, slimming
+from ekg_jax.run import validate, workdir
 from ekg_jax.models import create_model
 
 MEAN, STD = config_lib.REFERENCE_MEAN, config_lib.REFERENCE_STD
@@ -62,7 +65,7 @@ def slimmed():
 
 def _logits(model, variables, images):
   return np.asarray(model.apply(
-      variables, data.normalize(jnp.asarray(images), MEAN, STD), train=False))
+      variables, datasets.normalize(jnp.asarray(images), MEAN, STD), train=False))
 
 
 @needs_cifar10
@@ -71,7 +74,7 @@ def test_exported_program_runs_without_ekg_jax_and_matches_the_model(
   model, variables = slimmed
   paths = export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
                         (32, 32, 3), MEAN, STD)
-  images = data.load_split('cifar10', 'test[:7]', TFDS_DIR).images
+  images = datasets.load_split('cifar10', 'test[:7]', TFDS_DIR).images
   want = _logits(model, variables, images)
   np.save(tmp_path / 'x.npy', images)
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
@@ -138,7 +141,7 @@ def test_onnx_file_matches_the_model_in_onnx_runtime(slimmed, tmp_path):
   model, variables = slimmed
   export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
                 (32, 32, 3), MEAN, STD, platforms=('cpu',))
-  images = data.load_split('cifar10', 'test[:7]', TFDS_DIR).images
+  images = datasets.load_split('cifar10', 'test[:7]', TFDS_DIR).images
   np.save(tmp_path / 'x.npy', images)
   subprocess.run([sys.executable, '-c', ONNX_RUNNER, str(tmp_path / 'e'),
                   str(tmp_path / 'x.npy'), str(tmp_path / 'y')],

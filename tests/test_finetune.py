@@ -16,11 +16,12 @@ import pytest
 
 from conftest import REPO
 from ekg_jax import config as config_lib
-from ekg_jax import data as data_lib
-from ekg_jax import checkpoint, distill, trainer
-from ekg_jax import train as train_lib
-from ekg_jax import gates as gates_lib
-from ekg_jax import losses
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.files import checkpoint
+from ekg_jax.training import distill, loop
+from ekg_jax.training import steps as train_lib
+from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.training import losses
 from ekg_jax.models import create_model
 
 
@@ -177,7 +178,7 @@ def test_step_runner_equals_plain_steps(program):
 
 def _run(folder, config, train, bank, test):
   model, variables = tiny_model()
-  return trainer.train(model, variables, train, bank, test, config, str(folder),
+  return loop.train(model, variables, train, bank, test, config, str(folder),
                      progress=False)
 
 
@@ -221,7 +222,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
   # ... then the run is extended with an absurd learning rate: the update
   # of step 5 blows the weights up, step 6's loss is not finite.
   bad = tiny_config(knowledge='none', epochs=2, learning_rate=1e30)
-  with pytest.raises(trainer.NonFiniteError,
+  with pytest.raises(loop.NonFiniteError,
                      match=r'at step (\d+).*lower') as e:
     _run(tmp_path, bad, train, None, test)
   bad_step = int(re.search(r'at step (\d+)', str(e.value)).group(1))

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import HiddenDenseNet
-from ekg_jax import flops, gates
+from ekg_jax.supernet import flops, gates
 from ekg_jax.models import create_model
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ekg_jax import gates
+from ekg_jax.supernet import gates
 from ekg_jax.models import create_model
 
 

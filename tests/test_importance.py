@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import HiddenDenseNet, perturb
-from ekg_jax import gates, importance
+from ekg_jax.supernet import gates
+from ekg_jax.search import importance
 
 
 def two_place_objective(masks, batch):

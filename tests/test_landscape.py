@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ekg_jax import landscape
+from ekg_jax.search import landscape
 
 
 def quadratic():
@@ -106,16 +106,16 @@ def test_lanczos_with_a_tolerance_stops_once_lambda_min_settles():
 
 
 def test_held_out_subsets_are_disjoint_from_the_search_and_each_other():
-  from ekg_jax import data
+  from ekg_jax.data import datasets
   labels = np.repeat(np.arange(3), 20)
-  val = data.class_subset_indices(labels, 4, from_end=True)
-  held = [data.class_subset_indices(labels, 4, from_end=True, offset=4 * k)
+  val = datasets.class_subset_indices(labels, 4, from_end=True)
+  held = [datasets.class_subset_indices(labels, 4, from_end=True, offset=4 * k)
           for k in (1, 2)]
-  warmup = data.class_subset_indices(labels, 5, from_end=False)
+  warmup = datasets.class_subset_indices(labels, 5, from_end=False)
   for subset in held:
     assert len(subset) == 12 and np.bincount(labels[subset]).tolist() == [4] * 3
     assert not np.intersect1d(subset, val).size
     assert not np.intersect1d(subset, warmup).size
   assert not np.intersect1d(*held).size
   with pytest.raises(ValueError, match='fewer than the 24 per class'):
-    data.class_subset_indices(labels, 4, from_end=True, offset=20)
+    datasets.class_subset_indices(labels, 4, from_end=True, offset=20)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, needs_official
-from ekg_jax import pipeline, validate
+from ekg_jax import pipeline
+from ekg_jax.run import validate
 from ekg_jax.config import default_config
 
 
@@ -34,7 +35,8 @@ def test_cli_evaluate_writes_summary(tmp_path):
   # The accuracy, recomputed here from the model's logits.
   import jax
   import numpy as np
-  from ekg_jax import checkpoint, data
+  from ekg_jax.files import checkpoint
+  from ekg_jax.data import datasets
   from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
   from ekg_jax.models import create_model
   model = create_model('resnet56')
@@ -42,9 +44,9 @@ def test_cli_evaluate_writes_summary(tmp_path):
       str(OFFICIAL_RESNET56),
       jax.eval_shape(model.init, jax.random.key(0),
                      jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)))
-  test = data.load_split('cifar10', 'test[:200]', TFDS_DIR)
-  logits = model.apply(variables, data.normalize(test.images, REFERENCE_MEAN,
-                                                 REFERENCE_STD))
+  test = datasets.load_split('cifar10', 'test[:200]', TFDS_DIR)
+  logits = model.apply(variables, datasets.normalize(test.images, REFERENCE_MEAN,
+                                                     REFERENCE_STD))
   hits = int((np.argmax(logits, -1) == test.labels).sum())
   assert base['test_accuracy'] == pytest.approx(100.0 * hits / 200)
   # ResNet-56 MACs: stem, 9 blocks per stage, projections, fc.
@@ -181,7 +183,7 @@ def test_finetune_without_a_search_from_a_kept_channels_file_or_dense(
   """`finetune.masks` stands in for the search: a kept-channels file (as
   another tool's pruning is carried over) or 'dense'; no search phase, no
   memory bank (knowledge none), two views; FLOPs of the kept widths."""
-  from ekg_jax import flops, gates, slimming
+  from ekg_jax.supernet import flops, gates, slimming
   from ekg_jax.models import create_model
   model = create_model('resnet20', num_classes=10)
   table = gates.layer_table(model, (32, 32, 3))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import perturb
-from ekg_jax import data as data_lib
-from ekg_jax import gates as gates_lib
-from ekg_jax import memory_bank
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.knowledge import memory_bank
 from ekg_jax.models import create_model
 
 MEAN, STD = (120.0, 120.0, 120.0), (60.0, 60.0, 60.0)

@@ -15,7 +15,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import REPO
-from ekg_jax import distributed, train
+from ekg_jax.runtime import distributed
+from ekg_jax.training import steps
 
 CHECK = pathlib.Path(__file__).with_name('multihost_check.py')
 
@@ -88,14 +89,14 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
 
 
 def test_one_process_supplies_the_whole_batch_and_writes():
-  mesh = train.data_mesh()
+  mesh = steps.data_mesh()
   assert distributed.is_primary()
   assert distributed.process_rows(mesh, 8) == slice(0, 8)
   local = {'x': np.arange(16).reshape(2, 8), 'bank': None}
   batch = distributed.global_batch(mesh, local, 8, axis=1)
   assert batch['bank'] is None
   np.testing.assert_array_equal(batch['x'], local['x'])
-  assert batch['x'].sharding.spec == P(None, train.DATA_AXIS)
+  assert batch['x'].sharding.spec == P(None, steps.DATA_AXIS)
   key = distributed.replicate(mesh, jax.random.key(3))
   assert jax.random.key_data(key).tolist() == jax.random.key_data(
       jax.random.key(3)).tolist()

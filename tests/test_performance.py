@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ekg_jax import ops, xla_config
+from ekg_jax.supernet import ops
+from ekg_jax.runtime import xla_config
 from ekg_jax.models import create_model
 
 from conftest import perturb

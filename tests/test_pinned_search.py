@@ -18,7 +18,11 @@ import numpy as np
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
 import pytest
-from ekg_jax import checkpoint, gates, phases, search, warmup
+from ekg_jax.files import checkpoint
+from ekg_jax.supernet import gates
+from ekg_jax.run import phases
+from ekg_jax import search
+from ekg_jax.search import warmup
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 

@@ -1,6 +1,6 @@
 """Data that prepares itself and weights that fetch themselves: small CIFAR
 archives and a weights file served from 127.0.0.1 (no internet), through the
-test-only URL/checksum overrides (ekg_jax/download.py)."""
+test-only URL/checksum overrides (ekg_jax/data/download.py)."""
 
 import errno
 import json
@@ -18,13 +18,13 @@ from tensorflow_datasets.core import hashing
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_official
 import fake_cifar
 import fake_tfds
-from ekg_jax import checkpoint as ckpt_lib
+from ekg_jax.files import checkpoint as ckpt_lib
 from ekg_jax import config as config_lib
-from ekg_jax import data as data_lib
-from ekg_jax import download
-from ekg_jax import preflight
-from ekg_jax import prepare
-from ekg_jax import validate
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.data import download
+from ekg_jax.run import preflight
+from ekg_jax.data import prepare
+from ekg_jax.run import validate
 
 ARCHIVE = 'cifar-10-binary.tar.gz'
 
@@ -158,13 +158,13 @@ def test_prepare_command(cifar_url, tmp_path):
   env = dict(os.environ, EKG_JAX_CACHE=str(tmp_path / 'cache'),
              EKG_JAX_OFFICIAL_URL='http://127.0.0.1:9/res56_cifar10.pkl')
   result = subprocess.run(
-      [sys.executable, '-m', 'ekg_jax.prepare', 'cifar10', 'official',
+      [sys.executable, '-m', 'ekg_jax.data.prepare', 'cifar10', 'official',
        f'--data_dir={tmp_path}'], cwd=REPO, env=env, capture_output=True,
       text=True, timeout=120)
   assert result.stdout.strip() == f'cifar10: {tmp_path}/cifar10/3.0.2'
   assert result.returncode == 2  # the weights: offline
   last = result.stderr.rstrip('\n').split('\n')[-1]  # after the progress
-  assert last.startswith('ekg_jax.prepare: error: ')
+  assert last.startswith('ekg_jax.data.prepare: error: ')
   assert 'cannot download http://127.0.0.1:9/res56_cifar10.pkl' in last
 
 
@@ -217,7 +217,7 @@ def test_official_weights_fetched_once_and_verified(served, tmp_path,
 @needs_official
 def test_official_weights_load_through_the_safe_loader(served, tmp_path,
                                                        monkeypatch):
-  from ekg_jax.phases import common
+  from ekg_jax.run.phases import common
   official_served(served, monkeypatch, str(OFFICIAL_RESNET56))
   config = config_lib.default_config()
   config.model.name = 'resnet56'

@@ -12,11 +12,14 @@ import flax.linen as nn
 
 import ekg_jax
 from conftest import perturb
-from ekg_jax import gates, importance, losses, search, teacher
+from ekg_jax.supernet import gates
+from ekg_jax.search import importance, teacher
+from ekg_jax.training import losses
+from ekg_jax import search
 from ekg_jax.models import create_model
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.model import Supernet
 from ekg_jax.search import greedy
-from ekg_jax.slimming import slim
+from ekg_jax.supernet.slimming import slim
 
 
 # --- host-side arithmetic ----------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import HiddenDenseNet, perturb
-from ekg_jax import flops, gates, slimming
+from ekg_jax.supernet import flops, gates, slimming
 from ekg_jax.models import create_model
 
 FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),

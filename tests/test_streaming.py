@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import fake_tfds
-from ekg_jax import data as data_lib
-from ekg_jax import images as images_lib
-from ekg_jax import streaming
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.data import images as images_lib
+from ekg_jax.data import streaming
 
 TRAIN = 24
 
@@ -187,7 +187,7 @@ def test_imagenet_not_prepared_names_the_folder_and_the_download(tmp_path):
 def test_a_global_batch_that_does_not_split_over_processes_is_refused(
     clean_dir, monkeypatch):
   from ekg_jax import config as config_lib
-  from ekg_jax import feeds, input_pipeline
+  from ekg_jax.training import feeds, input_pipeline
   config = config_lib.default_config()
   config.data.name, config.data.pipeline = 'imagenet2012', 'grain'
   config.data.data_dir = clean_dir
@@ -201,7 +201,7 @@ def test_a_global_batch_that_does_not_split_over_processes_is_refused(
 
 def test_streaming_resizes_so_any_image_size_validates():
   from ekg_jax import config as config_lib
-  from ekg_jax import validate
+  from ekg_jax.run import validate
   config = config_lib.default_config()
   config.data.name, config.data.image_size = 'imagenet2012', 64
   with pytest.raises(validate.ConfigError, match='or data.pipeline=grain'):
@@ -212,8 +212,8 @@ def test_streaming_resizes_so_any_image_size_validates():
 
 def test_another_tfds_dataset_streams_with_its_own_classes(tmp_path):
   from ekg_jax import config as config_lib
-  from ekg_jax import validate
-  from ekg_jax.phases import build_model
+  from ekg_jax.run import validate
+  from ekg_jax.run.phases import build_model
   fake_tfds.write_dataset(str(tmp_path), name='imagenette',
                           splits={'train': 16, 'validation': 4})
   config = config_lib.default_config()
@@ -232,7 +232,7 @@ def test_another_tfds_dataset_streams_with_its_own_classes(tmp_path):
       str(tmp_path), source=source, num_records=16, image_size=48)), 1)[0]
   assert batch['image'].shape == (8, 2, 48, 48, 3)
   # Its class count (metadata) bounds a top-k memory bank before compute.
-  from ekg_jax import preflight
+  from ekg_jax.run import preflight
   config.memory_bank.top_k = 11
   with pytest.raises(validate.ConfigError,
                      match=r'memory_bank.top_k=11: imagenette has 10 classes'):

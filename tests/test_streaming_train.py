@@ -16,7 +16,8 @@ import pytest
 import fake_tfds
 from conftest import REPO
 from ekg_jax import config as config_lib
-from ekg_jax import input_pipeline, pipeline, trainer
+from ekg_jax.training import input_pipeline, loop
+from ekg_jax import pipeline
 from test_finetune import tiny_model
 
 
@@ -47,8 +48,8 @@ def _run(folder, config, bank):
   pipe = input_pipeline.of(config)
   train = pipe.train(config)
   test = pipe.split(config, config.data.test_split)
-  return trainer.train(model, variables, train, bank, test, config,
-                       str(folder), progress=False)
+  return loop.train(model, variables, train, bank, test, config,
+                    str(folder), progress=False)
 
 
 @pytest.mark.slow

@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ekg_jax import checkpoint, distill, losses, memory_bank, topk, validate
-from ekg_jax import train as train_lib
-from ekg_jax import workdir
+from ekg_jax.files import checkpoint
+from ekg_jax.training import distill, losses
+from ekg_jax.knowledge import memory_bank, topk
+from ekg_jax.run import validate
+from ekg_jax.training import steps as train_lib
+from ekg_jax.run import workdir
 from ekg_jax.config import default_config
 from conftest import needs_cifar10
 from test_finetune import random_split, tiny_config, tiny_model
@@ -270,7 +273,7 @@ def test_measurement_script_on_a_small_bank(tmp_path):
 
 def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
     tmp_path):
-  from ekg_jax import trainer
+  from ekg_jax.training import loop
   config = tiny_config(epochs=1)
   train, test = random_split(16, 7), random_split(8, 8)
   z = _logits((16, 3, 10), 9)
@@ -278,8 +281,8 @@ def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
   for name, bank in [('dense', z.astype(jnp.bfloat16)),
                      ('k10', _top_k_bank(z, 10)), ('k2', _top_k_bank(z, 2))]:
     model, variables = tiny_model()
-    runs.append(trainer.train(model, variables, train, bank, test, config,
-                              str(tmp_path / name), progress=False))
+    runs.append(loop.train(model, variables, train, bank, test, config,
+                           str(tmp_path / name), progress=False))
   dense, full, top2 = runs
   jax.tree_util.tree_map(np.testing.assert_array_equal, full.variables,
                          dense.variables)

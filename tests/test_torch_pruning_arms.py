@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_OFFICIAL, REPO, needs_cifar10
-from ekg_jax import flops, gates, slimming
+from ekg_jax.supernet import flops, gates, slimming
 from ekg_jax.models import create_model
 
 TORCH_PYTHON = REPO / '.venv-torch' / 'bin' / 'python'

@@ -3,7 +3,10 @@ allowed."""
 
 import pytest
 
-from ekg_jax import data, gates, pipeline, validate, workdir
+from ekg_jax.data import datasets
+from ekg_jax.supernet import gates
+from ekg_jax import pipeline
+from ekg_jax.run import validate, workdir
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
@@ -147,7 +150,7 @@ def test_pipeline_refuses_before_reading_data(tmp_path, monkeypatch, key,
                                               value, match):
   def no_data(*args, **kwargs):
     raise AssertionError('data was read before validation')
-  monkeypatch.setattr(data, 'load_split', no_data)
+  monkeypatch.setattr(datasets, 'load_split', no_data)
   config = with_value(key, value)
   with pytest.raises(validate.ConfigError, match=match) as e:
     pipeline.run(config, str(tmp_path / 'w'))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, TFDS_DIR, needs_cifar10
-from ekg_jax import checkpoint
+from ekg_jax.files import checkpoint
 
 
 @needs_cifar10

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ekg_jax import workdir
+from ekg_jax.run import workdir
 from ekg_jax.config import default_config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.model import Supernet
 from ekg_jax.models.mobilenet_v2 import MobileNetV2
 from ekg_jax.models.resnet_cifar import CifarResNet
 from ekg_jax.models.resnet_imagenet import ImageNetResNet

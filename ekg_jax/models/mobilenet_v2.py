@@ -21,8 +21,8 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from ekg_jax.gates import Masks
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.gates import Masks
+from ekg_jax.supernet.model import Supernet
 
 # (expansion t, output channels c, blocks n, first stride s), CIFAR strides.
 CIFAR_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),

@@ -20,8 +20,8 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from ekg_jax.gates import Masks
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.gates import Masks
+from ekg_jax.supernet.model import Supernet
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)

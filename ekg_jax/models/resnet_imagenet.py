@@ -16,8 +16,8 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from ekg_jax.gates import Masks
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.gates import Masks
+from ekg_jax.supernet.model import Supernet
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}

@@ -22,8 +22,8 @@ from typing import Optional, Union
 import flax.linen as nn
 import jax
 
-from ekg_jax.gates import Masks
-from ekg_jax.models.common import Supernet
+from ekg_jax.supernet.gates import Masks
+from ekg_jax.supernet.model import Supernet
 
 VGG16 = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
          512, 512, 512, 'M')

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ekg_jax import data as data_lib
-from ekg_jax import gates as gates_lib
-from ekg_jax import importance as importance_lib
-from ekg_jax import losses
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.search import importance as importance_lib
+from ekg_jax.training import losses
 from ekg_jax.search.options import EVALUATIONS, SearchConfig, resolve_evaluation
 class Batches(NamedTuple):
   """The fixed validation batches (normalised images, labels), in order.

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ekg_jax import flops as flops_lib
-from ekg_jax import gates as gates_lib
-from ekg_jax import importance as importance_lib
-from ekg_jax import teacher as teacher_lib
+from ekg_jax.supernet import flops as flops_lib
+from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.search import importance as importance_lib
+from ekg_jax.search import teacher as teacher_lib
 from ekg_jax.search.evaluate import Batches, Evaluator, _as_int32
 from ekg_jax.search.marking import (candidate_rate, kept_count,
                                     kept_from_rates, mark_candidates)
-from ekg_jax.search.options import SearchConfig
+from ekg_jax.search.options import ALLOCATIONS, SearchConfig
 from ekg_jax.search.state import SearchState, history_entry
 
 @dataclasses.dataclass
@@ -213,8 +213,7 @@ def _run_greedy(problem, state, on_step, progress) -> SearchState:
 
 
 # search.allocation -> how a run spends the FLOPs reduction.
-ALLOCATIONS: dict[str, Callable[..., SearchState]] = {
-    'greedy': _run_greedy, 'uniform': _run_uniform}
+ALLOCATIONS.update(greedy=_run_greedy, uniform=_run_uniform)
 
 
 def run_search(problem: SearchProblem, state: SearchState,

@@ -4,12 +4,14 @@ host-side, exact arithmetic, in the reference's float32 and roundings."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ekg_jax import gates as gates_lib
-from ekg_jax.search.options import SearchConfig
+from ekg_jax.supernet import gates as gates_lib
+
+if TYPE_CHECKING:  # options reads MARKINGS
+  from ekg_jax.search.options import SearchConfig
 
 
 def kept_count(channels: int, rate: float, round_to: int = 1) -> int:

@@ -1,13 +1,20 @@
-"""The search's options: one validated record, the single source of the
-defaults `config.py` and `prune` use, and the backend policy for `auto`."""
+"""The search's options: one validated record that owns its rules, the
+single source of the defaults `config.py` and `prune` use, and the backend
+policy for `auto`."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
-from ekg_jax import backend
+from ekg_jax import rules
+from ekg_jax.runtime import backend
+from ekg_jax.search import importance, marking, teacher
 
 EVALUATIONS = ('auto', 'vmap', 'prefix', 'loop')
+# name -> allocation strategy; `greedy.py` registers its strategies here, so
+# the rule below and `search.greedy` read one table.
+ALLOCATIONS: dict[str, Callable] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,18 +46,33 @@ class SearchConfig:
   def __post_init__(self):
     """The config file's rules hold for library calls too: `prune(...,
     target_flops_rate=1.5)` fails here, before any compute."""
-    from ekg_jax import validate  # validate reads this module's choices
-    for field in dataclasses.fields(self):
-      rule = validate.RULES.get(f'search.{field.name}')
-      value = getattr(self, field.name)
-      why = rule(value) if rule else None
+    for name, rule in RULES.items():
+      value = getattr(self, name)
+      why = rule(value)
       if why:
-        raise validate.ConfigError(f'{field.name}={value!r}: {why}')
+        raise rules.ConfigError(f'{name}={value!r}: {why}')
 
   @classmethod
   def from_config(cls, search, seed=0) -> 'SearchConfig':
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in search.items() if k in names}, seed=seed)
+
+
+# One rule per option; the whole-config check uses them as `search.<name>`.
+RULES: dict[str, rules.Rule] = {
+    'target_flops_rate': rules.number(0, 1, low_open=True, high_open=True),
+    'step': rules.number(0, 1, low_open=True),
+    'teacher': rules.choice(teacher.MODES),
+    'criterion': rules.choice(importance.CRITERIA),
+    'allocation': rules.choice(ALLOCATIONS),
+    'chunk_size': rules.integer(1),
+    'otsu_trim': rules.number(0, 0.5, high_open=True),
+    'marking': rules.choice(marking.MARKINGS),
+    'flops_include_bn': rules.boolean,
+    'round_to': rules.integer(1),
+    'evaluation': rules.choice(EVALUATIONS),
+    'seed': rules.integer(0),
+}
 
 
 def defaults() -> dict:

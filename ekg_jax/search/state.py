@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ekg_jax import checkpoint
-from ekg_jax import gates as gates_lib
-from ekg_jax import teacher as teacher_lib
+from ekg_jax.files import checkpoint
+from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.search import teacher as teacher_lib
 
 
 class HistoryEntry(TypedDict):

@@ -1,0 +1,335 @@
+"""Loading and saving networks: the authors' TensorFlow weights, our own
+checkpoints (orbax), and atomic JSON files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import numpy as np
+from flax import serialization
+
+from ekg_jax.runtime import distributed
+
+# TensorFlow variable -> (collection, Flax variable name).
+_TF_NAMES = {
+    'kernel': ('params', 'kernel'),
+    'biases': ('params', 'bias'),
+    'bias': ('params', 'bias'),
+    'gamma': ('params', 'scale'),
+    'beta': ('params', 'bias'),
+    'moving_mean': ('batch_stats', 'mean'),
+    'moving_variance': ('batch_stats', 'var'),
+}
+
+
+class CheckpointError(ValueError):
+  pass
+
+
+def write_atomic(path: str, write: Callable[[Any], None],
+                 binary: bool = False) -> None:
+  """`write(file)` into a temporary file (a unique name: parallel runs may
+  write the same path) in the same folder, then renames it into place, so a
+  reader sees the old file or the new one, never half of one."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_',
+                             suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, 'wb' if binary else 'w') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False))
+
+
+def previous_npz(path: str) -> str:
+  return path.removesuffix('.npz') + '.prev.npz'
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  """Writes an .npz to a temp file, keeps the current file as
+  `previous_npz(path)`, then renames the new one into place: whatever
+  instant a kill (or a full disk) hits, a complete file remains."""
+  tmp = f'{path}.tmp.npz'
+  try:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  if os.path.exists(path):
+    os.replace(path, previous_npz(path))
+  os.replace(tmp, path)
+
+
+def npz_exists(path: str) -> bool:
+  return os.path.exists(path) or os.path.exists(previous_npz(path))
+
+
+def read_npz_with_fallback(path: str, read):
+  """`read(path)`; when the newest file is missing or unreadable (truncated,
+  corrupted), reports it and reads the previous one."""
+  failures = []
+  for candidate in (path, previous_npz(path)):
+    if not os.path.exists(candidate):
+      continue
+    try:
+      return read(candidate)
+    except Exception as e:  # zipfile, pickle and numpy raise many kinds
+      failures.append(f'{candidate}: {type(e).__name__}: {e}')
+      logging.warning('%s is unreadable (%s: %s); trying the previous copy',
+                      candidate, type(e).__name__, e)
+  if failures:
+    raise CheckpointError('no readable copy: ' + '; '.join(failures))
+  raise FileNotFoundError(path)
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _flatten(v, (*prefix, k))
+    else:
+      yield (*prefix, k), v
+
+
+def _unflatten(items):
+  out: dict = {}
+  for path, v in items:
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+class _ArraysOnly(pickle.Unpickler):
+  """Unpickles dicts, lists, scalars and NumPy arrays, nothing else.
+
+  A pickle names the callables that rebuild its objects, and `pickle.load`
+  calls them: a file from a stranger can run any code. The authors'
+  checkpoints need only NumPy's array reconstruction, so every other global
+  is refused before it is called.
+  """
+  ALLOWED = {
+      ('numpy.core.multiarray', '_reconstruct'),
+      ('numpy._core.multiarray', '_reconstruct'),
+      ('numpy', 'ndarray'),
+      ('numpy', 'dtype'),
+      ('numpy.core.multiarray', 'scalar'),
+      ('numpy._core.multiarray', 'scalar'),
+      ('numpy.core.numeric', '_frombuffer'),  # pickle protocol 5
+      ('numpy._core.numeric', '_frombuffer'),
+      ('collections', 'OrderedDict'),
+  }
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise CheckpointError(
+          f'refusing to load {module}.{name} from a pickle: only dicts, '
+          'lists, numbers and NumPy arrays are read from .pkl checkpoints '
+          '(anything else could run code)')
+    return super().find_class(module, name)
+
+
+def read_pickled_arrays(path: str) -> dict:
+  """A dict of arrays from a .pkl file, without running its code; any
+  damage is reported as a CheckpointError naming the file."""
+  try:
+    with open(path, 'rb') as f:
+      raw = _ArraysOnly(f).load()
+  except CheckpointError as e:
+    raise CheckpointError(f'{path}: {e}') from None
+  except Exception as e:  # pickle raises many kinds on damaged files
+    raise CheckpointError(
+        f'{path} is not a readable .pkl checkpoint (empty, truncated or '
+        f'another format: {type(e).__name__}: {str(e)[:120]}); pass the '
+        'authors\' .pkl or a checkpoint directory written by ekg_jax') from None
+  if not isinstance(raw, dict):
+    raise CheckpointError(f'{path} holds a {type(raw).__name__}, not the '
+                          'dict of named arrays of an official checkpoint')
+  return raw
+
+
+def load_official_pkl(path: str, reference: Mapping[str, Any]) -> dict:
+  """Maps the authors' pickled TensorFlow weights onto Flax variables.
+
+  `reference` holds the target model's variables (or their shapes, from
+  `jax.eval_shape(model.init, ...)`). TF names `scope/layer/var:0` map to
+  module `scope/layer`, so the Flax CIFAR ResNet's names match 1:1. Missing,
+  unexpected or mis-shaped entries raise one CheckpointError listing them.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'init_checkpoint {path!r} does not exist')
+  raw = read_pickled_arrays(path)
+  expected = dict(_flatten(reference))
+  loaded, unknown = {}, []
+  for key, value in raw.items():
+    if key.startswith('__'):
+      continue  # MATLAB-style header entries
+    module, _, var = key.removesuffix(':0').rpartition('/')
+    if var not in _TF_NAMES or not module:
+      unknown.append(key)
+      continue
+    collection, name = _TF_NAMES[var]
+    loaded[(collection, module, name)] = (key, np.asarray(value))
+  unknown += [key for p, (key, _) in loaded.items() if p not in expected]
+  missing = ['/'.join(p) for p in expected if p not in loaded]
+  mismatched = []
+  for p, (key, value) in loaded.items():
+    if p in expected:
+      shape = tuple(expected[p].shape)
+      if value.size == int(np.prod(shape)) and value.ndim != len(shape):
+        value = value.reshape(shape)  # BN vectors are stored as (1,1,1,C)
+      if value.shape != shape:
+        mismatched.append(f'{key}: checkpoint {value.shape} vs model {shape}')
+      loaded[p] = (key, value)
+  if unknown or missing or mismatched:
+    lines = [f'{path} does not fit the model:']
+    for title, items in (('unexpected keys', unknown),
+                         ('missing variables', missing),
+                         ('shape mismatches', mismatched)):
+      if items:
+        lines.append(f'  {len(items)} {title}: ' + ', '.join(items[:12]) +
+                     (' ...' if len(items) > 12 else ''))
+    raise CheckpointError('\n'.join(lines))
+  return _unflatten((p, value.astype(expected[p].dtype))
+                    for p, (_, value) in loaded.items())
+
+
+MODEL_FILE = 'model.json'
+VARIABLES_DIR = 'variables'
+
+
+def save_model(directory: str, model_name: str, model_config: Mapping,
+               variables: Mapping) -> None:
+  """Saves a network with what rebuilds it: `model.json` (name, attributes
+  such as slimmed widths) and the variables through orbax (atomic commit)."""
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, VARIABLES_DIR)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(target, jax.device_get(variables), force=True)  # collective
+  if distributed.is_primary():  # process 0 writes the metadata for all
+    write_json_atomic(os.path.join(directory, MODEL_FILE),
+                      {'name': model_name, **dict(model_config)})
+
+
+def read_model_config(directory: str) -> dict:
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(
+        f'{directory!r} is not an ekg_jax checkpoint: no {MODEL_FILE}. '
+        'init_checkpoint takes the official .pkl or a directory written by '
+        'ekg_jax.files.checkpoint.save_model')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is damaged ({type(e).__name__}: {e}); '
+                          'save the model again') from None
+
+
+def load_model_variables(directory: str, reference: Mapping) -> dict:
+  import orbax.checkpoint as ocp
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(
+          os.path.join(os.path.abspath(directory), VARIABLES_DIR))
+  except Exception as e:  # orbax/tensorstore raise many kinds
+    raise CheckpointError(
+        f'{directory} holds no readable variables (truncated or damaged '
+        f'checkpoint: {type(e).__name__}: {str(e).splitlines()[0][:160]})'
+    ) from None
+  got = dict(_flatten(restored))
+  want = dict(_flatten(reference))
+  if set(got) != set(want) or any(got[p].shape != want[p].shape
+                                  for p in want):
+    diff = sorted('/'.join(p) for p in set(got) ^ set(want))
+    diff += ['/'.join(p) + f' {got[p].shape} vs {want[p].shape}'
+             for p in set(got) & set(want) if got[p].shape != want[p].shape]
+    raise CheckpointError(f'{directory} does not fit the model: '
+                          + ', '.join(diff[:12]))
+  return restored
+
+
+class TrainCheckpoints:
+  """Orbax CheckpointManager over (train state, progress: a JSON dict);
+  atomic commits, the last `keep` kept."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=False),
+        item_names=('state', 'progress'))
+
+  def save(self, state, progress: dict) -> None:
+    ocp = self._ocp
+    self.manager.save(
+        int(state.step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(serialization.to_state_dict(
+                jax.device_get(state))),
+            progress=ocp.args.JsonSave(progress)),
+        force=True)
+
+  def restore(self, template) -> Optional[tuple[Any, dict]]:
+    """The newest readable checkpoint. Unreadable newer ones (truncated or
+    corrupted files) are reported and moved aside; when none is readable,
+    CheckpointError (nothing is moved and nothing restarts from scratch)."""
+    ocp = self._ocp
+    target = serialization.to_state_dict(jax.device_get(template))
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            progress=ocp.args.JsonRestore()))
+        restored = (serialization.from_state_dict(template, out['state']),
+                    out['progress'])
+      except Exception as e:  # orbax/tensorstore raise many kinds
+        logging.warning('checkpoint %d in %s is unreadable (%s: %s)', step,
+                        self.manager.directory, type(e).__name__,
+                        str(e)[:200])
+        failed.append((step, f'{type(e).__name__}: {str(e)[:200]}'))
+        continue
+      for bad, _ in failed:  # moved aside, so the step can be saved again
+        aside = os.path.join(f'{self.manager.directory}_unreadable', str(bad))
+        logging.warning('using checkpoint %d; %d moved to %s', step, bad,
+                        aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(self.manager.directory, str(bad)), aside)
+      if failed:
+        self.manager.reload()
+      return restored
+    if failed:
+      raise CheckpointError(
+          f'no readable checkpoint in {self.manager.directory}: '
+          + '; '.join(f'{step}: {why}' for step, why in failed))
+    return None
+
+  def close(self):
+    self.manager.close()

@@ -1,0 +1,265 @@
+"""Whole-config validation, before any data is read or anything compiled.
+
+Each rule names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import ml_collections
+
+from ekg_jax import config as config_lib
+from ekg_jax import rules
+from ekg_jax.rules import (Rule, boolean, choice, existing, integer,
+                           is_int, number, numbers, text)
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.training import distill, input_pipeline
+from ekg_jax.deploy import export
+from ekg_jax.search import landscape
+from ekg_jax.knowledge import memory_bank
+from ekg_jax.data import prepare
+from ekg_jax.search import options as search_options
+from ekg_jax.training import steps
+from ekg_jax.models import MODELS
+from ekg_jax.supernet.model import COMPUTE_DTYPES
+
+
+ConfigError = rules.ConfigError  # callers catch validate.ConfigError
+
+
+# ---------------------------------------------------------------------------
+# One rule per config key. A rule returns why a value is refused (None when
+# it is fine); `validate_config` names the key, the value and the reason.
+# Every leaf of the default config has a rule (tested), and every float
+# rule refuses NaN and infinities.
+
+def _phases(v) -> Optional[str]:
+  if not isinstance(v, str):
+    return 'must be a comma-separated list of phases'
+  try:
+    parse_phases(v)
+  except ConfigError as e:
+    return str(e).split(': ', 1)[1]
+  return None
+
+
+def _platforms(v) -> Optional[str]:
+  names = [p.strip() for p in str(v).split(',') if p.strip()]
+  if not isinstance(v, str) or not names or not set(names) <= set(
+      export.PLATFORMS):
+    return (f'must be a comma-separated list of {", ".join(export.PLATFORMS)}'
+            ' (jax.export platforms)')
+  return None
+
+
+def _onnx(v) -> Optional[str]:
+  from ekg_jax.deploy import export_onnx
+  return boolean(v) or (v and export_onnx.missing()) or None
+
+
+def _masks(v) -> Optional[str]:
+  if v in MASKS:
+    return None
+  if not isinstance(v, str) or not v.endswith('.json'):
+    return (f'allowed: {", ".join(MASKS)}, or the path of a .json '
+            'kept-channels file {gate: [kept channel indices]}')
+  return None if os.path.isfile(v) else 'no such file'
+
+
+MASKS = ('search', 'dense')  # else a kept-channels file
+FRACTION = number(0, 1)
+UNIT_OPEN = number(0, 1, high_open=True)
+
+
+def _training_rules(section: str) -> dict[str, Rule]:
+  return {
+      f'{section}.epochs': integer(0),
+      f'{section}.batch_size': integer(1),
+      f'{section}.learning_rate': number(0, low_open=True),
+      f'{section}.lr_decay_epochs_fraction': numbers(None, FRACTION),
+      f'{section}.lr_decay_factor': number(0, 1, low_open=True),
+      f'{section}.momentum': UNIT_OPEN,
+      f'{section}.weight_decay': number(0),
+      f'{section}.checkpoint_every_steps': integer(1),
+      f'{section}.sync_batch_norm': boolean,
+      f'{section}.dtype': choice(COMPUTE_DTYPES),
+      f'{section}.program': choice(steps.PROGRAMS),
+  }
+
+
+RULES: dict[str, Rule] = {
+    'seed': integer(0),
+    'phases': _phases,
+    'init_checkpoint': lambda v: None if v in prepare.WEIGHTS else existing(
+        os.path.exists, 'file or directory (or official: the authors\' '
+        'ResNet-56, fetched once)')(v),
+    'quiet': boolean,
+    'cache_dir': text,
+    'distributed': boolean,
+    'model.name': choice(sorted(MODELS)),
+    'model.renormalize': boolean,
+    'model.straight_through': boolean,
+    'model.bn_momentum': UNIT_OPEN,
+    'model.bn_epsilon': number(0, low_open=True),
+    'model.dtype': choice(COMPUTE_DTYPES),
+    # Known datasets, or (checked with the pipeline below) any TFDS one.
+    'data.name': text,
+    'data.data_dir': existing(os.path.isdir, 'folder'),
+    'data.train_split': text,
+    'data.test_split': text,
+    'data.image_size': integer(1),
+    'data.mean': numbers(3, number(0, 255)),
+    'data.std': numbers(3, number(0, low_open=True)),
+    'data.val_per_class': integer(1),
+    'data.warmup_per_class': integer(1),
+    'data.subset_seed': integer(0),
+    'data.eval_batch_size': integer(1),
+    'data.pipeline': choice(input_pipeline.PIPELINES),
+    'data.decode_workers': integer(0),
+    'data.prefetch': integer(1),
+    'data.crop_scale': numbers(2, number(0, 1, low_open=True), ordered=True),
+    'data.crop_ratio': numbers(2, number(0, low_open=True), ordered=True),
+    'augment.pad': integer(0),
+    'augment.color_jitter': boolean,
+    'augment.contrast': numbers(2, number(0), ordered=True),
+    'augment.saturation': numbers(2, number(0), ordered=True),
+    'augment.brightness': number(0, 255),
+    'warmup.batch_size': integer(1),
+    'warmup.learning_rate': number(0, low_open=True),
+    'warmup.momentum': UNIT_OPEN,
+    'warmup.weight_decay': number(0),
+    'warmup.loss_divisor': number(0, low_open=True),
+    **{f'search.{name}': rule
+       for name, rule in search_options.RULES.items() if name != 'seed'},
+    'search.batch_size': integer(1),
+    'search.warmup': boolean,
+    'landscape.lanczos_iterations': integer(2),
+    'landscape.num_eigenvalues': integer(1),
+    'landscape.trace_samples': integer(2),
+    'landscape.slice_points': integer(2),
+    'landscape.grid_points': integer(2),
+    'landscape.bn': choice(landscape.BN_MODES),
+    'landscape.seed': integer(0),
+    'landscape.lanczos_tolerance': number(0, 1),
+    'landscape.subset': integer(0),
+    'memory_bank.num_teachers': integer(1),
+    'memory_bank.batch_size': integer(1),
+    'memory_bank.dtype': choice(memory_bank.STORAGE_DTYPES),
+    'memory_bank.checkpoint_every_batches': integer(1),
+    'memory_bank.top_k': lambda v: None if is_int(v) and v >= 0 else (
+        'must be an integer >= 0, the logits kept per image and teacher '
+        '(0 keeps all)'),
+    **_training_rules('pretrain'),
+    **_training_rules('finetune'),
+    'finetune.knowledge': choice(distill.KNOWLEDGE),
+    'finetune.views': lambda v: None if v in (0, 1, 2) and is_int(v) else (
+        'allowed: 0 (two views with knowledge, one without), 1, 2'),
+    'finetune.masks': _masks,
+    'export.platforms': _platforms,
+    'export.onnx': _onnx,
+    'finetune.temperature': number(0, low_open=True),
+}
+TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe
+
+
+def _get(config, dotted):
+  value = config
+  for key in dotted.split('.'):
+    value = value[key]
+  return value
+
+
+def leaves(config) -> list[str]:
+  """Every leaf key of a config, dotted."""
+  out = []
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(v, f'{prefix}{k}.')
+      else:
+        out.append(f'{prefix}{k}')
+  walk(config, '')
+  return out
+
+
+def parse_phases(phases: str) -> list[str]:
+  names = [p.strip() for p in phases.split(',') if p.strip()]
+  unknown = [p for p in names if p not in config_lib.PHASES]
+  if unknown or not names:
+    raise ConfigError(f'config.phases={phases!r}: unknown or empty phases '
+                      f'{unknown}; allowed: {",".join(config_lib.PHASES)}')
+  return names
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad key: every key has its rule, then
+  the rules that join keys."""
+  def fail(key, why):
+    raise ConfigError(f'config.{key}={_get(config, key)!r}: {why}')
+
+  for key in leaves(config):
+    rule = RULES.get(key)
+    if rule is None:
+      raise ConfigError(f'config.{key}: not a key this toolkit reads; '
+                        'remove it (a typo?)')
+    why = rule(_get(config, key))
+    if why:
+      fail(key, why)
+  resizes = input_pipeline.of(config).resizes
+  dataset = data_lib.DATASETS.get(config.data.name)
+  if dataset is None and not resizes:
+    fail('data.name', f'allowed: {", ".join(sorted(data_lib.DATASETS))}; '
+         'another TFDS image-classification dataset needs '
+         'data.pipeline=grain (its classes are read from its metadata)')
+  if (dataset and config.data.image_size != dataset['image_size']
+      and not resizes):
+    fail('data.image_size', f'{config.data.name} images are '
+         f'{dataset["image_size"]}x{dataset["image_size"]} (FLOPs are '
+         'counted at this size); use that value, or data.pipeline=grain, '
+         'which resizes')
+  if config.augment.pad >= config.data.image_size:
+    fail('augment.pad', 'a reflect pad must be smaller than the image '
+         f'({config.data.image_size})')
+  # Another dataset's class count is in its files: preflight checks it.
+  val_size = config.data.val_per_class * (dataset or {}).get(
+      'num_classes', config.search.batch_size)
+  if val_size < config.search.batch_size:
+    fail('data.val_per_class', f'the validation set ({val_size} images) is '
+         f'smaller than one search batch (search.batch_size='
+         f'{config.search.batch_size})')
+  classes = (dataset or {}).get('num_classes')  # else: preflight's check
+  if classes and config.memory_bank.top_k > classes:
+    fail('memory_bank.top_k', f'{config.data.name} has {classes} classes; '
+         f'use 0..{classes} (0 keeps every logit)')
+  if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
+    fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
+         f'lanczos_iterations ({config.landscape.lanczos_iterations})')
+
+
+def validate_devices(config: ml_collections.ConfigDict,
+                     device_count: int) -> None:
+  """Training batches are sharded over every device."""
+  for section in TRAINING:
+    rules.check_divides(config[section].batch_size, device_count,
+                        f'{section}.batch_size')
+
+
+def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
+  """Checks that need the model's layer table (a shape-only trace)."""
+  from ekg_jax.supernet import flops, gates, slimming
+  specs = gates.gate_specs(table)
+  if config.finetune.masks not in MASKS:
+    try:
+      slimming.read_kept_channels(config.finetune.masks, specs)
+    except ValueError as e:
+      raise ConfigError(f'config.finetune.masks: {e}') from None
+  smallest = flops.flops_rate(table, flops.min_kept(specs),
+                              config.search.flops_include_bn)
+  if config.search.target_flops_rate < smallest:
+    raise ConfigError(
+        f'config.search.target_flops_rate={config.search.target_flops_rate}'
+        f': {config.model.name} cannot get below a FLOPs rate of '
+        f'{smallest:.4f} even with every gate at one channel')

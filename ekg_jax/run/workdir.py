@@ -1,0 +1,241 @@
+"""One workdir, one experiment, one running process: where the phases keep
+their files, the summary, the lock, the config pinning and the checks of
+what a run finds there.
+
+`lock(workdir)` holds a `flock` on `workdir/.lock` (which names the owner's
+PID) while a run works there: a second run refuses; a killed run's lock is
+released by the kernel, so a stale lock never blocks. `check_config` refuses a
+config that differs from the one the workdir's earlier runs used, in the keys
+that the results already there depend on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator
+
+import ml_collections
+
+from ekg_jax.files import checkpoint as ckpt_lib
+from ekg_jax.runtime import distributed
+from ekg_jax.config import ConfigError, default_config
+
+CONFIG = 'config.json'
+LOCK = '.lock'
+
+# Where the phases keep their files, relative to the workdir: the one place
+# the phases, the resume checks and the report read them from. Each phase
+# writes its metrics, plots and checkpoints in `phase_dir(workdir, phase)`.
+SUMMARY = 'summary.json'
+PRETRAINED = 'pretrain/final'
+WARMED_UP = 'search/warmup'
+SEARCH_STATE = 'search/state.npz'
+SEARCH_HISTORY = 'search/history.json'
+MEMORY_BANK = 'memory_bank/bank.npz'
+FINETUNED = 'finetune/final'
+# Files whose presence means a phase has started producing results (it
+# resumes from them), before its summary entry marks it finished.
+STATE_FILES = {
+    'pretrain': ('pretrain/checkpoints', PRETRAINED),
+    'search': (SEARCH_STATE, WARMED_UP),
+    'memory_bank': (MEMORY_BANK,),
+    'finetune': ('finetune/checkpoints',),
+}
+# Keys that control how a run runs, not what it computes: they may change
+# between the runs that share a workdir. Learning rates too, so that a run
+# stopped by a non-finite loss can resume from its last good checkpoint with
+# a lower one.
+RUN_CONTROL = ('phases', 'quiet', 'distributed', 'cache_dir',
+               'data.data_dir', 'data.decode_workers', 'data.prefetch',
+               'pretrain.learning_rate',
+               'finetune.learning_rate')
+
+
+class WorkdirError(RuntimeError):
+  pass
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive `flock` on workdir/.lock while the run works there.
+  The kernel drops it when the process dies, so a killed run's lock never
+  blocks the rerun; the file holds the owner's PID for the message. In a
+  run of several processes, process 0 holds it for all (they share the
+  workdir and start together)."""
+  import fcntl
+  if not distributed.is_primary():
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
+      raise WorkdirError(
+          f'{workdir} is in use by process {owner} (lock file {path}); '
+          'wait for it, stop it, or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+# Which keys each phase's results depend on (prefixes of flattened keys).
+# Every phase depends on COMMON. Once a phase has produced something, its
+# keys are pinned: a rerun must use the same values. Keys of phases that
+# have produced nothing may change, so a run that failed before computing
+# leaves the workdir reusable with a corrected config.
+COMMON = ('model.', 'seed', 'init_checkpoint', 'data.name',
+          'data.train_split', 'data.image_size', 'data.mean', 'data.std')
+PHASE_KEYS = {
+    'pretrain': ('pretrain.', 'augment.', 'data.test_split'),
+    'evaluate': ('data.test_split',),
+    'search': ('warmup.', 'search.', 'data.val_per_class',
+               'data.warmup_per_class', 'data.subset_seed'),
+    'landscape': ('landscape.', 'data.test_split'),
+    'memory_bank': ('memory_bank.',),
+    'finetune': ('finetune.', 'augment.', 'data.test_split'),
+    'export': ('export.',),
+}
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict:
+  out = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f'{prefix}{k}.')
+      else:
+        out[f'{prefix}{k}'] = v
+
+  walk(json.loads(config.to_json()), '')
+  return {k: v for k, v in out.items() if k not in RUN_CONTROL}
+
+
+def _pinned(key: str, phases) -> bool:
+  prefixes = COMMON + tuple(p for ph in phases for p in PHASE_KEYS[ph])
+  return any(key == p or (p.endswith('.') and key.startswith(p))
+             for p in prefixes)
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str,
+                 produced=()) -> None:
+  """Raises WorkdirError naming the keys where `config` differs from the
+  config saved by the workdir's earlier runs, among the keys that the
+  phases in `produced` (those that finished or left state behind) depend
+  on. Run-control keys may always change."""
+  path = os.path.join(workdir, CONFIG)
+  if not produced or not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flat(ml_collections.ConfigDict(json.load(f)))
+  now = _flat(config)
+  # A key the toolkit gained after that run: the run had its default.
+  defaults = _flat(default_config())
+  saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
+  differing = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k)
+                     and _pinned(k, produced))
+  if differing:
+    shown = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
+                      for k in differing[:8])
+    raise WorkdirError(
+        f'{workdir} holds results of another config (phases '
+        f'{", ".join(produced)} ran with {shown}'
+        f'{" ..." if len(differing) > 8 else ""}); use a new --workdir, or '
+        'the same values to resume')
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  from ekg_jax.files.checkpoint import write_json_atomic
+  if not distributed.is_primary():  # process 0 writes for all
+    return
+  write_json_atomic(os.path.join(workdir, CONFIG),
+                    json.loads(config.to_json()))
+
+
+def phase_dir(workdir: str, phase: str) -> str:
+  return os.path.join(workdir, phase)
+
+
+def load_summary(workdir: str) -> dict:
+  path = os.path.join(workdir, SUMMARY)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+def record(workdir: str, results: dict) -> dict:
+  """Adds a phase's results (summary key -> fields) in one atomic write
+  (by process 0; every process gets the summary back)."""
+  summary = {**load_summary(workdir), **results}
+  if distributed.is_primary():
+    ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), summary)
+  return summary
+
+
+def produced_phases(workdir: str, summary: dict,
+                    summary_keys: dict[str, str]) -> list[str]:
+  """Phases (name -> the summary key that marks them finished) that
+  finished or left state behind in `workdir`."""
+  def present(rel):
+    path = os.path.join(workdir, rel)
+    return (os.path.isfile(path) or ckpt_lib.npz_exists(path)
+            if not os.path.isdir(path) else bool(os.listdir(path)))
+  return [name for name, key in summary_keys.items()
+          if key in summary or any(present(f) for f in
+                                   STATE_FILES.get(name, ()))]
+
+
+def validate_workdir_path(workdir: str) -> None:
+  """The workdir must exist as a writable folder or be creatable."""
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is a file, so the '
+                      'workdir cannot be created; choose another folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir!r}: {existing} is not writable; '
+                      'choose a folder you can write to')
+
+
+def validate_workdir(config: ml_collections.ConfigDict, phases, summary
+                     ) -> None:
+  """Phases need what earlier phases leave in the workdir (`summary` holds
+  the finished ones): refuse before any compute, naming what to run."""
+  ready = set(summary) | set(phases)  # phase names are their summary keys
+  knowledge = config.finetune.knowledge != 'none'
+  searched = config.finetune.masks == 'search'  # else masks of its own
+  needs = {'landscape': ['search'], 'memory_bank': ['search'],
+           'finetune': (['search'] if searched else [])
+                       + (['memory_bank'] if knowledge else []),
+           'export': ['finetune']}
+  for phase in phases:
+    for before in needs.get(phase, []):
+      if before not in ready:
+        why = (f' (finetune.knowledge={config.finetune.knowledge!r} '
+               'distils from it; finetune.knowledge=none needs none)'
+               if before == 'memory_bank' else '')
+        raise ConfigError(
+            f'phase {phase!r} needs a finished {before!r} phase in this '
+            f'workdir{why}: run --config.phases={before} first, or add it '
+            f'to config.phases')
+  if 'search' in summary:  # a finished search is skipped, so it is final
+    # The history holds steps + 1 networks; the final one never teaches.
+    networks = summary['search']['steps']
+    if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
+      raise ConfigError(
+          f'config.memory_bank.num_teachers='
+          f'{config.memory_bank.num_teachers}: the search in this workdir '
+          f'has {networks} networks that may teach (its history without the '
+          f'final network); choose 1..{networks}')

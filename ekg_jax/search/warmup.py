@@ -1,0 +1,50 @@
+"""The reference code's warm-up before the search (ekg_algorithm.md 1.2).
+
+One pass over a small fixed train subset, no augmentation, BN in training
+mode (running statistics updated), the reference's one optimizer
+(`train.sgd_nesterov`: Nesterov SGD, weight decay added to the gradient of
+every trainable variable). The loss keeps the
+reference quirk: the batch's summed CE divided by `loss_divisor` (128) while
+batches hold 256 images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ekg_jax.data import datasets as data_lib
+from ekg_jax.training import losses, steps
+
+
+def warmup(model, variables: Any, split: data_lib.Split, mean, std,
+           config) -> Any:
+  """Returns the variables after one warm-up pass over `split` (in order)."""
+  tx = steps.sgd_nesterov(config.learning_rate, config.momentum,
+                          config.weight_decay)
+  params, stats = variables['params'], variables['batch_stats']
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, stats, opt_state, images, labels):
+    x = data_lib.normalize(images, mean, std)
+
+    def loss_fn(params):
+      logits, updates = model.apply({'params': params, 'batch_stats': stats},
+                                    x, train=True, mutable=['batch_stats'])
+      loss = losses.cross_entropy(logits, labels).sum() / config.loss_divisor
+      return loss, updates['batch_stats']
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+
+  for sl in data_lib.batches(len(split), config.batch_size):
+    params, stats, opt_state, _ = step(params, stats, opt_state,
+                                       jnp.asarray(split.images[sl]),
+                                       jnp.asarray(split.labels[sl]))
+  # Block: the steps were dispatched asynchronously, and callers time this.
+  return jax.block_until_ready({'params': params, 'batch_stats': stats})
