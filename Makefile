@@ -19,7 +19,7 @@ PREPARE ?= cifar10 official
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo prepare evaluate test test-slow torch-venv onnx colab-venv tf-venv \
+.PHONY: install demo prepare evaluate test test-slow docs torch-venv onnx colab-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
@@ -127,6 +127,16 @@ evaluate: install
 # 2 cores) ...
 test: install
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) -m 'not slow'
+
+# The documentation site (docs/, README.md and the two folder READMEs as
+# pages) into docs/_build/html, warnings as errors: a broken link, anchor or
+# docstring fails it. The [docs] extra goes into .venv on first use.
+$(VENV)/.docs: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q -e '.[test,docs]'
+	touch $@
+
+docs: $(VENV)/.docs
+	$(VENV)/bin/python -m sphinx -c docs -W --keep-going -q -b html . docs/_build/html
 
 # ... and the slow ones: kill-and-resume, fault injection, the notebook.
 test-slow: install
