@@ -51,7 +51,7 @@ torch-venv: $(TORCH_VENV)/.installed
 
 # ONNX export (the [onnx] extra) in the same virtualenv: jax2onnx 0.17 pins
 # orbax-checkpoint below 0.11.37, so pip moves it to 0.11.36, which ekg_jax
-# works with (README, Deployment). Not part of `install`, which keeps the
+# works with (docs/deployment.md). Not part of `install`, which keeps the
 # newest orbax-checkpoint for those who do not export to ONNX.
 $(VENV)/.onnx: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install -q -e '.[test,onnx]'
