@@ -19,7 +19,8 @@ PREPARE ?= cifar10 official
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo prepare evaluate lint test test-slow torch-venv onnx colab-venv tf-venv \
+.PHONY: install demo prepare evaluate lint test test-slow docs torch-venv onnx \
+	colab-venv tf-venv \
 	bench bench-quick bench-authors bench-authors-quick
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
@@ -51,7 +52,7 @@ torch-venv: $(TORCH_VENV)/.installed
 
 # ONNX export (the [onnx] extra) in the same virtualenv: jax2onnx 0.17 pins
 # orbax-checkpoint below 0.11.37, so pip moves it to 0.11.36, which ekg_jax
-# works with (README, Deployment). Not part of `install`, which keeps the
+# works with (docs/deployment.md). Not part of `install`, which keeps the
 # newest orbax-checkpoint for those who do not export to ONNX.
 $(VENV)/.onnx: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install -q -e '.[test,onnx]'
@@ -132,6 +133,16 @@ lint: install
 # 2 cores) ...
 test: install
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) -m 'not slow'
+
+# The documentation site (docs/, README.md and the two folder READMEs as
+# pages) into docs/_build/html, warnings as errors: a broken link, anchor or
+# docstring fails it. The [docs] extra goes into .venv on first use.
+$(VENV)/.docs: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q -e '.[test,docs]'
+	touch $@
+
+docs: $(VENV)/.docs
+	$(VENV)/bin/python -m sphinx -c docs -W --keep-going -q -b html . docs/_build/html
 
 # ... and the slow ones: kill-and-resume, fault injection, the notebook.
 test-slow: install

@@ -1,4 +1,4 @@
-"""Which JAX versions load which `model.jax` (README, Deployment).
+"""Which JAX versions load which `model.jax` (docs/deployment.md).
 
 Each --exporter Python (ekg_jax importable there) exports a ResNet-20 with
 random weights through `ekg_jax.deploy.export` (platforms cpu, cuda, tpu, symbolic

@@ -1,5 +1,5 @@
 """The benchmark report: the machine a run measured on, and each section's
-results as the Markdown the README shows (`run.py` writes it beside the JSON).
+results as the Markdown docs/performance.md shows (`run.py` writes it beside the JSON).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
   python benchmarks/run.py                 # full suite, ~30 min on 2 cores
   python benchmarks/run.py --quick --out-dir /tmp/bench   # smoke run (CI)
 
-Writes `<out-dir>/<machine>.json` and `<machine>.md` (the Markdown table the
-README shows). Each measured side runs in its own worker process
+Writes `<out-dir>/<machine>.json` and `<machine>.md` (the Markdown tables
+docs/performance.md shows). Each measured side runs in its own worker process
 (`jax_worker.py`, and `torch_reference.py` in the PyTorch virtualenv made by
 `make torch-venv`); the driver alternates them repetition by repetition, so
 drift on the machine hits every side alike, and each ratio is the median of

@@ -4,7 +4,7 @@
   python -m ekg_jax.main --config=configs/resnet_imagenet.py:resnet50 --workdir=W
 
 or the per-model files resnet18_imagenet.py, resnet34_imagenet.py,
-resnet50_imagenet.py. ImageNet is streamed with Grain (README, Data).
+resnet50_imagenet.py. ImageNet is streamed with Grain (docs/data.md).
 """
 
 from ekg_jax import config as config_lib

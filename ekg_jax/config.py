@@ -37,7 +37,7 @@ DEFAULT_PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank',
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # initialisation, data order, augmentation, the random criterion
   # Comma-separated phases, run in pipeline order; finished ones are skipped
   # on a rerun. 'pretrain' runs only without init_checkpoint; 'evaluate'
   # measures the dense network on the test split.
@@ -54,25 +54,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.distributed = False
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'resnet56'
+  c.model.name = 'resnet56'  # a registered model (ekg_jax/models)
   c.model.renormalize = True  # section 7: rescale pruned kernels' L2 norm
   c.model.straight_through = True  # section 3: dx = dy through the gates
-  c.model.bn_momentum = 0.9
+  c.model.bn_momentum = 0.9  # of the running statistics
   c.model.bn_epsilon = 1e-5  # shared README: BN epsilon of the checkpoint
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'cifar10'
+  c.data.name = 'cifar10'  # a prepared TFDS dataset
   c.data.data_dir = ''  # '' = $TFDS_DATA_DIR, else TFDS's default
-  c.data.train_split = 'train'
-  c.data.test_split = 'test'
-  c.data.image_size = 32
-  c.data.mean = REFERENCE_MEAN
-  c.data.std = REFERENCE_STD
+  c.data.train_split = 'train'  # a TFDS split; slices ('train[:5000]') work
+  c.data.test_split = 'test'  # likewise
+  c.data.image_size = 32  # the model's input side (CIFAR: 32, ImageNet: 224)
+  c.data.mean = REFERENCE_MEAN  # per channel, R, G, B, on the 0-255 scale
+  c.data.std = REFERENCE_STD  # likewise
   c.data.val_per_class = 32  # search validation: last 32 train images/class
   c.data.warmup_per_class = 256  # warm-up: first 256 train images/class
   c.data.subset_seed = 1  # np.random.seed(1); np.random.shuffle(idx)
-  c.data.eval_batch_size = 500
+  c.data.eval_batch_size = 500  # test-split evaluation (clamped to the split)
   # How images reach the steps (ekg_jax/training/input_pipeline.py): 'memory' (splits
   # decoded once, the train split on the device; CIFAR) or 'grain'
   # (streamed: ImageNet and other datasets of any size).
@@ -81,22 +81,22 @@ def default_config() -> ml_collections.ConfigDict:
   # batches put on the devices ahead of the step, and the train crop
   # (Inception-style random-resized crop: area fraction, aspect ratio).
   c.data.decode_workers = 0
-  c.data.prefetch = 2
-  c.data.crop_scale = (0.08, 1.0)
-  c.data.crop_ratio = (3 / 4, 4 / 3)
+  c.data.prefetch = 2  # batches
+  c.data.crop_scale = (0.08, 1.0)  # area fraction
+  c.data.crop_ratio = (3 / 4, 4 / 3)  # aspect ratio
 
   c.augment = ml_collections.ConfigDict()  # section 8
   c.augment.pad = 4  # reflect pad, then random crop back to image_size
-  c.augment.color_jitter = True
-  c.augment.contrast = (0.8, 1.2)
-  c.augment.saturation = (0.8, 1.2)
+  c.augment.color_jitter = True  # brightness, contrast, saturation; 2 views
+  c.augment.contrast = (0.8, 1.2)  # factor range
+  c.augment.saturation = (0.8, 1.2)  # factor range
   # Shift on the 0-255 scale: the reference's tf.image.random_brightness(x,
   # 0.2) on 0-255 pixels, i.e. in effect none.
   c.augment.brightness = 0.2
 
   c.warmup = ml_collections.ConfigDict()  # section 1.2 (on: search.warmup)
   c.warmup.batch_size = 256
-  c.warmup.learning_rate = 1e-3
+  c.warmup.learning_rate = 1e-3  # one pass over the warm-up images, in order
   c.warmup.momentum = 0.9  # Nesterov
   c.warmup.weight_decay = 5e-4  # added to every gradient, BN included
   c.warmup.loss_divisor = 128  # quirk: summed CE / 128 on batches of 256
@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   # `search.SearchConfig`'s, the ones `prune` takes; the pipeline adds the
   # validation batch size and the warm-up switch.
   c.search = ml_collections.ConfigDict(search_options.defaults())
-  c.search.batch_size = 256
+  c.search.batch_size = 256  # validation batches (objective: sum / this)
   c.search.warmup = True  # run the warm-up before the search
 
   # Loss-landscape measures of the searched network (phase 'landscape';
@@ -113,15 +113,16 @@ def default_config() -> ml_collections.ConfigDict:
   # trace, loss slices along filter-normalised directions, on the search's
   # validation batches.
   c.landscape = ml_collections.ConfigDict()
-  # ~4 minutes for the searched ResNet-56 on 2 CPU cores.
-  c.landscape.lanczos_iterations = 20  # at most, with a tolerance
+  # At most (see the tolerance); 20 with the defaults below take ~4 minutes
+  # for the searched ResNet-56 on 2 CPU cores.
+  c.landscape.lanczos_iterations = 20
   # 0: exactly lanczos_iterations steps; > 0: stop once lambda_min moves by
   # at most this fraction of itself per step, two steps running.
   c.landscape.lanczos_tolerance = 0.0
-  c.landscape.num_eigenvalues = 3
-  c.landscape.trace_samples = 20
-  c.landscape.slice_points = 21
-  c.landscape.grid_points = 9
+  c.landscape.num_eigenvalues = 3  # the top ones, besides the most negative
+  c.landscape.trace_samples = 20  # Hutchinson's Rademacher vectors
+  c.landscape.slice_points = 21  # along each 1-D slice
+  c.landscape.grid_points = 9  # per side of the 2-D grid
   c.landscape.bn = 'batch'  # 'batch' (as the search) | 'running'
   c.landscape.seed = 0  # Lanczos' start vector, the trace's, the slices'
   # 0: the search's validation batches; k >= 1: the k-th disjoint subset of
@@ -129,27 +130,27 @@ def default_config() -> ml_collections.ConfigDict:
   c.landscape.subset = 0
 
   c.memory_bank = ml_collections.ConfigDict()  # section 6
-  c.memory_bank.num_teachers = 5
-  c.memory_bank.batch_size = 256
+  c.memory_bank.num_teachers = 5  # K, at evenly spaced validation losses
+  c.memory_bank.batch_size = 256  # teachers' forward passes, split order
   c.memory_bank.dtype = 'bfloat16'  # storage of the logits (2 bytes each)
   # Keep only the k largest logits per image and teacher, with their class
   # indices and one tail logit for the rest (ekg_jax/knowledge/topk.py): 0 keeps all
   # (dense); ~20 makes an ImageNet bank fit (0.5 GB instead of 12.8 GB).
   # The tail is computed at finetune.temperature, which then cannot change.
   c.memory_bank.top_k = 0
-  c.memory_bank.checkpoint_every_batches = 20
+  c.memory_bank.checkpoint_every_batches = 20  # a killed bank resumes
+
+  # The fine-tuned network as deployable artifacts (ekg_jax/deploy/export.py): a
+  # jax.export program for these platforms, and widths + arrays; with onnx,
+  # also model.onnx (ekg_jax/deploy/export_onnx.py, needs the [onnx] extra).
+  c.export = ml_collections.ConfigDict()
+  c.export.platforms = 'cpu,cuda,tpu'  # comma-separated
+  c.export.onnx = False
 
   # Plain supervised training of the dense network, run only when there is
   # no init_checkpoint. The usual CIFAR ResNet recipe (He et al. 2016: lr
   # 0.1, x0.1 at 50% and 75% of 164 epochs, weight decay 1e-4, batch 128),
   # one augmented view, cross-entropy.
-  # The fine-tuned network as deployable artifacts (ekg_jax/deploy/export.py): a
-  # jax.export program for these platforms, and widths + arrays; with onnx,
-  # also model.onnx (ekg_jax/deploy/export_onnx.py, needs the [onnx] extra).
-  c.export = ml_collections.ConfigDict()
-  c.export.platforms = 'cpu,cuda,tpu'
-  c.export.onnx = False
-
   c.pretrain = training_recipe(epochs=164, learning_rate=0.1,
                                lr_decay_epochs_fraction=(0.5, 0.75))
 
@@ -175,7 +176,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def imagenet_config(model: str) -> ml_collections.ConfigDict:
   """ResNet-18/34/50 on ImageNet with EKG, streamed with Grain (the
-  prepared TFDS `imagenet2012` needs a manual download: README, Data).
+  prepared TFDS `imagenet2012` needs a manual download: docs/data.md).
   Paper: ResNet-50 with about 45% of FLOPs removed, no accuracy drop."""
   config = default_config()
   config.model.name = model
@@ -221,8 +222,8 @@ def training_recipe(epochs: int, learning_rate: float,
   """The keys every training phase (pretrain, finetune) has."""
   r = ml_collections.ConfigDict()
   r.epochs = epochs
-  r.batch_size = 128
-  r.learning_rate = learning_rate
+  r.batch_size = 128  # global: divides over every device of every process
+  r.learning_rate = learning_rate  # before the decays
   # The rate is multiplied by lr_decay_factor at each listed fraction of the
   # run's steps (for 100 epochs: at those epochs, as the reference).
   r.lr_decay_epochs_fraction = lr_decay_epochs_fraction

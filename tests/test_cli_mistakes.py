@@ -3,7 +3,7 @@
 Each mistake must end the CLI with a non-zero status and ONE line on stderr
 naming the problem, before any compute where the input allows (no phase
 results in the workdir), and the corrected command must then succeed in
-the same workdir. The counts are in the README (Reliability).
+the same workdir. The counts are in docs/reliability.md.
 """
 
 import json

@@ -2,7 +2,7 @@
 official ResNet-56 on CIFAR-10 (the real recipe: warm-up, 320 validation
 images), with their chosen gates, losses and importance scores. The authors'
 code, run on the same data and weights, chose the same three gates with the
-same validation CE (its units x 512/320; README, Fidelity). Any change to what the search computes (importance,
+same validation CE (its units x 512/320; docs/fidelity.md). Any change to what the search computes (importance,
 marking, step sizes, the objective, the teacher) moves these numbers, so a
 refactor that passes this test changed no number.
 

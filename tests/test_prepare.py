@@ -164,7 +164,7 @@ def test_prepare_command(cifar_url, tmp_path):
   assert result.stdout.strip() == f'cifar10: {tmp_path}/cifar10/3.0.2'
   assert result.returncode == 2  # the weights: offline
   last = result.stderr.rstrip('\n').split('\n')[-1]  # after the progress
-  assert last.startswith('ekg_jax.data.prepare: error: ')
+  assert last.startswith('ekg_jax.prepare: error: ')
   assert 'cannot download http://127.0.0.1:9/res56_cifar10.pkl' in last
 
 

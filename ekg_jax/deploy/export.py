@@ -15,8 +15,8 @@ network:
   variables from them in one call.
 
 Compatibility: the JAX that exported an artifact loads it, and releases
-near it; much older or newer ones refuse it (measured, README "Which JAX
-loads model.jax"), so export with the JAX that will run it.
+near it; much older or newer ones refuse it (measured: docs/deployment.md,
+"Which JAX loads model.jax"), so export with the JAX that will run it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ ALLOCATIONS: dict[str, Callable] = {}
 class SearchConfig:
   """The search's options; `config.py`'s `search` section starts from these
   defaults, and `prune(**options)` takes the same names."""
+  # Stop at FLOPs(sub-network) / FLOPs(dense) <= this (0.45: ~55% removed).
   target_flops_rate: float = 0.45
   step: float = 0.2  # s in delta = max(1/C, s/u)
   teacher: str = 'ensemble'  # 'ensemble' | 'single' | 'none'
