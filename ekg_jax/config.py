@@ -45,8 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
   # The official `.pkl` or a checkpoint directory written by this project.
   c.init_checkpoint = ''
   c.quiet = False  # no progress bars (CI logs)
-  # Decoded splits and compiled programs kept between runs (ekg_jax/files/cache.py):
-  # 'auto' = $EKG_JAX_CACHE or ~/.cache/ekg_jax; '' = none.
+  # Decoded splits and compiled programs kept between runs
+  # (ekg_jax/files/cache.py): 'auto' = $EKG_JAX_CACHE or ~/.cache/ekg_jax;
+  # '' = none.
   c.cache_dir = 'auto'
   # Multi-host: call jax.distributed.initialize() first (its settings come
   # from the cluster environment, e.g. Cloud TPU or SLURM); the data mesh
@@ -73,9 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.warmup_per_class = 256  # warm-up: first 256 train images/class
   c.data.subset_seed = 1  # np.random.seed(1); np.random.shuffle(idx)
   c.data.eval_batch_size = 500  # test-split evaluation (clamped to the split)
-  # How images reach the steps (ekg_jax/training/input_pipeline.py): 'memory' (splits
-  # decoded once, the train split on the device; CIFAR) or 'grain'
-  # (streamed: ImageNet and other datasets of any size).
+  # How images reach the steps (ekg_jax/training/input_pipeline.py):
+  # 'memory' (splits decoded once, the train split on the device; CIFAR) or
+  # 'grain' (streamed: ImageNet and other datasets of any size).
   c.data.pipeline = 'memory'
   # 'grain' only: decoding worker processes (0 = threads of this process),
   # batches put on the devices ahead of the step, and the train crop
@@ -109,9 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.search.warmup = True  # run the warm-up before the search
 
   # Loss-landscape measures of the searched network (phase 'landscape';
-  # ekg_jax/search/landscape.py): Lanczos on Hessian-vector products, Hutchinson's
-  # trace, loss slices along filter-normalised directions, on the search's
-  # validation batches.
+  # ekg_jax/search/landscape.py): Lanczos on Hessian-vector products,
+  # Hutchinson's trace, loss slices along filter-normalised directions, on
+  # the search's validation batches.
   c.landscape = ml_collections.ConfigDict()
   # At most (see the tolerance); 20 with the defaults below take ~4 minutes
   # for the searched ResNet-56 on 2 CPU cores.
@@ -134,8 +135,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.memory_bank.batch_size = 256  # teachers' forward passes, split order
   c.memory_bank.dtype = 'bfloat16'  # storage of the logits (2 bytes each)
   # Keep only the k largest logits per image and teacher, with their class
-  # indices and one tail logit for the rest (ekg_jax/knowledge/topk.py): 0 keeps all
-  # (dense); ~20 makes an ImageNet bank fit (0.5 GB instead of 12.8 GB).
+  # indices and one tail logit for the rest (ekg_jax/knowledge/topk.py): 0
+  # keeps all (dense); ~20 makes an ImageNet bank fit (0.5 GB, not 12.8 GB).
   # The tail is computed at finetune.temperature, which then cannot change.
   c.memory_bank.top_k = 0
   c.memory_bank.checkpoint_every_batches = 20  # a killed bank resumes

@@ -19,8 +19,9 @@ SHARED = REPO.parent / 'shared'
 TFDS_DIR = os.environ.get('TFDS_DATA_DIR') or str(SHARED / 'tfds')
 OFFICIAL_RESNET56 = SHARED / 'pretrained' / 'ekg_official_resnet56_cifar10.pkl'
 
-# The caches (ekg_jax/files/cache.py) of everything the tests run, CLI subprocesses
-# included, go to a folder of this session's, not the user's ~/.cache.
+# The caches (ekg_jax/files/cache.py) of everything the tests run, CLI
+# subprocesses included, go to a folder of this session's, not the user's
+# ~/.cache.
 os.environ['EKG_JAX_CACHE'] = tempfile.mkdtemp(prefix='ekg_jax_test_cache_')
 atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
 

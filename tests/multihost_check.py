@@ -8,7 +8,7 @@ localhost:PORT (process 0 serves it). Every process feeds only its own rows
 of the same global batch; what it saw goes to OUT/process_<id>.npz:
 - step_*: the state and metrics after two fine-tuning steps of the
   data-parallel step the trainer runs (sync BN, ensemble knowledge);
-- train_*: `trainer.train` for one epoch of 4 steps (per-device BN,
+- train_*: `loop.train` for one epoch of 4 steps (per-device BN,
   orbax checkpoints every 2 steps in OUT/train, shared by the processes);
 - bad_batch: the error of a batch that does not divide over every device.
 """
@@ -65,7 +65,8 @@ def steps(model, variables, out):
   bank = np.random.default_rng(12).normal(size=(BATCH, 3, 10)).astype(
       np.float32)
   rows = distributed.process_rows(mesh, BATCH)
-  state = distributed.replicate(mesh, steps_lib.TrainState.create(variables, tx))
+  state = distributed.replicate(
+      mesh, steps_lib.TrainState.create(variables, tx))
   for i in range(2):
     keys = jax.random.split(jax.random.key(i), BATCH)
     batch = distributed.global_batch(

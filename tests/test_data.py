@@ -98,7 +98,8 @@ def test_a_decoded_split_is_cached_and_redecoded_when_the_data_changes(
   [entry] = (tmp_path / 'decoded' / 'cifar10').glob('*.npz')
   decoded = []
   real = datasets._read
-  monkeypatch.setattr(datasets, '_read', lambda *a: decoded.append(1) or real(*a))
+  monkeypatch.setattr(datasets, '_read',
+                      lambda *a: decoded.append(1) or real(*a))
   again = datasets.load_split('cifar10', 'test[:50]', TFDS_DIR,
                               cache_dir=str(tmp_path))
   assert not decoded  # read back, not decoded

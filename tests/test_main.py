@@ -45,8 +45,8 @@ def test_cli_evaluate_writes_summary(tmp_path):
       jax.eval_shape(model.init, jax.random.key(0),
                      jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)))
   test = datasets.load_split('cifar10', 'test[:200]', TFDS_DIR)
-  logits = model.apply(variables, datasets.normalize(test.images, REFERENCE_MEAN,
-                                                     REFERENCE_STD))
+  logits = model.apply(variables, datasets.normalize(
+      test.images, REFERENCE_MEAN, REFERENCE_STD))
   hits = int((np.argmax(logits, -1) == test.labels).sum())
   assert base['test_accuracy'] == pytest.approx(100.0 * hits / 200)
   # ResNet-56 MACs: stem, 9 blocks per stage, projections, fc.

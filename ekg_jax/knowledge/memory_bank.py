@@ -6,7 +6,8 @@ teachers. Their logits on every train image are computed once, by ONE jitted
 function that `vmap`s the supernet over the K teachers' stacked masks, and
 stored as `logits[N, K, classes]` (image-major, so a batch of images gathers
 one contiguous block; the paper writes M[N, classes, K]), or, with
-`memory_bank.top_k`, as the k largest logits per teacher (`ekg_jax/knowledge/topk.py`).
+`memory_bank.top_k`, as the k largest logits per teacher
+(`ekg_jax/knowledge/topk.py`).
 """
 
 from __future__ import annotations

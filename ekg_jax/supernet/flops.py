@@ -1,7 +1,7 @@
 """FLOPs and parameter counts from a layer table and kept channel counts.
 
 Convention (the reference code's): a FLOP is one multiply-accumulate. Each
-layer's FLOPs are the sum of its `Cost` terms (layers.py), e.g.
+layer's FLOPs are the sum of its `Cost` terms (protocol.py), e.g.
   conv      H_out * W_out * kh * kw * C_in_kept * C_out_kept
             (depthwise: H_out * W_out * kh * kw * C_kept)
   dense     C_in_kept * C_out_kept

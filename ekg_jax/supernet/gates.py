@@ -4,7 +4,7 @@ A *gate* is a set of channels that must be pruned together (ekg_algorithm.md
 section 2). Models are written with the gated layers below, each naming the gate
 on its input and output channel axes, and call `apply_gate` where the algorithm
 multiplies activations by a mask. Each gated layer describes its variables
-and cost (`describe_layer`, see layers.py); everything else (the gate list,
+and cost (`describe_layer`, see protocol.py); everything else (the gate list,
 FLOPs, slimming, importance) is derived from one trace of the model by
 `layer_table`, so no per-model bookkeeping exists outside the model's own file.
 

@@ -1,4 +1,4 @@
-"""Where the trainer's steps get their batches (`trainer.train` runs one
+"""Where the trainer's steps get their batches (`loop.train` runs one
 feed, chosen by `config.data.pipeline` through `input_pipeline.PIPELINES`).
 
 Both run a stretch of steps inside one epoch, `run(state, step, n, key,

@@ -75,7 +75,7 @@ def train(model, variables: Any, train: data_lib.Split,
     config: the whole config (config[section], data, augment, seed).
     section: the config section with the recipe: 'finetune', or
       'pretrain' (plain supervised training of the dense network).
-    loss: replaces `distill.views_loss` (see `train.make_step`).
+    loss: replaces `distill.views_loss` (see `steps.make_step`).
   """
   c = config[section]
   mesh = mesh or data_mesh()
