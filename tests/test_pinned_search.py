@@ -27,26 +27,31 @@ from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
 STEPS = 3
+# Losses to RTOL, scores to SCORE_RTOL: what two CPUs gave (above).
 RTOL = 1e-3
+SCORE_RTOL = 1e-2
 SCORED_GATES = ('stage0', 'stage1', 'stage2', 'stage0/block0',
                 'stage2/block8')
 
 # Produced by `python tests/test_pinned_search.py` (XLA's default CPU
-# convolutions, as under pytest) on 2026-11-26.
+# convolutions, as under pytest) on 2026-12-02, on the machine kind CI runs
+# on (AMD EPYC, 2 cores). The first pin (2026-11-26, another CPU) differed
+# from these by up to 4.6e-3 relative in the scores (sums over channels)
+# and 3.7e-4 in the losses: XLA:CPU picks its kernels by CPU model. The choices (gates, kept widths, candidates) were the same.
 PINNED = {
-    'scores': {'stage0': 7.47776460647583, 'stage1': 9.33242416381836,
-               'stage2': 9.803506851196289,
-               'stage0/block0': 0.1549030840396881,
-               'stage2/block8': 0.10345472395420074},
+    'scores': {'stage0': 7.477089881896973, 'stage1': 9.352821350097656,
+               'stage2': 9.803743362426758,
+               'stage0/block0': 0.15561991930007935,
+               'stage2/block8': 0.10342584550380707},
     'steps': [
         {'gate': 'stage0/block8', 'kept': 13, 'candidates': 19,
-         'val_loss': 0.33825597167015076, 'objective': 0.45260515809059143},
+         'val_loss': 0.3381969928741455, 'objective': 0.4524381160736084},
         {'gate': 'stage2/block8', 'kept': 52, 'candidates': 19,
-         'val_loss': 0.33633488416671753, 'objective': 0.45177850127220154},
+         'val_loss': 0.3362824618816376, 'objective': 0.45161762833595276},
         {'gate': 'stage2/block7', 'kept': 52, 'candidates': 19,
-         'val_loss': 0.3283737003803253, 'objective': 0.4504317343235016},
+         'val_loss': 0.32834500074386597, 'objective': 0.45029449462890625},
     ],
-    'initial_val_loss': 0.34010884165763855,
+    'initial_val_loss': 0.3400685787200928,
 }
 
 
@@ -103,10 +108,8 @@ def test_search_trajectory_is_pinned():
                              [0.2114, 0.2101, 0.2052], atol=2e-4)
   assert [s['gate'] for s in got['steps']] == \
       [s['gate'] for s in PINNED['steps']]
-  # The choices are exact; the floats agree to RTOL, not to the last bit:
-  # XLA:CPU picks its kernels by CPU model, and two machines of the same kind
-  # gave a first-step val_loss 1.7e-4 apart (relative), far below the gaps
-  # between the candidates the search ranks.
+  # The choices are exact; the floats agree to RTOL (SCORE_RTOL), not to
+  # the last bit, on another CPU (see PINNED).
   for mine, pinned in zip(got['steps'], PINNED['steps']):
     assert mine['kept'] == pinned['kept']
     assert mine['candidates'] == pinned['candidates']
@@ -116,7 +119,7 @@ def test_search_trajectory_is_pinned():
                                rtol=RTOL)
   for g in SCORED_GATES:
     np.testing.assert_allclose(got['scores'][g], PINNED['scores'][g],
-                               rtol=RTOL, err_msg=g)
+                               rtol=SCORE_RTOL, err_msg=g)
   np.testing.assert_allclose(got['initial_val_loss'],
                              PINNED['initial_val_loss'], rtol=RTOL)
 
