@@ -27,6 +27,7 @@ from ekg_jax.config import ConfigError
 from ekg_jax.data.datasets import DatasetNotFoundError
 from ekg_jax.training.loop import NonFiniteError
 from ekg_jax.run.workdir import WorkdirError
+from ekg_jax.search import SearchError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (a Python file with get_config()).',
@@ -42,7 +43,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 # What a user can fix from the message alone.
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError,
-               NonFiniteError, WorkdirError)
+               NonFiniteError, SearchError, WorkdirError)
 
 
 def fail(message: str) -> None:

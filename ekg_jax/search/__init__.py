@@ -10,10 +10,9 @@
 """
 
 from ekg_jax.search.evaluate import STRATEGIES, Batches, Evaluator
-from ekg_jax.search.greedy import (ALLOCATIONS, SearchProblem, done,
-                                   init_state, prune,
-                                   run_search, search_step,
-                                   uniform_allocation)
+from ekg_jax.search.greedy import (ALLOCATIONS, SearchError, SearchProblem,
+                                   done, init_state, prune, run_search,
+                                   search_step, uniform_allocation)
 from ekg_jax.search.marking import (MARKINGS, candidate_rate, kept_count,
                                     kept_from_rates, mark_candidates,
                                     otsu_threshold, per_channel_cost,
@@ -25,7 +24,8 @@ from ekg_jax.search.state import (HistoryEntry, SearchState, history_entry,
 
 __all__ = [
     'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry',
-    'MARKINGS', 'STRATEGIES', 'SearchConfig', 'SearchProblem', 'SearchState',
+    'MARKINGS', 'STRATEGIES', 'SearchConfig', 'SearchError', 'SearchProblem',
+    'SearchState',
     'candidate_rate', 'done', 'history_entry', 'init_state', 'kept_count',
     'kept_from_rates', 'load_state', 'mark_candidates', 'otsu_threshold',
     'per_channel_cost', 'prune', 'reference_cost', 'resolve_evaluation',

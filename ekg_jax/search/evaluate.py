@@ -51,6 +51,16 @@ class Batches(NamedTuple):
   def sizes(self) -> list[int]:
     return [len(y) for y in self.labels]
 
+  def check_labels(self, num_classes: int) -> None:
+    """A label outside [0, classes) would make a NaN loss at every step."""
+    for i, labels in enumerate(self.labels):
+      labels = np.asarray(labels)
+      bad = (labels < 0) | (labels >= num_classes)
+      if bad.any():
+        raise ValueError(
+            f'batches: label {int(labels[bad][0])} (batch {i}) is outside '
+            f'[0, {num_classes}): the model has {num_classes} classes')
+
   def split(self, per_sample: jax.Array) -> list[jax.Array]:
     """Cuts an array over all validation samples into per-batch pieces."""
     bounds = np.cumsum([0, *self.sizes])

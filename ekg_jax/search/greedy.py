@@ -22,6 +22,7 @@ import numpy as np
 
 from ekg_jax.supernet import flops as flops_lib
 from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.supernet import protocol
 from ekg_jax.search import importance as importance_lib
 from ekg_jax.search import teacher as teacher_lib
 from ekg_jax.search.evaluate import Batches, Evaluator, _as_int32
@@ -102,6 +103,10 @@ def done(problem: SearchProblem, state: SearchState) -> bool:
   return problem.flops_rate(kept) <= problem.config.target_flops_rate
 
 
+class SearchError(RuntimeError):
+  """The search cannot go on (named with the step and the reason)."""
+
+
 def search_step(problem: SearchProblem, state: SearchState,
                 evaluation: str) -> SearchState:
   """One greedy step: importance, marking, candidate evaluation, accept."""
@@ -116,7 +121,7 @@ def search_step(problem: SearchProblem, state: SearchState,
     boundaries = None  # the new ranks keep other channels: recompute
   marked = mark_candidates(specs, state.rates, scores, config)
   if not marked:
-    raise RuntimeError(
+    raise SearchError(
         f'search step {state.step + 1}: no gate can shrink further, but the '
         f'FLOPs rate is still above {config.target_flops_rate}')
   new_rates = {}
@@ -130,6 +135,14 @@ def search_step(problem: SearchProblem, state: SearchState,
       evaluation, problem.variables, problem.batches, state.teacher.logits,
       _np_to_jnp(ranks), kept, candidates, boundaries)
   objectives = {g: float(r['objective']) for g, r in results.items()}
+  bad = [g for g in marked if not np.isfinite(objectives[g])]
+  if bad:
+    raise SearchError(
+        f'search step {state.step + 1}: the objective is '
+        f'{objectives[bad[0]]} for candidate {bad[0]} ({len(bad)} of '
+        f'{len(marked)} candidates): the validation data or the weights give '
+        'non-finite losses (images not normalised? labels outside the '
+        'classes? diverged weights?)')
   best = min(marked, key=lambda g: (objectives[g], marked.index(g)))
   rates = {**state.rates, best: new_rates[best]}
   kept = kept_from_rates(specs, rates, problem.config.round_to)
@@ -243,7 +256,10 @@ def prune(model, variables: Any, batches: Batches, target_flops_rate: float,
     The final `SearchState`: `.kept`, `.masks()`, `.history`.
   """
   config = SearchConfig(target_flops_rate=target_flops_rate, **options)
-  table = gates_lib.layer_table(model, batches.images[0].shape[1:])
+  input_shape = batches.images[0].shape[1:]
+  logits_shape = protocol.check_variables(model, variables, input_shape)
+  batches.check_labels(logits_shape[-1])
+  table = gates_lib.layer_table(model, input_shape)
   problem = SearchProblem(Evaluator(model, table, config, objective),
                           variables, batches, config)
   return run_search(problem, init_state(problem), progress=progress)

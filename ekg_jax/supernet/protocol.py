@@ -11,11 +11,13 @@ needs its own `describe_layer` and no change anywhere else.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The two gated sides of a layer: its input and its output channels.
 IN, OUT = 'in', 'out'
@@ -208,3 +210,56 @@ def first_segments(table: Sequence[LayerSpec]) -> dict[str, int]:
 
 def num_segments(table: Sequence[LayerSpec]) -> int:
   return max(layer.segment for layer in table) + 1
+
+
+# --------------------------------------------------------------------------
+# The library's door: a model and variables that belong together.
+
+MODEL_CONTRACT = (
+    'a Flax module (flax.linen.Module) whose apply(variables, x, masks=..., '
+    'train=...) returns logits [batch, classes], with gated layers '
+    '(GatedConv, GatedDense, GatedBatchNorm) between its gates')
+
+
+def check_model(model: Any, what: str = 'model') -> None:
+  """A non-model fails here with the contract, not deep inside a trace."""
+  if not isinstance(model, nn.Module):
+    raise TypeError(f'{what} is a {type(model).__name__}; it must be '
+                    f'{MODEL_CONTRACT}')
+
+
+def check_variables(model: nn.Module, variables: Mapping,
+                    input_shape: Sequence[int]) -> tuple[int, ...]:
+  """Refuses variables that are not `model`'s, naming the first extra,
+  missing or mis-shaped entry: Flax ignores extra parameters, so another
+  depth's variables would otherwise run (issue 26). Returns the shape of
+  the model's output (its logits) for one image."""
+  check_model(model)
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  expected, out = jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x)[::-1], x)
+  want = _flat(expected)
+  have = _flat(variables)
+  for path in have:
+    if path not in want:
+      raise ValueError(
+          f'variables: {path} is not a variable of this model '
+          f'({type(model).__name__}); were they made for another model?')
+  for path, spec in want.items():
+    if path not in have:
+      raise ValueError(f'variables: the model\'s {path} {tuple(spec.shape)} '
+                       'is missing')
+    shape = tuple(np.shape(have[path]))
+    if shape != tuple(spec.shape):
+      raise ValueError(f'variables: {path} has shape {shape}; this model\'s '
+                       f'is {tuple(spec.shape)}')
+  logits = jax.tree_util.tree_leaves(out)[0]
+  return tuple(logits.shape[1:])
+
+
+def _flat(tree: Mapping) -> dict[str, Any]:
+  if not isinstance(tree, Mapping):
+    raise TypeError(f'variables are a {type(tree).__name__}; they must be '
+                    "a mapping {'params': ..., 'batch_stats': ...}")
+  return {'/'.join(map(str, k)): v for k, v in
+          traverse_util.flatten_dict(dict(tree)).items()}

@@ -9,13 +9,14 @@ slimmed network computes what the masked supernet computes.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from ekg_jax.files import checkpoint
 from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.supernet import protocol
 from ekg_jax.supernet.model import Supernet
 
 
@@ -29,6 +30,23 @@ def _unfreeze(tree):
   if isinstance(tree, Mapping):
     return {k: _unfreeze(v) for k, v in tree.items()}
   return tree
+
+
+def _check_described(variables: Mapping[str, Any], table) -> None:
+  for layer in table:
+    for variable in layer.variables:
+      if variable.collection not in variables:
+        continue  # e.g. params only: slim() keeps what it is given
+      path = '/'.join((variable.collection, *layer.path, variable.name))
+      try:
+        value = gates_lib.layer_variables(
+            variables[variable.collection], (*layer.path, variable.name))
+      except (KeyError, TypeError):
+        raise ValueError(f'variables: the model\'s {path} '
+                         f'{variable.shape} is missing') from None
+      if tuple(np.shape(value)) != tuple(variable.shape):
+        raise ValueError(f'variables: {path} has shape {np.shape(value)}; '
+                         f'this model\'s is {tuple(variable.shape)}')
 
 
 def kept_indices(masks: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -80,7 +98,9 @@ def read_kept_channels(path: str, gates: Mapping[str, gates_lib.GateSpec]
 
 
 def slim(model: Supernet, variables: Mapping[str, Any],
-         masks: Mapping[str, Any], table) -> tuple[Supernet, dict]:
+         masks: Mapping[str, Any], table, *,
+         input_shape: Optional[Sequence[int]] = None
+         ) -> tuple[Supernet, dict]:
   """Returns (slimmed model, its variables) for the channels `masks` keep.
 
   Args:
@@ -88,7 +108,16 @@ def slim(model: Supernet, variables: Mapping[str, Any],
     variables: its variables ({'params': ..., 'batch_stats': ...}).
     masks: gate name -> 0/1 vector; gates not named stay dense.
     table: `gates.layer_table(model, input_shape)`.
+    input_shape: one input's shape; given, the variables are checked
+      against the model's (`protocol.check_variables`: extra, missing or
+      mis-shaped entries refused); else only the gated layers' variables
+      are (missing or mis-shaped).
   """
+  if input_shape is not None:
+    protocol.check_variables(model, variables, input_shape)
+  else:
+    protocol.check_model(model)
+    _check_described(variables, table)
   specs = gates_lib.gate_specs(table)
   gates_lib.validate_gate_names(specs, masks, 'masks')
   for g, m in masks.items():

@@ -22,9 +22,10 @@ from ekg_jax.supernet import slimming
 from ekg_jax.knowledge import topk
 from ekg_jax.run import validate
 from ekg_jax.run import workdir as workdir_lib
-from ekg_jax.run.phases.common import (Setup, finished_search, load_test,
-                                       load_train_in_order, unreadable_records,
-                                       validation_batches, warmed_up)
+from ekg_jax.run.phases.common import (Setup, finished_search, input_shape,
+                                       load_test, load_train_in_order,
+                                       unreadable_records, validation_batches,
+                                       warmed_up)
 
 
 def search_phase(setup: Setup) -> dict:
@@ -89,7 +90,7 @@ def landscape_phase(setup: Setup) -> dict:
   test = load_test(c)
   variables, _ = warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables, state.masks(),
-                                   setup.table)
+                                   setup.table, input_shape=input_shape(c))
   batches = validation_batches(c, c.landscape.subset)
   config = landscape_lib.LandscapeConfig.from_config(c.landscape)
   start = time.time()

@@ -67,7 +67,7 @@ def finetune_phase(setup: Setup) -> dict:
   train, test = load_train(c), load_test(c)
   variables, _ = warmed_up(setup)
   model, variables = slimming.slim(setup.model, variables, masks,
-                                   setup.table)
+                                   setup.table, input_shape=input_shape(c))
   table = gates_lib.layer_table(model, input_shape(c))
   flops, params = flops_lib.count_flops(table), flops_lib.count_params(table)
   searched = workdir_lib.load_summary(setup.workdir).get('search')
