@@ -22,7 +22,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = r'''
 import sys, numpy as np, jax, jax.numpy as jnp
-from ekg_jax import config, export
+from ekg_jax import config
+from ekg_jax.deploy import export
 from ekg_jax.models import create_model
 model = create_model('resnet20')
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

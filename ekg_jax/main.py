@@ -18,6 +18,7 @@ import traceback
 
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from ekg_jax import pipeline
@@ -60,10 +61,12 @@ def _flag_message(error: Exception, argv) -> str:
   if config is None:
     return ('--config is required: python -m ekg_jax.main '
             '--config=configs/X.py --workdir=DIR')
+  path = config.split(':')[0]
   if 'must have a value other than None' in text:
+    if "'config'" in text or '--config' in text:  # get_config() gave None
+      return _not_a_config(config, None)
     return ('--workdir is required: python -m ekg_jax.main '
             '--config=configs/X.py --workdir=DIR')
-  path = config.split(':')[0]
   if not os.path.exists(path):
     return f'--config={config}: no such config file'
   if 'SyntaxError' in text or 'invalid syntax' in text:
@@ -90,20 +93,36 @@ def _flag_message(error: Exception, argv) -> str:
   return text[:300]
 
 
+def _not_a_config(config: str, value) -> str:
+  return (f'--config={config}: get_config() returned '
+          f'{type(value).__name__ if value is not None else "None"}; it must '
+          'return an ml_collections.ConfigDict (start from '
+          'ekg_jax.config.default_config() and change what you need)')
+
+
 def parse_flags(argv):
   """absl's parser; any failure (a flag, the config file or an override:
   ml_collections raises many kinds) is the command line's, told in one
   line."""
+  verbosity = absl_logging.get_verbosity()
+  # config_flags warns on stderr about a get_config() without a return; the
+  # one line below says it instead.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     rest = flags.FLAGS(argv)
     # ml_collections reports a config file it could not load only when the
     # config is first used: use it here.
-    _CONFIG.value.phases  # pylint: disable=pointless-statement
+    config = _CONFIG.value
+    if not isinstance(config, ml_collections.ConfigDict):
+      fail(_not_a_config(flags.FLAGS['config'].config_filename, config))
+    config.phases  # pylint: disable=pointless-statement
     return rest
   except Exception as e:  # pylint: disable=broad-except
     if '--debug' in argv:
       raise
     fail(_flag_message(e, argv))
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _log_traceback(workdir: str) -> str:

@@ -144,7 +144,7 @@ def test_disk_full_keeps_the_previous_files(tmp_path, monkeypatch):
 KILLED_WHILE_RENAMING = r'''
 import os, signal, sys
 import numpy as np
-from ekg_jax import checkpoint
+from ekg_jax.files import checkpoint
 path = sys.argv[1]
 checkpoint.write_npz_atomic(path, step=np.asarray(1))
 checkpoint.write_npz_atomic(path, step=np.asarray(2))

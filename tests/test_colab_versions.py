@@ -116,7 +116,7 @@ def test_notebook_runs_on_the_colab_versions_and_keeps_their_jax(tmp_path):
              for o in c.get('outputs', []))  # the report's plots
   # The command line's start-up on this XLA, which aborts the process on
   # the flag ekg_jax sets for newer ones: the flag is left out there.
-  code = ('import json, os; from ekg_jax import xla_config; '
+  code = ('import json, os; from ekg_jax.runtime import xla_config; '
           'applied = xla_config.set_fast_cpu_flags(); import jax; '
           'print(json.dumps([applied, os.environ.get("XLA_FLAGS"), '
           'jax.devices()[0].platform]))')

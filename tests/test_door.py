@@ -1,6 +1,11 @@
-"""The library's door (issue 26, item 7): a model and variables that do not
-belong together, labels the model cannot have and a non-model are refused
-in one line naming what is wrong, before any search step."""
+"""Inputs checked at the door (issue 26, item 7). The library: a model and
+variables that do not belong together, labels the model cannot have, a
+non-model and a non-finite objective are refused naming what is wrong. The
+command line: a config file that returns no ConfigDict, caches turned off,
+a checkpoint that is not a regular file, an unreadable summary.json or
+config.json, each one line with the way out."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +103,107 @@ def test_a_non_finite_objective_stops_the_search_naming_the_step(resnet20):
                      r'candidates\)'):
     ekg_jax.prune(model, variables, batches(), 0.8, objective=nan,
                   evaluation='loop')
+
+
+def test_no_file_names_a_module_the_package_no_longer_has():
+  """Code in strings (subprocess scripts, notebooks, docs) escapes the
+  import checks: every `from ekg_jax... import ...` and dotted
+  `ekg_jax.<module>.<name>` in the repository's files resolves."""
+  import importlib
+  import re
+  import subprocess
+  from conftest import REPO
+  files = subprocess.run(['git', 'ls-files'], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.split()
+  imports = re.compile(r'from (ekg_jax(?:\.[\w.]+)?) import \(?([\w ,]+)')
+  dotted = re.compile(r'(?<![\w/])(ekg_jax(?:\.\w+)+)')
+  missing = set()
+
+  def resolves(parts):
+    for i in range(len(parts), 0, -1):
+      try:
+        obj = importlib.import_module('.'.join(parts[:i]))
+      except ImportError:
+        continue
+      for name in parts[i:]:
+        try:
+          obj = getattr(obj, name)
+        except AttributeError:
+          try:  # a submodule not imported by its package
+            obj = importlib.import_module(f'{obj.__name__}.{name}')
+          except (ImportError, AttributeError):
+            return False
+      return True
+    return False
+
+  for name in files:
+    if name.startswith(('experiments/results/', 'benchmarks/results/')) or \
+        not name.endswith(('.py', '.ipynb', '.md', '.sh', '.cfg')):
+      continue
+    text = (REPO / name).read_text(errors='replace')
+    for m in imports.finditer(text):
+      for item in m.group(2).split(','):
+        item = item.split(' as ')[0].strip()
+        if item and not resolves([*m.group(1).split('.'), item]):
+          missing.add(f'{name}: {m.group(1)}.{item}')
+    for m in dotted.finditer(text):
+      if not resolves(m.group(1).split('.')):
+        missing.add(f'{name}: {m.group(1)}')
+  assert not missing, sorted(missing)
+
+
+# ---------------------------------------------------------------------------
+# The command line's door.
+
+def test_caches_off_and_a_fifo_checkpoint(tmp_path):
+  from ekg_jax.config import default_config
+  from ekg_jax.run import validate
+  config = default_config()
+  config.cache_dir = ''  # documented as: no caches
+  validate.validate_config(config)
+  fifo = tmp_path / 'weights.pkl'
+  os.mkfifo(fifo)
+  config.init_checkpoint = str(fifo)
+  with pytest.raises(validate.ConfigError,
+                     match=r'config.init_checkpoint=.*weights.pkl.: is not '
+                           r'a regular file or a directory'):
+    validate.validate_config(config)
+
+
+def test_unreadable_summary_or_config_names_the_file_and_the_way_out(
+    tmp_path):
+  from ekg_jax.config import default_config
+  from ekg_jax.run import workdir
+  (tmp_path / workdir.SUMMARY).write_text('{"search": {"flo')
+  with pytest.raises(workdir.WorkdirError,
+                     match=r'summary.json is unreadable \(JSONDecodeError: .*'
+                           r'\); delete it and rerun: every phase resumes'):
+    workdir.load_summary(str(tmp_path))
+  (tmp_path / workdir.CONFIG).write_bytes(b'\xff\xfe')
+  with pytest.raises(workdir.WorkdirError,
+                     match=r'config.json is unreadable .*; restore it, or '
+                           r'delete it if you rerun with the config'):
+    workdir.check_config(default_config(), str(tmp_path),
+                         produced=['search'])
+
+
+@pytest.mark.parametrize('returned', ['{"phases": "evaluate"}', 'None'])
+def test_a_config_file_returning_no_config_dict_is_one_line(tmp_path,
+                                                            returned):
+  import subprocess
+  import sys
+  from conftest import REPO
+  config = tmp_path / 'mine.py'
+  config.write_text(f'def get_config():\n  return {returned}\n')
+  run = subprocess.run(
+      [sys.executable, '-m', 'ekg_jax.main', f'--config={config}',
+       f'--workdir={tmp_path / "w"}'], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
+  assert run.returncode == 2
+  lines = [l for l in run.stderr.splitlines() if l.strip()]
+  kind = 'dict' if returned.startswith('{') else 'None'
+  assert lines == [f'ekg_jax: error: --config={config}: get_config() '
+                   f'returned {kind}; it must return an '
+                   'ml_collections.ConfigDict (start from '
+                   'ekg_jax.config.default_config() and change what you '
+                   'need)'], run.stderr

@@ -12,7 +12,7 @@ from ekg_jax.config import default_config
 
 HOLD = """
 import sys, time
-from ekg_jax import workdir
+from ekg_jax.run import workdir
 with workdir.lock(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(600)

@@ -68,6 +68,16 @@ def _masks(v) -> Optional[str]:
   return None if os.path.isfile(v) else 'no such file'
 
 
+def _init_checkpoint(v) -> Optional[str]:
+  if v in prepare.WEIGHTS:
+    return None
+  why = existing(os.path.exists, 'file or directory (or official: the '
+                 'authors\' ResNet-56, fetched once)')(v)
+  if why or not v or os.path.isfile(v) or os.path.isdir(v):
+    return why
+  return 'is not a regular file or a directory'
+
+
 MASKS = ('search', 'dense')  # else a kept-channels file
 FRACTION = number(0, 1)
 UNIT_OPEN = number(0, 1, high_open=True)
@@ -92,11 +102,11 @@ def _training_rules(section: str) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     'seed': integer(0),
     'phases': _phases,
-    'init_checkpoint': lambda v: None if v in prepare.WEIGHTS else existing(
-        os.path.exists, 'file or directory (or official: the authors\' '
-        'ResNet-56, fetched once)')(v),
+    'init_checkpoint': _init_checkpoint,
     'quiet': boolean,
-    'cache_dir': text,
+    # A folder, 'auto' ($EKG_JAX_CACHE or ~/.cache/ekg_jax) or '' (none).
+    'cache_dir': lambda v: None if isinstance(v, str) else (
+        "must be a folder, 'auto' or '' (no caches)"),
     'distributed': boolean,
     'model.name': choice(sorted(MODELS)),
     'model.renormalize': boolean,

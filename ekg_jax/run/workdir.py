@@ -134,8 +134,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
   path = os.path.join(workdir, CONFIG)
   if not produced or not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = _flat(ml_collections.ConfigDict(json.load(f)))
+  saved = _flat(ml_collections.ConfigDict(_read_json(
+      path, 'restore it, or delete it if you rerun with the config the '
+      'finished phases ran with (it is written again)')))
   now = _flat(config)
   # A key the toolkit gained after that run: the run had its default.
   defaults = _flat(default_config())
@@ -168,9 +169,18 @@ def phase_dir(workdir: str, phase: str) -> str:
 def load_summary(workdir: str) -> dict:
   path = os.path.join(workdir, SUMMARY)
   if os.path.exists(path):
+    return _read_json(path, 'delete it and rerun: every phase resumes from '
+                      'its own files and writes its results again')
+  return {}
+
+
+def _read_json(path: str, way_out: str):
+  try:
     with open(path) as f:
       return json.load(f)
-  return {}
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError included
+    raise WorkdirError(f'{path} is unreadable ({type(e).__name__}: '
+                       f'{str(e)[:80]}); {way_out}') from None
 
 
 def record(workdir: str, results: dict) -> dict:

@@ -9,7 +9,8 @@
 - `greedy`: the greedy loop, the uniform baseline and `prune`.
 """
 
-from ekg_jax.search.evaluate import STRATEGIES, Batches, Evaluator
+from ekg_jax.search.evaluate import (STRATEGIES, Batches, Evaluator,
+                                     PrunableModel)
 from ekg_jax.search.greedy import (ALLOCATIONS, SearchError, SearchProblem,
                                    done, init_state, prune, run_search,
                                    search_step, uniform_allocation)
@@ -24,9 +25,8 @@ from ekg_jax.search.state import (HistoryEntry, SearchState, history_entry,
 
 __all__ = [
     'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry',
-    'MARKINGS', 'STRATEGIES', 'SearchConfig', 'SearchError', 'SearchProblem',
-    'SearchState',
-    'candidate_rate', 'done', 'history_entry', 'init_state', 'kept_count',
+    'MARKINGS', 'PrunableModel', 'STRATEGIES', 'SearchConfig', 'SearchError',
+    'SearchProblem', 'SearchState', 'candidate_rate', 'done', 'history_entry', 'init_state', 'kept_count',
     'kept_from_rates', 'load_state', 'mark_candidates', 'otsu_threshold',
     'per_channel_cost', 'prune', 'reference_cost', 'resolve_evaluation',
     'run_search', 'save_state', 'search_step', 'step_size',
