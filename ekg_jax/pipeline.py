@@ -44,7 +44,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate.validate_config(config)
   workdir_lib.validate_workdir_path(workdir)
   phases = validate.parse_phases(config.phases)
-  validate.validate_devices(config, jax.device_count())
   cache_lib.enable_compilation_cache(cache_lib.resolve(config.cache_dir))
   breakdown.listen()
   with workdir_lib.lock(workdir):
@@ -55,6 +54,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     todo = [name for name in config_lib.PHASES
             if name in phases and PHASES[name][0] not in summary
             and not (name == 'pretrain' and config.init_checkpoint)]
+    validate.validate_devices(config, jax.device_count(), todo)
     weights = preflight.check_weights(config, todo, workdir,
                                       workdir_lib.PRETRAINED)
     if produced and summary.get('weights', weights) != weights:

@@ -207,3 +207,26 @@ def test_a_config_file_returning_no_config_dict_is_one_line(tmp_path,
                    'ml_collections.ConfigDict (start from '
                    'ekg_jax.config.default_config() and change what you '
                    'need)'], run.stderr
+
+
+def test_checks_of_a_phase_apply_only_when_it_will_run():
+  from ekg_jax.config import default_config
+  from ekg_jax.run import validate
+  config = default_config()
+  config.pretrain.batch_size = 128  # does not divide over 3 devices
+  config.finetune.batch_size = 126
+  validate.validate_devices(config, 3, todo=['search', 'finetune'])
+  with pytest.raises(validate.ConfigError, match=r'config.pretrain.batch_'
+                     r'size=128: does not divide over the 3 devices'):
+    validate.validate_devices(config, 3, todo=['pretrain', 'finetune'])
+  # allocation=uniform leaves one network that may teach.
+  config.search.allocation = 'uniform'
+  with pytest.raises(validate.ConfigError, match=r'config.memory_bank.num_'
+                     r'teachers=5: search.allocation=uniform takes one step, '
+                     r'so one network may teach; use 1'):
+    validate.validate_config(config)
+  config.memory_bank.num_teachers = 1
+  validate.validate_config(config)
+  config.memory_bank.num_teachers = 5
+  config.phases = 'search'  # no memory bank: nothing to refuse
+  validate.validate_config(config)

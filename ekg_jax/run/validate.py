@@ -247,14 +247,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
     fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
          f'lanczos_iterations ({config.landscape.lanczos_iterations})')
+  if (config.search.allocation == 'uniform'
+      and config.memory_bank.num_teachers > 1
+      and 'memory_bank' in parse_phases(config.phases)):
+    # Its history is the dense network and one step: one possible teacher.
+    fail('memory_bank.num_teachers', 'search.allocation=uniform takes one '
+         'step, so one network may teach; use 1')
 
 
-def validate_devices(config: ml_collections.ConfigDict,
-                     device_count: int) -> None:
-  """Training batches are sharded over every device."""
+def validate_devices(config: ml_collections.ConfigDict, device_count: int,
+                     todo=TRAINING) -> None:
+  """Training batches are sharded over every device; only the sections
+  of phases that will run (`todo`) are checked, so a finished phase's
+  batch size never blocks the rest of a run."""
   for section in TRAINING:
-    rules.check_divides(config[section].batch_size, device_count,
-                        f'{section}.batch_size')
+    if section in todo:
+      rules.check_divides(config[section].batch_size, device_count,
+                          f'{section}.batch_size')
 
 
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
