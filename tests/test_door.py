@@ -230,3 +230,33 @@ def test_checks_of_a_phase_apply_only_when_it_will_run():
   config.memory_bank.num_teachers = 5
   config.phases = 'search'  # no memory bank: nothing to refuse
   validate.validate_config(config)
+
+
+def test_round_to_is_checked_against_the_widths_and_in_the_floor(caplog):
+  from ekg_jax.config import default_config
+  from ekg_jax.run import validate
+  model = ekg_jax.create_model('resnet20')  # gates of 16, 32 and 64
+  table = ekg_jax.layer_table(model, SHAPE)
+  config = default_config()
+  config.model.name = 'resnet20'
+  config.search.round_to = 64
+  with pytest.raises(validate.ConfigError, match=r'config.search.round_to='
+                     r'64: every gate of resnet20 has at most 64 channels'):
+    validate.validate_against_model(config, table)
+  # round_to=32: the 16- and 32-wide gates stay whole, which raises the
+  # floor above what one channel per gate would give.
+  config.search.round_to = 32
+  config.search.target_flops_rate = 0.3
+  with pytest.raises(validate.ConfigError, match=r'cannot get below a FLOPs '
+                     r'rate of 0\.\d+ even with every gate at its minimum '
+                     r'\(round_to=32\)'):
+    validate.validate_against_model(config, table)
+  config.search.round_to = 1
+  validate.validate_against_model(config, table)
+  assert 'is met only with every gate at its minimum' not in caplog.text
+  # A target only the all-minimum network meets passes, with a warning.
+  floor = ekg_jax.flops_rate(table, {g: 1 for g in ekg_jax.gate_specs(table)},
+                             include_bn=True)
+  config.search.target_flops_rate = floor * 1.0001
+  validate.validate_against_model(config, table)
+  assert 'is met only with every gate at its minimum' in caplog.text

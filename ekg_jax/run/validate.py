@@ -5,6 +5,7 @@ Each rule names the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -21,6 +22,7 @@ from ekg_jax.search import landscape
 from ekg_jax.knowledge import memory_bank
 from ekg_jax.data import prepare
 from ekg_jax.search import options as search_options
+from ekg_jax.search.marking import kept_count
 from ekg_jax.training import steps
 from ekg_jax.models import MODELS
 from ekg_jax.supernet.model import COMPUTE_DTYPES
@@ -275,10 +277,31 @@ def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
       slimming.read_kept_channels(config.finetune.masks, specs)
     except ValueError as e:
       raise ConfigError(f'config.finetune.masks: {e}') from None
-  smallest = flops.flops_rate(table, flops.min_kept(specs),
-                              config.search.flops_include_bn)
-  if config.search.target_flops_rate < smallest:
+  s = config.search
+  if s.round_to > 1 and all(g.channels <= s.round_to for g in specs.values()):
+    # A gate no wider than round_to stays whole: nothing could be pruned.
     raise ConfigError(
-        f'config.search.target_flops_rate={config.search.target_flops_rate}'
+        f'config.search.round_to={s.round_to}: every gate of '
+        f'{config.model.name} has at most '
+        f'{max(g.channels for g in specs.values())} channels and a gate no '
+        'wider than round_to stays whole, so nothing can be pruned; use a '
+        'smaller value')
+  floor = {g: kept_count(spec.channels, 0.0, s.round_to)
+           for g, spec in specs.items()}
+  rate = lambda kept: flops.flops_rate(table, kept, s.flops_include_bn)
+  smallest = rate(floor)
+  if s.target_flops_rate < smallest:
+    at = ('one channel' if s.round_to == 1
+          else f'its minimum (round_to={s.round_to})')
+    raise ConfigError(
+        f'config.search.target_flops_rate={s.target_flops_rate}'
         f': {config.model.name} cannot get below a FLOPs rate of '
-        f'{smallest:.4f} even with every gate at one channel')
+        f'{smallest:.4f} even with every gate at {at}')
+  # The next-smallest sub-networks: one gate a step above its minimum.
+  wider = [rate({**floor, g: min(spec.channels, floor[g] + s.round_to)})
+           for g, spec in specs.items() if floor[g] < spec.channels]
+  if wider and s.target_flops_rate < min(wider):
+    logging.warning(
+        'config.search.target_flops_rate=%s is met only with every gate at '
+        'its minimum (FLOPs rate %.4f): the search will cut every gate as '
+        'far as it goes', s.target_flops_rate, smallest)

@@ -20,7 +20,7 @@ import math
 from typing import Mapping, Optional, Sequence
 
 from ekg_jax.supernet.gates import validate_gate_names
-from ekg_jax.supernet.protocol import IN, OUT, GateSpec, LayerSpec, gate_specs
+from ekg_jax.supernet.protocol import IN, OUT, LayerSpec, gate_specs
 
 
 def _widths(table: Sequence[LayerSpec], kept: Optional[Mapping[str, int]]):
@@ -78,8 +78,3 @@ def flops_rate(table, kept, include_bn: bool = False) -> float:
   """FLOPs(sub-network) / FLOPs(full network): the search's stopping rule."""
   return (count_flops(table, kept, include_bn) /
           count_flops(table, None, include_bn))
-
-
-def min_kept(gates: Mapping[str, GateSpec]) -> dict[str, int]:
-  """Every gate at one channel: the smallest reachable sub-network."""
-  return {g: 1 for g in gates}
