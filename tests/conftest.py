@@ -66,7 +66,7 @@ def random_variables(model, x, seed=0):
   as `perturb(model.init(...))` would leave them: kernels He-normal,
   scales 1 + 0.1 N, biases and BN means 0.1 N, BN variances |N| + 0.5.
 
-  For the equality tests (masked/slimmed, segments, barriers), which need
+  For equality tests (segments, optimisation barriers) which need
   non-trivial variables, not initialised ones: an eager `model.init`
   compiles each initialiser op on its own (ResNet-50: ~65 s on CI's CPU,
   this: ~2 s, the trace of `jax.eval_shape`)."""
