@@ -3,7 +3,8 @@
 Each mistake must end the CLI with a non-zero status and ONE line on stderr
 naming the problem, before any compute where the input allows (no phase
 results in the workdir), and the corrected command must then succeed in
-the same workdir. The counts are in docs/reliability.md.
+the same workdir (run once for all the mistakes that leave the workdir as
+a fresh one, see WRITE_ONLY). The counts are in docs/reliability.md.
 """
 
 import json
@@ -249,18 +250,66 @@ def test_mistake_is_one_line_and_the_fix_succeeds(tmp, tmp_path, name,
   summary = tmp_path / 'w' / 'summary.json'
   assert not summary.exists() or not (
       set(json.loads(summary.read_text())) - {'weights'})
-  # The corrected command succeeds in the same workdir.
-  fixed = run(command(tmp_path / 'w', {}, tmp))
+  # The corrected command succeeds in the same workdir. A workdir the
+  # mistake left absent, or holding only write-only logs, is to any run a
+  # fresh one: test_the_corrected_command_succeeds_in_a_fresh_workdir runs
+  # the fix there once for all of them. Any other leftover (a lock, a
+  # config.json, a summary, a checkpoint) gets its own rerun here.
+  workdir = tmp_path / 'w'
+  leftover = set(os.listdir(workdir)) if workdir.is_dir() else set()
+  if leftover <= WRITE_ONLY:
+    return
+  fixed = run(command(workdir, {}, tmp))
   assert fixed.returncode == 0, fixed.stderr[-3000:]
   base = json.loads(summary.read_text())['base']
   assert base['test_images'] == 100
 
 
+# What a failed run may leave that no run reads: ekg_jax/main.py appends
+# log lines to log.txt and tracebacks to error.log, and nothing else in the
+# package opens either (test_the_logs_are_write_only).
+WRITE_ONLY = {'log.txt', 'error.log'}
+
+
+def test_the_logs_are_write_only():
+  """Guards the shared fix run above: should a module other than main.py
+  ever name log.txt or error.log (and so maybe read one), this fails and
+  every mistake needs its own rerun again."""
+  readers = sorted(
+      str(p.relative_to(REPO)) for p in (REPO / 'ekg_jax').rglob('*.py')
+      if p.name != 'main.py' and any(n in p.read_text() for n in WRITE_ONLY))
+  assert readers == [], readers
+  main = (REPO / 'ekg_jax' / 'main.py').read_text()
+  assert "os.path.join(folder, 'error.log')" in main and (
+      "with open(path, 'a') as f:" in main)
+  assert "logging.FileHandler(os.path.join(workdir, 'log.txt'))" in main
+
+
+@pytest.mark.parametrize('leftover', ['none', 'logs'])
+def test_the_corrected_command_succeeds_in_a_fresh_workdir(tmp, tmp_path,
+                                                            leftover):
+  """The fix of every mistake that leaves no workdir ('none') or only the
+  logs ('logs': a real mistake's log.txt and error.log, here a config value
+  refused after the workdir was made)."""
+  workdir = tmp_path / 'w'
+  if leftover == 'logs':
+    mistake = run(command(workdir, {'--config.search.step': '0'}, tmp))
+    assert mistake.returncode == 2, mistake.stderr[-2000:]
+    assert set(os.listdir(workdir)) == WRITE_ONLY
+    assert (workdir / 'error.log').stat().st_size > 0
+  fixed = run(command(workdir, {}, tmp))
+  assert fixed.returncode == 0, fixed.stderr[-3000:]
+  base = json.loads((workdir / 'summary.json').read_text())['base']
+  assert base['test_images'] == 100
+
+
+# Small: the run is stopped as soon as it holds the lock, and the rerun
+# only has to finish.
 SMALL_SEARCH = {'--config': 'configs/resnet20_cifar.py',
                 'config.init_checkpoint': None, 'config.phases': 'search',
-                'config.data.train_split': 'train[:2000]',
-                'config.data.warmup_per_class': '64',
-                'config.search.target_flops_rate': '0.8',
+                'config.data.train_split': 'train[:1000]',
+                'config.data.warmup_per_class': '32',
+                'config.search.target_flops_rate': '0.9',
                 'config.search.evaluation': 'loop'}
 
 
@@ -309,7 +358,7 @@ def test_two_runs_on_one_workdir_and_sigint_then_rerun(tmp, tmp_path):
   rerun = run(small_search(workdir, tmp))
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   summary = json.loads((workdir / 'summary.json').read_text())
-  assert summary['search']['flops_rate'] <= 0.8
+  assert summary['search']['flops_rate'] <= 0.9
 
 
 def test_a_swallowed_sigint_still_ends_the_run_as_interrupted(tmp_path):

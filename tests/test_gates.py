@@ -10,6 +10,8 @@ import pytest
 from ekg_jax.supernet import gates
 from ekg_jax.models import create_model
 
+from conftest import random_variables
+
 
 def resnet_gates(depth):
   model = create_model(f'resnet{depth}')
@@ -109,14 +111,17 @@ def test_masked_apply_equals_op_with_masked_kernel(renormalize):
 
 @pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg16'])
 def test_segments_compose_to_the_whole_network(name):
-  """Running segments [0, k) then [k, end) equals one full pass, with masks
-  and BN in batch-statistics mode (split after the stem, mid-network and
-  before the head)."""
+  """Running segments [0, 1), [1, n/2), [n/2, n-1), [n-1, end) one after
+  the other equals one full pass, with masks and BN in batch-statistics
+  mode: split after the stem, mid-network and before the head, in one
+  chain (each boundary hands its activations to the next segment, as the
+  separate [0, k) + [k, end) passes did, and a segment both starts and
+  stops mid-network; one network's compilation instead of three)."""
   model = create_model(name, num_classes=10)
   table = gates.layer_table(model, (32, 32, 3))
   specs = gates.gate_specs(table)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
+  variables = random_variables(model, x)
   rng = np.random.default_rng(0)
   masks = gates.masks_from_kept(
       {g: int(rng.integers(1, s.channels + 1)) for g, s in specs.items()},
@@ -127,11 +132,16 @@ def test_segments_compose_to_the_whole_network(name):
                        stop=stop, mutable=['batch_stats'])[0]
 
   n = gates.num_segments(table)
-  split_runs = jax.jit(lambda x: [run(run(x, 0, k), k)
-                                  for k in (1, n // 2, n - 1)])
+  bounds = [0, 1, n // 2, n - 1, None]
+  assert 1 < n // 2 < n - 1  # three distinct inner boundaries
+
+  def chain(x):
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+      x = run(x, start, stop)
+    return x
+
   full = jax.jit(run)(x)
-  for out in split_runs(x):
-    np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(chain)(x), full, rtol=1e-5, atol=1e-5)
 
 
 def test_first_segments_of_resnet20():

@@ -99,16 +99,32 @@ def test_official_checkpoint_into_wrong_model(tmp_path):
     pipeline.run(config, str(tmp_path))
 
 
+# The train split and warm-up of PIPELINE below (one decoded split for
+# both); a search's size does not matter to what these tests check.
 SMALL_SEARCH = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
-                '--config.data.train_split=train[:2000]',
-                '--config.data.warmup_per_class=64',
-                f'--config.data.data_dir={TFDS_DIR}',
-                '--config.search.target_flops_rate=0.9']
+                '--config.data.train_split=train[:1000]',
+                '--config.data.warmup_per_class=32',
+                f'--config.data.data_dir={TFDS_DIR}']
 
 
+def check_search(workdir, target):
+  """A finished search's summary entry, history and plot."""
+  s = json.loads((workdir / 'summary.json').read_text())['search']
+  assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
+                    'val_loss', 'kept_channels'}
+  assert s['flops_rate'] <= target and s['steps'] >= 1
+  assert len(s['kept_channels']) == 12
+  history = json.loads((workdir / 'search' / 'history.json').read_text())
+  assert len(history) == s['steps'] + 1
+  assert (workdir / 'search' / 'search.png').stat().st_size > 10_000
+
+
+# The defaults (EKG criterion, ensemble teacher, warm-up, 'auto'
+# evaluation) are the search of
+# test_cli_memory_bank_and_finetune_then_evaluate_the_final_model, checked
+# there with check_search.
 @needs_cifar10
 @pytest.mark.parametrize('extra', [
-    [],  # the defaults: EKG criterion, ensemble teacher, 'auto' evaluation
     ['--config.search.criterion=l1', '--config.search.allocation=uniform'],
     # The loop path compiles fastest; the others are tested equal to it.
     ['--config.search.teacher=none', '--config.search.warmup=False',
@@ -116,16 +132,10 @@ SMALL_SEARCH = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
 ])
 def test_cli_search_variants_reach_target(tmp_path, extra):
   result = run_cli(*SMALL_SEARCH, f'--workdir={tmp_path}',
+                   '--config.search.target_flops_rate=0.95',
                    '--config.phases=search', *extra)
   assert result.returncode == 0, result.stderr[-3000:]
-  s = json.loads((tmp_path / 'summary.json').read_text())['search']
-  assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
-                    'val_loss', 'kept_channels'}
-  assert s['flops_rate'] <= 0.9 and s['steps'] >= 1
-  assert len(s['kept_channels']) == 12
-  history = json.loads((tmp_path / 'search' / 'history.json').read_text())
-  assert len(history) == s['steps'] + 1
-  assert (tmp_path / 'search' / 'search.png').stat().st_size > 10_000
+  check_search(tmp_path, 0.95)
 
 
 PIPELINE = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
@@ -141,9 +151,17 @@ PIPELINE = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
 
 @needs_cifar10
 def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
+  """Also the CLI's search with its defaults ('auto' evaluation, not
+  PIPELINE's loop)."""
   result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
+                   '--config.search.evaluation=auto',
                    '--config.phases=search,memory_bank,finetune')
   assert result.returncode == 0, result.stderr[-3000:]
+  check_search(tmp_path, 0.9)
+  config = json.loads((tmp_path / 'config.json').read_text())
+  assert {**config['search'], **config['data']}.items() >= {
+      'criterion': 'ekg', 'teacher': 'ensemble', 'warmup': True,
+      'evaluation': 'auto', 'train_split': 'train[:1000]'}.items()
   summary = json.loads((tmp_path / 'summary.json').read_text())
   bank = summary['memory_bank']
   assert len(bank['teachers']) == 3 and len(set(bank['teachers'])) == 3

@@ -11,7 +11,7 @@ from ekg_jax.supernet import ops
 from ekg_jax.runtime import xla_config
 from ekg_jax.models import create_model
 
-from conftest import perturb
+from conftest import random_variables
 
 
 @pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
@@ -20,7 +20,7 @@ def test_materialized_segments_equal_plain_graph(name):
   the same logits, BN updates and gradients as the plain graph."""
   plain = create_model(name, materialize_segments=False)
   barrier = create_model(name, materialize_segments=True)
-  variables = perturb(plain.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  variables = random_variables(plain, jnp.zeros((1, 32, 32, 3)))
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
 
   def loss(model, params):
