@@ -78,7 +78,7 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   # EKG (seeds 0, 2) vs L1 (0, 1): Welch's test as scipy computes it; the
   # only tested comparison of its table, so Holm leaves its p as it is.
   p = stats.ttest_ind([87.0, 88.0], [87.23, 87.63], equal_var=False).pvalue
-  assert (f'| 2/2 | +0.07 | ' in text and
+  assert ('| 2/2 | +0.07 | ' in text and
           f'| {p:.3f} | {p:.3f} | not resolved (seeds detect about' in text)
   assert '| EKG vs FPGM scores (`ekg` vs `fpgm`) | a > b | 2/0 | needs 2 ' in text
   # The landscape over its repeats: mean +- sample std (n).
