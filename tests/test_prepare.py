@@ -158,7 +158,7 @@ def test_prepare_command(cifar_url, tmp_path):
   env = dict(os.environ, EKG_JAX_CACHE=str(tmp_path / 'cache'),
              EKG_JAX_OFFICIAL_URL='http://127.0.0.1:9/res56_cifar10.pkl')
   result = subprocess.run(
-      [sys.executable, '-m', 'ekg_jax.data.prepare', 'cifar10', 'official',
+      [sys.executable, '-m', 'ekg_jax.prepare', 'cifar10', 'official',
        f'--data_dir={tmp_path}'], cwd=REPO, env=env, capture_output=True,
       text=True, timeout=120)
   assert result.stdout.strip() == f'cifar10: {tmp_path}/cifar10/3.0.2'
