@@ -40,7 +40,7 @@ np.save(sys.argv[3], np.asarray(exported.call(np.load(sys.argv[2]))))
 # patches Flax modules while it converts).
 ONNX_RUNNER = r'''
 import sys, numpy as np, onnxruntime as ort
-from ekg_jax import export_onnx
+from ekg_jax.deploy import export_onnx
 written = export_onnx.export_directory(sys.argv[1])
 session = ort.InferenceSession(written['onnx'],
                                providers=['CPUExecutionProvider'])
