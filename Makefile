@@ -17,7 +17,7 @@ PREPARE ?= cifar10 official
 # Extra flags for `make demo`, e.g. a cut-down run:
 # DEMO_ARGS='--config.pretrain.epochs=1 --config.data.train_split=train[:1000]'
 DEMO_ARGS ?=
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: install demo prepare evaluate lint test test-slow docs torch-venv onnx \
 	colab-venv tf-venv \
