@@ -96,7 +96,7 @@ class Evaluator:
     """`objective(logits, labels, teacher_logits) -> per-sample values`
     replaces the EKG objective (CE + soft CE against the teacher)."""
     self.model = model
-    self.objective = objective
+    self.custom_objective = objective
     self.table = table
     self.specs = gates_lib.gate_specs(table)
     self.gate_names = list(self.specs)
@@ -108,9 +108,14 @@ class Evaluator:
     self.segmented = gates_lib.num_segments(table) > 1
     self.starts = sorted(set(self.first_segment.values()) - {0})
     self.evaluation = resolve_evaluation(config.evaluation, self.segmented)
-    self.importance = jax.jit(self._importance)
+    # With `prefix` evaluation the importance pass's forward gives the
+    # segment inputs too, reused when the step's ranks keep the same
+    # channels (other paths do not need them: they would only hold memory).
+    self.keeps_boundaries = self.evaluation == 'prefix'
+    self._compiled = {}
+    self.importance = self.compiled(importance_lib.ekg_scores)
     self.boundaries = jax.jit(self._boundaries)
-    self.gbn = jax.jit(self._gbn)
+    self.gbn = self.compiled(importance_lib.gbn_scores)
     self.logits = jax.jit(self._logits)
     self.summarise = jax.jit(self._summarise)
     self.evaluate_one = jax.jit(self._evaluate_one)
@@ -144,8 +149,8 @@ class Evaluator:
   def _terms(self, logits, labels, teacher_logits):
     """Per-sample CE and objective (CE + soft CE against the teacher)."""
     ce = losses.cross_entropy(logits, labels)
-    if self.objective is not None:
-      return ce, self.objective(logits, labels, teacher_logits)
+    if self.custom_objective is not None:
+      return ce, self.custom_objective(logits, labels, teacher_logits)
     if not self.use_teacher:
       return ce, ce
     return ce, ce + losses.soft_cross_entropy(logits, teacher_logits)
@@ -162,37 +167,27 @@ class Evaluator:
     return self._summarise(logits, jnp.concatenate(batches.labels),
                            teacher_logits)
 
-  def _importance(self, variables, batches, teacher_logits, masks):
-    # Section 3: each batch's objective is its SUM over the nominal batch
-    # size, so a partial last batch (64 of 320) weighs 64/256 of a full one.
-    nominal = max(batches.sizes)
+  # -- the objectives, for the criteria (importance.Objectives) ------------
 
-    # With `prefix` evaluation the forward pass's segment inputs come out
-    # too, and are reused when this step's ranks keep the same channels
-    # (other paths do not need them: they would only hold memory).
-    keep = self.evaluation == 'prefix'
-
+  def objective(self, variables, nominal: int):
     def objective(masks, batch):
       x, y, t = batch
       logits, acts = self._forward_with_boundaries(variables, x, masks)
       _, obj = self._terms(logits, y, t)
-      return obj.sum() / nominal, acts if keep else None
-    scores, acts = importance_lib.gate_gradient_scores(
-        objective, masks, list(zip(batches.images, batches.labels,
-                                   batches.split(teacher_logits))),
-        has_aux=True)
-    return scores, acts if keep else None
+      return obj.sum() / nominal, acts if self.keeps_boundaries else None
+    return objective
 
-  def _gbn(self, variables, batches, masks):
-    nominal = max(batches.sizes)
+  def compiled(self, fn):
+    if fn not in self._compiled:
+      self._compiled[fn] = jax.jit(functools.partial(fn, self))
+    return self._compiled[fn]
 
+  def loss(self, variables, masks, nominal: int):
     def loss(params, batch):
       x, y = batch
       logits = self._apply({**variables, 'params': params}, x, masks)
       return losses.cross_entropy(logits, y).sum() / nominal
-    return importance_lib.bn_taylor_scores(
-        loss, variables['params'], self.table, masks,
-        list(zip(batches.images, batches.labels)))
+    return loss
 
   # -- many candidates -------------------------------------------------------
 

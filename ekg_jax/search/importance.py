@@ -23,7 +23,8 @@ per-channel scales that write them, as each layer's description names them
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import (Any, Callable, Mapping, NamedTuple, Optional, Protocol,
+                    Sequence)
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +32,36 @@ import numpy as np
 
 from ekg_jax.supernet import gates as gates_lib
 
+class Objectives(Protocol):
+  """The search's objectives as pure functions of one batch, what the
+  data-driven criteria differentiate (`search.Evaluator` offers them). Both
+  weigh a batch as its sum over the nominal batch size `nominal`."""
+  table: Sequence[gates_lib.LayerSpec]
+  # Whether `objective`'s aux is the network's segment inputs (the `prefix`
+  # evaluation reuses them), else None.
+  keeps_boundaries: bool
+
+  def objective(self, variables: Mapping, nominal: int
+                ) -> Callable[[Mapping, Any], tuple[jax.Array, Any]]:
+    """`fn(masks, (images, labels, teacher logits)) -> (value, aux)`: the
+    search objective (CE + soft CE against the teacher)."""
+
+  def loss(self, variables: Mapping, masks: Mapping, nominal: int
+           ) -> Callable[[Mapping, Any], jax.Array]:
+    """`fn(params, (images, labels)) -> CE`, batch statistics."""
+
+  def compiled(self, fn: Callable) -> Callable:
+    """`jax.jit(functools.partial(fn, self))`, built once per search, so a
+    criterion's pass compiles once for all the steps."""
+
+
 class ScoreInputs(NamedTuple):
   """What a criterion may use at a search step."""
   table: Sequence[gates_lib.LayerSpec]
   variables: Mapping
   masks: Mapping  # the current network's 0/1 masks
   seed: int = 0
-  evaluator: Any = None  # search.Evaluator: jitted passes over the batches
+  objectives: Optional[Objectives] = None  # the search's, as functions
   batches: Any = None  # search.Batches, the validation set
   teacher_logits: Any = None  # the ensemble teacher's current logits
 
@@ -60,13 +84,36 @@ def register(name: str) -> Callable[[Criterion], Criterion]:
 
 @register('ekg')
 def _ekg(inputs: ScoreInputs):
-  return inputs.evaluator.importance(inputs.variables, inputs.batches,
-                                     inputs.teacher_logits, inputs.masks)
+  return inputs.objectives.compiled(ekg_scores)(
+      inputs.variables, inputs.batches, inputs.teacher_logits, inputs.masks)
 
 
 @register('gbn')
 def _gbn(inputs: ScoreInputs):
-  return inputs.evaluator.gbn(inputs.variables, inputs.batches, inputs.masks)
+  return inputs.objectives.compiled(gbn_scores)(
+      inputs.variables, inputs.batches, inputs.masks)
+
+
+def ekg_scores(objectives: Objectives, variables, batches, teacher_logits,
+               masks):
+  """(the `ekg` score of every gate's channels over the validation
+  `batches`, the segment inputs of the network `masks` describe or None).
+  Each batch's objective is its SUM over the nominal batch size, so a
+  partial last batch (64 of 320) weighs 64/256 of a full one. Jit the
+  caller (`objectives.compiled(ekg_scores)`)."""
+  objective = objectives.objective(variables, max(batches.sizes))
+  scores, auxes = gate_gradient_scores(
+      objective, masks, list(zip(batches.images, batches.labels,
+                                 batches.split(teacher_logits))),
+      has_aux=True)
+  return scores, auxes if objectives.keeps_boundaries else None
+
+
+def gbn_scores(objectives: Objectives, variables, batches, masks):
+  """The `gbn` score (module docstring) on the validation `batches`."""
+  loss = objectives.loss(variables, masks, max(batches.sizes))
+  return bn_taylor_scores(loss, variables['params'], objectives.table, masks,
+                          list(zip(batches.images, batches.labels)))
 
 
 def gate_gradient_scores(objective: Callable[..., Any], masks: Mapping,
