@@ -13,10 +13,12 @@ slimmed network where it does not exist. The 1/sqrt(head_dim) scale does
 not change with the number of heads kept.
 
 LayerNorm and the class token / position embedding are described so that
-parameter counts include them; neither is gated (the embedding width is not
-prunable here: a LayerNorm over a pruned width needs statistics over the
-kept channels only, which these layers do not implement) and, by the
-project's convention, LayerNorm, softmax and GELU cost no FLOPs.
+parameter counts include them; neither is gated and, by the project's
+convention, LayerNorm, softmax and GELU cost no FLOPs. The embedding width
+is not prunable: this layer's out_gate is the head gate, so its output
+projection could not also be described as a writer of an embedding gate
+(one out_gate per LayerSpec), and a LayerNorm over a pruned width would
+need statistics over the kept channels only.
 """
 
 from __future__ import annotations
