@@ -16,6 +16,7 @@ from ekg_jax.data import datasets
 from ekg_jax.deploy import export, export_onnx
 from ekg_jax.models import create_model
 from ekg_jax.run import validate
+from ekg_jax import search
 from ekg_jax.search import Batches, importance, warmup
 from ekg_jax.supernet import flops, gates, slimming
 
@@ -164,12 +165,11 @@ def test_bn_warmup_is_refused_by_name(table):
     validate.validate_against_model(config, table)
 
 
-@pytest.mark.parametrize('evaluation', ['prefix', 'vmap'])
-def test_search_prunes_heads_and_mlp_units_and_slims(evaluation):
+def test_search_prunes_heads_and_mlp_units_and_slims():
   model = tiny()
   variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, *SHAPE))))
   table = gates.layer_table(model, SHAPE)
-  state = prune(model, variables, _batches(), 0.8, evaluation=evaluation)
+  state = prune(model, variables, _batches(), 0.8)
   kept = state.kept
   assert flops.flops_rate(table, kept, include_bn=True) <= 0.8
   assert all(k >= 1 for k in kept.values())
@@ -232,3 +232,30 @@ def test_onnx_of_the_slimmed_vit_matches_in_onnx_runtime(slimmed, tmp_path):
   np.testing.assert_allclose(session.run(['logits'], {'images': images})[0],
                              _logits(model, variables, images), rtol=1e-4,
                              atol=1e-4)
+
+
+def test_fast_candidate_evaluation_equals_loop(table):
+  """vmap (stacked head and MLP masks) and prefix (shared segments) score
+  the candidates as the plain loop does."""
+  model = tiny()
+  variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, *SHAPE))))
+  config = search.SearchConfig(target_flops_rate=0.9, chunk_size=2)
+  ev = search.Evaluator(model, table, config)
+  specs = gates.gate_specs(table)
+  kept = {g: s.channels for g, s in specs.items()}
+  kept['block1/mlp'] = 40
+  ranks = {g: jnp.asarray(np.random.default_rng(1).permutation(s.channels),
+                          jnp.int32) for g, s in specs.items()}
+  candidates = {'block0/heads': 1, 'block1/heads': 1, 'block0/mlp': 50,
+                'block1/mlp': 30}
+  teacher_logits = jax.random.normal(jax.random.key(5), (16, 10))
+  args = (variables, _batches(), teacher_logits, ranks, kept, candidates)
+  plain = ev.evaluate_candidates('loop', *args)
+  objectives = [float(plain[g]['objective']) for g in candidates]
+  assert len(set(np.round(objectives, 6))) == len(candidates)
+  for mode in ('vmap', 'prefix'):
+    fast = ev.evaluate_candidates(mode, *args)
+    for g in candidates:
+      for key in ('objective', 'logits'):
+        np.testing.assert_allclose(fast[g][key], plain[g][key], rtol=2e-5,
+                                   atol=2e-5, err_msg=f'{mode} {g} {key}')
