@@ -77,8 +77,11 @@ def export(model, variables: Any, directory: str, model_name: str,
   flat = {SEP.join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(variables).items()}
   checkpoint.write_npz_atomic(os.path.join(directory, VARIABLES), **flat)
+  # A model class may name the attributes that fix its architecture (the
+  # ViT's depth, embed_dim, ...), so `load` rebuilds any size of it.
+  names = _ATTRIBUTES + tuple(getattr(type(model), 'architecture', ()))
   network = {'model': model_name,
-             'attributes': {a: getattr(model, a) for a in _ATTRIBUTES
+             'attributes': {a: getattr(model, a) for a in names
                             if hasattr(model, a)},
              'input_shape': list(input_shape), 'mean': list(mean),
              'std': list(std), 'platforms': list(platforms),

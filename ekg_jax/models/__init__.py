@@ -9,6 +9,13 @@ from ekg_jax.models.mobilenet_v2 import MobileNetV2
 from ekg_jax.models.resnet_cifar import CifarResNet
 from ekg_jax.models.resnet_imagenet import ImageNetResNet
 from ekg_jax.models.vgg_cifar import CifarVGG
+from ekg_jax.models.vit_cifar import CifarViT
+
+VIT_SIZES = {
+    'vit_cifar': dict(depth=6, embed_dim=192, num_heads=3, mlp_ratio=2),
+    'vit_tiny': dict(depth=12, embed_dim=192, num_heads=3, mlp_ratio=4),
+    'vit_small': dict(depth=12, embed_dim=384, num_heads=6, mlp_ratio=4),
+}
 
 MODELS: dict[str, Callable[..., Supernet]] = {
     'resnet20': lambda **kw: CifarResNet(depth=20, **kw),
@@ -20,6 +27,11 @@ MODELS: dict[str, Callable[..., Supernet]] = {
     'resnet34': lambda **kw: ImageNetResNet(depth=34, **kw),
     'resnet50': lambda **kw: ImageNetResNet(depth=50, **kw),
     'vgg16': lambda **kw: CifarVGG(**kw),
+    # ViTs for 32x32 images, patch 4; an attribute given (e.g. depth=2)
+    # overrides the named size. 'vit_cifar' is small enough for a CPU.
+    'vit_cifar': lambda **kw: CifarViT(**{**VIT_SIZES['vit_cifar'], **kw}),
+    'vit_tiny': lambda **kw: CifarViT(**{**VIT_SIZES['vit_tiny'], **kw}),
+    'vit_small': lambda **kw: CifarViT(**{**VIT_SIZES['vit_small'], **kw}),
 }
 
 

@@ -271,7 +271,13 @@ def validate_devices(config: ml_collections.ConfigDict, device_count: int,
 def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
   """Checks that need the model's layer table (a shape-only trace)."""
   from ekg_jax.supernet import flops, gates, slimming
+  from ekg_jax.search import importance, warmup
   specs = gates.gate_specs(table)
+  # BN-only pieces, refused by name for a model without BatchNorm (a ViT).
+  if config.search.warmup:
+    warmup.check_model(table, config.model.name)
+  importance.check_criterion(config.search.criterion, table,
+                             config.model.name)
   if config.finetune.masks not in MASKS:
     try:
       slimming.read_kept_channels(config.finetune.masks, specs)

@@ -102,6 +102,8 @@ class Evaluator:
     self.gate_names = list(self.specs)
     self.first_segment = gates_lib.first_segments(table)
     self.config = config
+    importance_lib.check_criterion(config.criterion, table,
+                                   type(model).__name__)
     self.use_teacher = config.teacher != 'none'
     # Segments are declared by the model (`Supernet.enter_segment`); a model
     # without them runs whole, and `auto` evaluation never picks `prefix`.

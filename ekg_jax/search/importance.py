@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ekg_jax import rules
 from ekg_jax.supernet import gates as gates_lib
 
 class Objectives(Protocol):
@@ -167,16 +168,23 @@ def bn_taylor_scores(loss: Callable[..., jax.Array], params: Mapping,
 
 
 def _writer_kernels(table, params, gate):
-  """Each writer's filters of `gate` as a [filters, fan_in] array."""
+  """Each writer's filters of `gate` as a [filters, fan_in] array; a layer
+  naming several filter variables (an attention head's four projections)
+  gives each channel the concatenation of its slices of all of them."""
   out = []
   for layer in table:
     if layer.filters is None or layer.out_gate != gate:
       continue
-    spec = layer.variable(layer.filters)
-    axis = next(a for a, side in spec.axes if side == gates_lib.OUT)
-    kernel = np.asarray(
-        gates_lib.layer_variables(params, layer.path)[layer.filters])
-    out.append(np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1))
+    names = ((layer.filters,) if isinstance(layer.filters, str)
+             else layer.filters)
+    parts = []
+    for name in names:
+      spec = layer.variable(name)
+      axis = next(a for a, side in spec.axes if side == gates_lib.OUT)
+      kernel = np.asarray(gates_lib.layer_variables(params, layer.path)[name])
+      parts.append(np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis],
+                                                        -1))
+    out.append(np.concatenate(parts, axis=1))
   return out
 
 
@@ -221,6 +229,23 @@ def _random(inputs: ScoreInputs):
   rng = np.random.default_rng(inputs.seed)
   return {g: jnp.asarray(rng.random(spec.channels), jnp.float32)
           for g, spec in gates_lib.gate_specs(inputs.table).items()}
+
+
+# Criteria that score per-channel normalisation scales (BN gammas).
+SCALE_CRITERIA = ('gbn', 'bn_gamma')
+
+
+def check_criterion(criterion: str, table: Sequence[gates_lib.LayerSpec],
+                    model_name: str) -> None:
+  """Refuses a BN-scale criterion for a model with no scale on any gate (a
+  ViT: its LayerNorms scale the embedding, which is no gate, and nothing
+  scales a head or an MLP unit), which would score every channel 0."""
+  if criterion in SCALE_CRITERIA and not any(
+      l.channel_scale is not None and l.out_gate is not None for l in table):
+    raise rules.ConfigError(
+        f'search.criterion={criterion!r} scores BatchNorm scales, and '
+        f'{model_name} has no BatchNorm on its gates; use ekg, l1, l2, fpgm '
+        'or random')
 
 
 def weight_scores(criterion: str, table: Sequence[gates_lib.LayerSpec],

@@ -16,13 +16,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ekg_jax import rules
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import losses, steps
+
+
+def check_model(table, model_name: str) -> None:
+  """The warm-up exists to refresh BatchNorm statistics: a model without
+  any (a ViT) is refused by name rather than warmed up for nothing."""
+  if not any(v.collection == 'batch_stats' for layer in table
+             for v in layer.variables):
+    raise rules.ConfigError(
+        f'search.warmup=True: the warm-up pass refreshes BatchNorm '
+        f'statistics, and {model_name} has no BatchNorm; set '
+        'search.warmup=False')
 
 
 def warmup(model, variables: Any, split: data_lib.Split, mean, std,
            config) -> Any:
   """Returns the variables after one warm-up pass over `split` (in order)."""
+  if 'batch_stats' not in variables:
+    raise rules.ConfigError(
+        f'search.warmup=True: the warm-up pass refreshes BatchNorm '
+        f'statistics, and {type(model).__name__} has none; set '
+        'search.warmup=False')
   tx = steps.sgd_nesterov(config.learning_rate, config.momentum,
                           config.weight_decay)
   params, stats = variables['params'], variables['batch_stats']

@@ -17,6 +17,7 @@ leading axis and `jax.vmap` over it needs no Python.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
@@ -241,7 +242,8 @@ class GatedConv(nn.Module):
 
 
 class GatedDense(nn.Module):
-  """A dense layer whose kernel is masked on its input and output channels.
+  """A dense layer whose kernel is masked on its input and output channels
+(on the last axis of x: [B, C], or [B, tokens, C] in a transformer).
 
   With an `out_gate` (a hidden layer) the bias is masked with the kernel's
   outputs, so a pruned channel is exactly 0, as in the slimmed network where
@@ -274,7 +276,6 @@ class GatedDense(nn.Module):
 
   @nn.nowrap
   def describe_layer(self, x, y) -> LayerSpec:
-    del y
     variables = (VariableSpec('params', 'kernel', (x.shape[-1], self.features),
                               ((-2, IN), (-1, OUT)), self.renormalize),)
     if self.use_bias:
@@ -284,7 +285,9 @@ class GatedDense(nn.Module):
         path=self.path, kind='dense', in_gate=self.in_gate,
         out_gate=self.out_gate, in_channels=x.shape[-1],
         out_channels=self.features, variables=variables,
-        flops=(Cost(1, (IN, OUT)),), filters='kernel')
+        # Applied at every position (a transformer's tokens): 1 for [B, C].
+        flops=(Cost(math.prod(y.shape[1:-1]), (IN, OUT)),),
+        filters='kernel')
 
 
 class GatedBatchNorm(nn.BatchNorm):

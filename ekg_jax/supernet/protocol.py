@@ -11,7 +11,7 @@ needs its own `describe_layer` and no change anywhere else.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 from flax import traverse_util
@@ -84,13 +84,16 @@ class LayerSpec:
 
   Attributes:
     path: locates the layer's variables in every collection.
-    kind: what the layer is ('conv', 'dense', 'bn'), for display; no code
-      branches on it.
+    kind: what the layer is ('conv', 'dense', 'bn', 'attention'), for
+      display; no code branches on it.
     variables: every variable of the layer, with its gated axes.
     flops: the terms of its FLOPs.
     filters: the 'params' variable whose slices along its OUT axis are the
       filters computing out_gate's channels from all input channels (what
-      l1/l2/fpgm score); None where the layer computes no new channels.
+      l1/l2/fpgm score), or a tuple of such variables whose slices together
+      make one channel's filter (an attention head: its slice of the query,
+      key, value and output kernels); None where the layer computes no new
+      channels.
     channel_scale: the 'params' variable multiplying each out_gate channel
       (a BN's gamma: what bn_gamma and gbn score), or None.
     kernel_size, out_hw: the kernel and output sizes, for display.
@@ -104,7 +107,7 @@ class LayerSpec:
   out_channels: int
   variables: tuple[VariableSpec, ...] = ()
   flops: tuple[Cost, ...] = ()
-  filters: Optional[str] = None
+  filters: Union[str, tuple[str, ...], None] = None
   channel_scale: Optional[str] = None
   kernel_size: tuple[int, int] = (1, 1)
   out_hw: tuple[int, int] = (1, 1)
