@@ -49,7 +49,7 @@ def test_another_config_is_refused_with_the_differing_keys(tmp_path):
   with pytest.raises(workdir.WorkdirError,
                      match=r"model.name: 'resnet56' -> 'resnet20', "
                            r"search.target_flops_rate: 0.45 -> 0.3\); use a "
-                           r'new --workdir'):
+                           r'new --workdir, or the same values to resume$'):
     workdir.check_config(other, str(tmp_path), produced=[PHASES['search']])
 
 
@@ -66,7 +66,10 @@ def test_only_keys_of_phases_that_produced_something_are_pinned(tmp_path):
   other.search.target_flops_rate = 0.45
   # A finished search pins the search keys, not the later phases' keys.
   workdir.check_config(other, str(tmp_path), produced=[PHASES['search']])
-  with pytest.raises(workdir.WorkdirError, match='finetune.knowledge'):
+  with pytest.raises(workdir.WorkdirError,
+                     match=r'finetune.knowledge.*; use a new --workdir, or '
+                           r'the same values to resume, or --config.redo='
+                           r'finetune to compute it'):
     workdir.check_config(other, str(tmp_path),
                          produced=[PHASES['search'], PHASES['finetune']])
   with pytest.raises(workdir.WorkdirError, match='data.test_split'):

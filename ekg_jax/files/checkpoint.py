@@ -254,25 +254,22 @@ def read_model_config(directory: str) -> dict:
 
 
 def _quiet_abandoned_reads() -> None:
-  """After a failed orbax restore: its other tensorstore reads may finish
-  after `asyncio.run` closed their event loop, and tensorstore then prints
-  each one's `RuntimeError('Event loop is closed')` through
-  `sys.excepthook`, a dozen lines after the error that matters (or at
-  exit). Those, and only those, are dropped."""
+  """After a failed orbax restore, its other tensorstore reads may finish
+  after `asyncio.run` closed their event loop; tensorstore prints each
+  one's `RuntimeError('Event loop is closed')` through `sys.excepthook`,
+  lines of noise after the error that matters. Those alone are dropped."""
   previous = sys.excepthook
-  if getattr(previous, 'quiets_abandoned_reads', False):
+  if getattr(previous, 'quiet', False):
     return
 
   def hook(kind, value, tb):
     last = tb
     while last is not None and last.tb_next is not None:
-      last = last.tb_next
-    if (kind is RuntimeError and str(value) == 'Event loop is closed'
-        and last is not None and 'asyncio' in last.tb_frame.f_code.co_filename):
-      return
-    previous(kind, value, tb)
-
-  hook.quiets_abandoned_reads = True
+      last = last.tb_next  # the frame that raised
+    if not (kind is RuntimeError and str(value) == 'Event loop is closed'
+            and last and 'asyncio' in last.tb_frame.f_code.co_filename):
+      previous(kind, value, tb)
+  hook.quiet = True
   sys.excepthook = hook
 
 

@@ -104,8 +104,7 @@ def _flat(config: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in out.items() if k not in RUN_CONTROL}
 
 
-def _pinned(key: str, phases) -> bool:
-  prefixes = COMMON + tuple(p for ph in phases for p in ph.pins)
+def _pinned(key: str, prefixes) -> bool:
   return any(key == p or (p.endswith('.') and key.startswith(p))
              for p in prefixes)
 
@@ -126,18 +125,25 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
   # A key the toolkit gained after that run: the run had its default.
   defaults = _flat(default_config())
   saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
+  pins = COMMON + tuple(p for ph in produced for p in ph.pins)
   differing = sorted(k for k in set(saved) | set(now)
-                     if saved.get(k) != now.get(k)
-                     and _pinned(k, produced))
+                     if saved.get(k) != now.get(k) and _pinned(k, pins))
   if differing:
     shown = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
                       for k in differing[:8])
+    # Keys every phase depends on change everything: a new workdir. Others
+    # belong to phases that a redo computes again with the new values.
+    redo = [] if any(_pinned(k, COMMON) for k in differing) else [
+        ph.name for ph in produced
+        if any(_pinned(k, ph.pins) for k in differing)]
     raise WorkdirError(
         f'{workdir} holds results of another config (phases '
         f'{", ".join(p.name for p in produced)} ran with {shown}'
         f'{" ..." if len(differing) > 8 else ""}); use a new --workdir, or '
-        'the same values to resume, or --config.redo=PHASE to compute a '
-        'phase and those computed from it again with the new values')
+        'the same values to resume' + (
+            f', or --config.redo={",".join(redo)} to compute '
+            f'{"it" if len(redo) == 1 else "them"} (and the phases computed '
+            'from it) again with the new values' if redo else ''))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
