@@ -47,6 +47,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.validate_workdir_path(workdir)
   again = validate.parse_phases(config.redo) if config.redo else []
   redo = phases_lib.redone(again)
+  redone = {p.name for p in redo}
   # A phase to redo runs whether config.phases names it or not.
   names = [name for name in PHASES
            if name in validate.parse_phases(config.phases) + again]
@@ -57,7 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The checks see the workdir as the redo will leave it; nothing is
     # removed before they pass.
     produced = [p for p in workdir_lib.produced_phases(
-        workdir, summary, PHASES.values()) if p not in redo]
+        workdir, summary, PHASES.values()) if p.name not in redone]
     left = {k: v for k, v in summary.items()
             if not any(k in p.summary for p in redo)}
     workdir_lib.check_config(config, workdir, produced)

@@ -9,7 +9,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from conftest import REPO, random_variables
+from conftest import REPO, TFDS_DIR, needs_cifar10, random_variables
 from ekg_jax import config as config_lib
 from ekg_jax.files import checkpoint as ckpt_lib
 from ekg_jax.models import create_model
@@ -170,3 +170,56 @@ def test_event_loop_noise_of_abandoned_reads_is_dropped_and_nothing_else():
   assert 'Event loop is closed' in loud.stderr
   assert 'Event loop is closed' not in quiet.stderr, quiet.stderr
   assert 'ValueError: 7' in quiet.stderr  # any other error still shows
+
+
+@needs_cifar10
+def test_a_redo_in_the_pipeline_removes_and_runs_only_its_phases(
+    tmp_path, monkeypatch):
+  """The pipeline with stand-in phases (each writes a file and counts its
+  runs): a redo of search runs search and the later phases again, keeps
+  pretrain's and evaluate's results, and frees the search's keys."""
+  import dataclasses
+  from ekg_jax import pipeline
+  runs = []
+
+  def stand_in(phase):
+    def run(setup):
+      runs.append(phase.name)
+      folder = tmp_path / phase.name
+      folder.mkdir(exist_ok=True)
+      (folder / 'result').write_text(str(runs.count(phase.name)))
+      if phase.name == 'pretrain':  # where the later phases' weights are
+        (folder / 'final').mkdir(exist_ok=True)
+      return {key: {'runs': runs.count(phase.name), 'steps': 5}
+              for key in phase.summary}
+    return dataclasses.replace(phase, run=run)
+
+  monkeypatch.setattr(pipeline, 'PHASES',
+                      {n: stand_in(p) for n, p in PHASES.items()})
+  monkeypatch.setattr(pipeline.report_lib, 'write_report',
+                      lambda workdir, summary, gates: 'report.md')
+  config = config_lib.default_config()
+  config.model.name = 'resnet20'
+  config.quiet = True
+  config.data.data_dir = TFDS_DIR
+  config.data.train_split = 'train[:1000]'
+  config.data.test_split = 'test[:100]'
+  config.data.warmup_per_class = 32
+  config.phases = 'pretrain,evaluate,search,memory_bank,finetune'
+  pipeline.run(config, str(tmp_path))
+  assert runs == ['pretrain', 'evaluate', 'search', 'memory_bank',
+                  'finetune']
+  config.phases = 'memory_bank'  # the redo adds search; finetune not asked
+  config.redo = 'search'
+  config.search.target_flops_rate = 0.3  # a search key: free once redone
+  summary = pipeline.run(config, str(tmp_path))
+  assert runs[5:] == ['search', 'memory_bank']
+  assert {k: v.get('runs') for k, v in summary.items() if k != 'weights'} == {
+      'pretrain': 1, 'base': 1, 'search': 2, 'memory_bank': 2}
+  assert not (tmp_path / 'finetune').exists()
+  assert (tmp_path / 'pretrain' / 'result').read_text() == '1'
+  assert (tmp_path / 'search' / 'result').read_text() == '2'
+  # What a rerun without the redo finds: nothing left to do.
+  config.redo = ''
+  pipeline.run(config, str(tmp_path))
+  assert len(runs) == 7
