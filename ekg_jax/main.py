@@ -187,7 +187,7 @@ class _Interrupts:
 def _rerun() -> str:
   # The same command with its redo would remove what this run computed.
   return ('rerun the same command without --config.redo'
-          if _CONFIG.value.redo else 'rerun the same command')
+          if _CONFIG.value.get('redo') else 'rerun the same command')
 
 
 def _interrupted() -> None:
