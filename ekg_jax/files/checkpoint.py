@@ -255,22 +255,24 @@ def read_model_config(directory: str) -> dict:
 
 def _quiet_abandoned_reads() -> None:
   """After a failed orbax restore, its other tensorstore reads may finish
-  after `asyncio.run` closed their event loop; tensorstore prints each
-  one's `RuntimeError('Event loop is closed')` through `sys.excepthook`,
-  lines of noise after the error that matters. Those alone are dropped."""
-  previous = sys.excepthook
+  after `asyncio.run` closed their event loop (often as the process exits);
+  tensorstore reports each one's `RuntimeError('Event loop is closed')` as
+  unraisable, lines of noise after the error that matters. Those alone
+  are dropped."""
+  previous = sys.unraisablehook
   if getattr(previous, 'quiet', False):
     return
 
-  def hook(kind, value, tb):
-    last = tb
-    while last is not None and last.tb_next is not None:
-      last = last.tb_next  # the frame that raised
-    if not (kind is RuntimeError and str(value) == 'Event loop is closed'
-            and last and 'asyncio' in last.tb_frame.f_code.co_filename):
-      previous(kind, value, tb)
+  def hook(args):
+    tb = args.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next  # the frame that raised
+    if not (args.exc_type is RuntimeError and tb is not None
+            and str(args.exc_value) == 'Event loop is closed'
+            and 'asyncio' in tb.tb_frame.f_code.co_filename):
+      previous(args)
   hook.quiet = True
-  sys.excepthook = hook
+  sys.unraisablehook = hook
 
 
 def load_model_variables(directory: str, reference: Mapping) -> dict:
