@@ -42,6 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
   # on a rerun. 'pretrain' runs only without init_checkpoint; 'evaluate'
   # measures the dense network on the test split.
   c.phases = ','.join(DEFAULT_PHASES)
+  # Comma-separated phases to compute again ('' = none): their results, and
+  # those of the phases computed from them, are removed from the workdir,
+  # then they run with config.phases. The way out of a damaged result.
+  c.redo = ''
   # The official `.pkl` or a checkpoint directory written by this project.
   c.init_checkpoint = ''
   c.quiet = False  # no progress bars (CI logs)

@@ -184,9 +184,15 @@ class _Interrupts:
     raise KeyboardInterrupt
 
 
+def _rerun() -> str:
+  # The same command with its redo would remove what this run computed.
+  return ('rerun the same command without --config.redo'
+          if _CONFIG.value.get('redo') else 'rerun the same command')
+
+
 def _interrupted() -> None:
   # Checkpoints are atomic: the last complete one is where a rerun resumes.
-  print(f'ekg_jax: interrupted; rerun the same command to resume in '
+  print(f'ekg_jax: interrupted; {_rerun()} to resume in '
         f'{_WORKDIR.value}', file=sys.stderr)
   sys.exit(130)
 
@@ -219,8 +225,8 @@ def main(argv):
     # by orbax), so the last complete one survived the failed write.
     fail(f'no space left on device while writing '
          f'{e.filename or "a checkpoint"} in {_WORKDIR.value}. The last '
-         'complete checkpoint is intact: free some space and rerun the same '
-         'command to resume.')
+         f'complete checkpoint is intact: free some space and {_rerun()} '
+         'to resume.')
 
 
 def _initialize_distributed():

@@ -203,6 +203,8 @@ MISTAKES = [
      r"phase 'memory_bank' needs a finished 'search'"),
     ('finetune before bank', {'--config.phases': 'finetune'},
      r"phase 'finetune' needs a finished 'search'"),
+    ('redo typo', {'--config.redo': 'serch'},
+     r"config.redo='serch': unknown or empty phases \['serch'\]"),
     ('distributed without cluster', {'--config.distributed': 'True'},
      r'config.distributed=True: .* found no cluster'),
 ]

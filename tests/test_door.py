@@ -3,7 +3,8 @@ variables that do not belong together, labels the model cannot have, a
 non-model and a non-finite objective are refused naming what is wrong. The
 command line: a config file that returns no ConfigDict, caches turned off,
 a checkpoint that is not a regular file, an unreadable summary.json or
-config.json, each one line with the way out."""
+config.json, a damaged result of a finished phase, each one line with the
+way out."""
 
 import os
 
@@ -14,6 +15,7 @@ import pytest
 
 import ekg_jax
 import ekg_jax.search
+from conftest import needs_cifar10
 
 SHAPE = (32, 32, 3)
 
@@ -174,6 +176,7 @@ def test_unreadable_summary_or_config_names_the_file_and_the_way_out(
     tmp_path):
   from ekg_jax.config import default_config
   from ekg_jax.run import workdir
+  from ekg_jax.run.phases import PHASES
   (tmp_path / workdir.SUMMARY).write_text('{"search": {"flo')
   with pytest.raises(workdir.WorkdirError,
                      match=r'summary.json is unreadable \(JSONDecodeError: .*'
@@ -184,7 +187,7 @@ def test_unreadable_summary_or_config_names_the_file_and_the_way_out(
                      match=r'config.json is unreadable .*; restore it, or '
                            r'delete it if you rerun with the config'):
     workdir.check_config(default_config(), str(tmp_path),
-                         produced=['search'])
+                         produced=[PHASES['search']])
 
 
 @pytest.mark.parametrize('returned', ['{"phases": "evaluate"}', 'None'])
@@ -260,3 +263,48 @@ def test_round_to_is_checked_against_the_widths_and_in_the_floor(caplog):
   config.search.target_flops_rate = floor * 1.0001
   validate.validate_against_model(config, table)
   assert 'is met only with every gate at its minimum' in caplog.text
+
+
+@needs_cifar10
+def test_a_damaged_finished_phase_is_one_line_and_its_redo_works(tmp_path):
+  """A finished pretrain whose orbax files are truncated: the run that
+  reads them ends in one line naming the folder and --config.redo (no
+  asyncio noise after it); that rerun computes the phase again."""
+  import json
+  import subprocess
+  import sys
+  from conftest import REPO, TFDS_DIR, random_variables
+  from ekg_jax.files import checkpoint
+  from ekg_jax.run import workdir
+  model = ekg_jax.create_model('resnet20', num_classes=10)
+  final = tmp_path / workdir.PRETRAINED
+  checkpoint.save_model(str(final), 'resnet20', {}, random_variables(
+      model, jnp.zeros((1, *SHAPE))))
+  workdir.record(str(tmp_path), {'pretrain': {'epochs': 0}})
+  for path in (final / 'variables').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(path.read_bytes()[:10])
+  command = [sys.executable, '-m', 'ekg_jax.main',
+             '--config=configs/resnet20_cifar.py', f'--workdir={tmp_path}',
+             '--config.quiet=True', '--config.phases=evaluate',
+             '--config.data.train_split=train[:256]',
+             '--config.data.test_split=test[:100]',
+             '--config.pretrain.epochs=0',
+             f'--config.data.data_dir={TFDS_DIR}']
+  run = lambda *extra: subprocess.run(
+      [*command, *extra], cwd=REPO, capture_output=True, text=True,
+      timeout=600)
+  damaged = run()
+  assert damaged.returncode == 2, damaged.stderr[-3000:]
+  lines = [l for l in damaged.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, damaged.stderr[-3000:]
+  assert lines[0].startswith(f'ekg_jax: error: {final} holds no readable '
+                             'variables'), lines[0]
+  assert ("it is a result of phase 'pretrain': rerun with "
+          '--config.redo=pretrain') in lines[0]
+  redo = run('--config.redo=pretrain')
+  assert redo.returncode == 0, redo.stderr[-3000:]
+  summary = json.loads((tmp_path / workdir.SUMMARY).read_text())
+  assert summary['pretrain']['epochs'] == 0 and 'breakdown' in (
+      summary['pretrain'])  # computed again, not the entry made above
+  assert summary['base']['test_images'] == 100

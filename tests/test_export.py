@@ -16,7 +16,8 @@ from ekg_jax import config as config_lib
 from ekg_jax.data import datasets
 from ekg_jax.deploy import export, export_onnx
 from ekg_jax.supernet import gates, slimming
-from ekg_jax.run import validate, workdir
+from ekg_jax.run import phases as phases_lib
+from ekg_jax.run import validate
 from ekg_jax.models import create_model
 
 MEAN, STD = config_lib.REFERENCE_MEAN, config_lib.REFERENCE_STD
@@ -127,7 +128,7 @@ def test_export_before_finetune_names_the_phase_to_run(tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match=r"'export' needs a finished 'finetune'.*"
                      r"--config.phases=finetune"):
-    workdir.validate_workdir(config, ['export'], {'search': {'steps': 3}})
+    phases_lib.validate_workdir(config, ['export'], {'search': {'steps': 3}})
 
 
 @pytest.mark.slow

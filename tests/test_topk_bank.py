@@ -14,6 +14,7 @@ from ekg_jax.knowledge import memory_bank, topk
 from ekg_jax.run import validate
 from ekg_jax.training import steps as train_lib
 from ekg_jax.run import workdir
+from ekg_jax.run.phases import PHASES
 from ekg_jax.config import default_config
 from conftest import needs_cifar10
 from test_finetune import random_split, tiny_config, tiny_model
@@ -227,11 +228,12 @@ def test_a_workdir_from_before_top_k_resumes_with_the_default(tmp_path):
   with old.unlocked():
     del old.memory_bank['top_k']
   workdir.save_config(old, str(tmp_path))
-  workdir.check_config(default_config(), str(tmp_path), ['memory_bank'])
+  workdir.check_config(default_config(), str(tmp_path),
+                       [PHASES['memory_bank']])
   changed = default_config()
   changed.memory_bank.top_k = 3
   with pytest.raises(workdir.WorkdirError, match='memory_bank.top_k: 0 -> 3'):
-    workdir.check_config(changed, str(tmp_path), ['memory_bank'])
+    workdir.check_config(changed, str(tmp_path), [PHASES['memory_bank']])
 
 
 def test_memory_bank_page_shows_the_committed_measurement():

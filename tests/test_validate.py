@@ -6,7 +6,8 @@ import pytest
 from ekg_jax.data import datasets
 from ekg_jax.supernet import gates
 from ekg_jax import pipeline
-from ekg_jax.run import validate, workdir
+from ekg_jax.run import phases as phases_lib
+from ekg_jax.run import validate
 from ekg_jax.config import default_config
 from ekg_jax.models import create_model
 
@@ -185,7 +186,7 @@ def test_phase_prerequisites_are_named(phases, summary, overrides, match):
     section, leaf = key.split('.')
     config[section][leaf] = value
   with pytest.raises(validate.ConfigError, match=match) as e:
-    workdir.validate_workdir(config, phases, summary)
+    phases_lib.validate_workdir(config, phases, summary)
   assert 'run --config.phases=' in str(e.value) or 'choose 1..4' in str(
       e.value)
 
@@ -198,7 +199,7 @@ def test_phase_prerequisites_are_named(phases, summary, overrides, match):
 ])
 def test_phase_prerequisites_met(phases, summary, knowledge):
   config = with_value('finetune.knowledge', knowledge)
-  workdir.validate_workdir(config, phases, summary)
+  phases_lib.validate_workdir(config, phases, summary)
 
 
 @pytest.mark.parametrize('section,other', [('finetune', 'pretrain'),

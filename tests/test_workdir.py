@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from ekg_jax.run import workdir
+from ekg_jax.run.phases import PHASES
 from ekg_jax.config import default_config
 
 
@@ -41,15 +42,15 @@ def test_another_config_is_refused_with_the_differing_keys(tmp_path):
   workdir.save_config(config, str(tmp_path))
   same = default_config()
   same.phases, same.quiet = 'search', True  # run control may change
-  workdir.check_config(same, str(tmp_path), produced=['search'])
+  workdir.check_config(same, str(tmp_path), produced=[PHASES['search']])
   other = default_config()
   other.search.target_flops_rate = 0.3
   other.model.name = 'resnet20'
   with pytest.raises(workdir.WorkdirError,
                      match=r"model.name: 'resnet56' -> 'resnet20', "
                            r"search.target_flops_rate: 0.45 -> 0.3\); use a "
-                           r'new --workdir'):
-    workdir.check_config(other, str(tmp_path), produced=['search'])
+                           r'new --workdir, or the same values to resume$'):
+    workdir.check_config(other, str(tmp_path), produced=[PHASES['search']])
 
 
 def test_only_keys_of_phases_that_produced_something_are_pinned(tmp_path):
@@ -64,12 +65,15 @@ def test_only_keys_of_phases_that_produced_something_are_pinned(tmp_path):
   workdir.check_config(other, str(tmp_path), produced=[])
   other.search.target_flops_rate = 0.45
   # A finished search pins the search keys, not the later phases' keys.
-  workdir.check_config(other, str(tmp_path), produced=['search'])
-  with pytest.raises(workdir.WorkdirError, match='finetune.knowledge'):
+  workdir.check_config(other, str(tmp_path), produced=[PHASES['search']])
+  with pytest.raises(workdir.WorkdirError,
+                     match=r'finetune.knowledge.*; use a new --workdir, or '
+                           r'the same values to resume, or --config.redo='
+                           r'finetune to compute it'):
     workdir.check_config(other, str(tmp_path),
-                         produced=['search', 'finetune'])
+                         produced=[PHASES['search'], PHASES['finetune']])
   with pytest.raises(workdir.WorkdirError, match='data.test_split'):
-    workdir.check_config(other, str(tmp_path), produced=['evaluate'])
+    workdir.check_config(other, str(tmp_path), produced=[PHASES['evaluate']])
 
 
 def test_ci_has_the_shared_data():

@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Mapping, Optional
 
@@ -94,11 +95,13 @@ def read_npz_with_fallback(path: str, read):
     if not os.path.exists(candidate):
       continue
     try:
-      return read(candidate)
+      value = read(candidate)
     except Exception as e:  # zipfile, pickle and numpy raise many kinds
       failures.append(f'{candidate}: {type(e).__name__}: {e}')
-      logging.warning('%s is unreadable (%s: %s); trying the previous copy',
-                      candidate, type(e).__name__, e)
+      continue
+    for failure in failures:  # when no copy reads, the error says it all
+      logging.warning('%s; read the previous copy instead', failure)
+    return value
   if failures:
     raise CheckpointError('no readable copy: ' + '; '.join(failures))
   raise FileNotFoundError(path)
@@ -250,6 +253,28 @@ def read_model_config(directory: str) -> dict:
                           'save the model again') from None
 
 
+def _quiet_abandoned_reads() -> None:
+  """After a failed orbax restore, its other tensorstore reads may finish
+  after `asyncio.run` closed their event loop (often as the process exits);
+  tensorstore reports each one's `RuntimeError('Event loop is closed')` as
+  unraisable, lines of noise after the error that matters. Those alone
+  are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'quiet', False):
+    return
+
+  def hook(args):
+    tb = args.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next  # the frame that raised
+    if not (args.exc_type is RuntimeError and tb is not None
+            and str(args.exc_value) == 'Event loop is closed'
+            and 'asyncio' in tb.tb_frame.f_code.co_filename):
+      previous(args)
+  hook.quiet = True
+  sys.unraisablehook = hook
+
+
 def load_model_variables(directory: str, reference: Mapping) -> dict:
   import orbax.checkpoint as ocp
   try:
@@ -257,6 +282,7 @@ def load_model_variables(directory: str, reference: Mapping) -> dict:
       restored = ckptr.restore(
           os.path.join(os.path.abspath(directory), VARIABLES_DIR))
   except Exception as e:  # orbax/tensorstore raise many kinds
+    _quiet_abandoned_reads()
     raise CheckpointError(
         f'{directory} holds no readable variables (truncated or damaged '
         f'checkpoint: {type(e).__name__}: {str(e).splitlines()[0][:160]})'
@@ -310,15 +336,15 @@ class TrainCheckpoints:
         restored = (serialization.from_state_dict(template, out['state']),
                     out['progress'])
       except Exception as e:  # orbax/tensorstore raise many kinds
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s)', step,
-                        self.manager.directory, type(e).__name__,
-                        str(e)[:200])
+        _quiet_abandoned_reads()
         failed.append((step, f'{type(e).__name__}: {str(e)[:200]}'))
         continue
-      for bad, _ in failed:  # moved aside, so the step can be saved again
+      for bad, why in failed:  # moved aside, so the step can be saved again
         aside = os.path.join(f'{self.manager.directory}_unreadable', str(bad))
-        logging.warning('using checkpoint %d; %d moved to %s', step, bad,
-                        aside)
+        # Told only here: when none reads, the error says it all.
+        logging.warning('checkpoint %d in %s is unreadable (%s); using '
+                        'checkpoint %d; %d moved to %s', bad,
+                        self.manager.directory, why, step, bad, aside)
         shutil.rmtree(aside, ignore_errors=True)
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         shutil.move(os.path.join(self.manager.directory, str(bad)), aside)

@@ -2,9 +2,10 @@
 
 - `validate`: the whole-config check, before any data is read;
 - `preflight`: the data and files a run needs, checked up front;
-- `workdir`: a run's folder, the config keys each phase pins, resume;
+- `workdir`: a run's folder, config pinning, resume, a redo's removal;
 - `phases`: pretrain, evaluate, search, landscape, memory bank, fine-tune,
-  export, each `(Setup) -> summary`;
+  export, each `(Setup) -> summary`, and `PHASES`, one record per phase
+  (what it pins, writes, reads and how it runs) that the others read;
 - `report`, `plots`: the final table and PNG plots.
 
 `ekg_jax.config` (the config files' defaults), `ekg_jax.pipeline` and

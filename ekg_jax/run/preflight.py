@@ -18,11 +18,12 @@ from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import input_pipeline
 from ekg_jax.data import prepare
 from ekg_jax.config import ConfigError
+from ekg_jax.run.phases import PHASES
 
-# Phases that read each split (when they still have to run).
-TRAIN_READERS = ('pretrain', 'search', 'landscape', 'memory_bank',
-                 'finetune')
-TEST_READERS = ('pretrain', 'evaluate', 'landscape', 'finetune')
+
+def _reads(todo: Sequence[str], split: str) -> bool:
+  """Whether a phase left to run reads `split` ('train' or 'test')."""
+  return any(split in PHASES[p].splits for p in todo)
 
 
 def _size(config, split: str, key: str) -> int:
@@ -40,7 +41,7 @@ def check_data(config, todo: Sequence[str]) -> dict:
   (split sizes, the clamped eval batch size)."""
   d = config.data
   found = {}
-  if any(p in TRAIN_READERS for p in todo):
+  if _reads(todo, 'train'):
     n = found['train'] = _size(config, d.train_split, 'data.train_split')
     for section in ('pretrain', 'finetune'):
       if section in todo and config[section].epochs and (
@@ -71,7 +72,7 @@ def check_data(config, todo: Sequence[str]) -> dict:
           f'in each class (the validation subset, {subset} held-out ones and '
           f'the warm-up images), the split {d.train_split!r} has {smallest} '
           'in its smallest class; choose a smaller subset')
-  if any(p in TEST_READERS for p in todo):
+  if _reads(todo, 'test'):
     found['test'] = _size(config, d.test_split, 'data.test_split')
   top_k = config.memory_bank.top_k
   if 'memory_bank' in todo and top_k:  # classes from the dataset's metadata

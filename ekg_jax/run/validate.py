@@ -104,6 +104,7 @@ def _training_rules(section: str) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     'seed': integer(0),
     'phases': _phases,
+    'redo': lambda v: _phases(v) if v != '' else None,
     'init_checkpoint': _init_checkpoint,
     'quiet': boolean,
     # A folder, 'auto' ($EKG_JAX_CACHE or ~/.cache/ekg_jax) or '' (none).
@@ -251,7 +252,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          f'lanczos_iterations ({config.landscape.lanczos_iterations})')
   if (config.search.allocation == 'uniform'
       and config.memory_bank.num_teachers > 1
-      and 'memory_bank' in parse_phases(config.phases)):
+      and 'memory_bank' in (parse_phases(config.phases)
+                            + (parse_phases(config.redo) if config.redo
+                               else []))):
     # Its history is the dense network and one step: one possible teacher.
     fail('memory_bank.num_teachers', 'search.allocation=uniform takes one '
          'step, so one network may teach; use 1')

@@ -6,7 +6,9 @@ what a run finds there.
 PID) while a run works there: a second run refuses; a killed run's lock is
 released by the kernel, so a stale lock never blocks. `check_config` refuses a
 config that differs from the one the workdir's earlier runs used, in the keys
-that the results already there depend on.
+that the results already there depend on. `remove` is a redo: a phase's
+results go, so that it runs again. What each phase pins and writes is its
+record's (`run.phases.PHASES`); these functions take the records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from typing import Iterator
 
 import ml_collections
@@ -35,19 +38,11 @@ SEARCH_STATE = 'search/state.npz'
 SEARCH_HISTORY = 'search/history.json'
 MEMORY_BANK = 'memory_bank/bank.npz'
 FINETUNED = 'finetune/final'
-# Files whose presence means a phase has started producing results (it
-# resumes from them), before its summary entry marks it finished.
-STATE_FILES = {
-    'pretrain': ('pretrain/checkpoints', PRETRAINED),
-    'search': (SEARCH_STATE, WARMED_UP),
-    'memory_bank': (MEMORY_BANK,),
-    'finetune': ('finetune/checkpoints',),
-}
 # Keys that control how a run runs, not what it computes: they may change
 # between the runs that share a workdir. Learning rates too, so that a run
 # stopped by a non-finite loss can resume from its last good checkpoint with
 # a lower one.
-RUN_CONTROL = ('phases', 'quiet', 'distributed', 'cache_dir',
+RUN_CONTROL = ('phases', 'redo', 'quiet', 'distributed', 'cache_dir',
                'data.data_dir', 'data.decode_workers', 'data.prefetch',
                'pretrain.learning_rate',
                'finetune.learning_rate')
@@ -86,23 +81,13 @@ def lock(workdir: str) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
-# Which keys each phase's results depend on (prefixes of flattened keys).
-# Every phase depends on COMMON. Once a phase has produced something, its
-# keys are pinned: a rerun must use the same values. Keys of phases that
+# Keys every phase's results depend on; each phase adds its own
+# (`run.phases.PHASES`, its `pins`). Once a phase has produced something,
+# its keys are pinned: a rerun must use the same values. Keys of phases that
 # have produced nothing may change, so a run that failed before computing
 # leaves the workdir reusable with a corrected config.
 COMMON = ('model.', 'seed', 'init_checkpoint', 'data.name',
           'data.train_split', 'data.image_size', 'data.mean', 'data.std')
-PHASE_KEYS = {
-    'pretrain': ('pretrain.', 'augment.', 'data.test_split'),
-    'evaluate': ('data.test_split',),
-    'search': ('warmup.', 'search.', 'data.val_per_class',
-               'data.warmup_per_class', 'data.subset_seed'),
-    'landscape': ('landscape.', 'data.test_split'),
-    'memory_bank': ('memory_bank.',),
-    'finetune': ('finetune.', 'augment.', 'data.test_split'),
-    'export': ('export.',),
-}
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict:
@@ -119,8 +104,7 @@ def _flat(config: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in out.items() if k not in RUN_CONTROL}
 
 
-def _pinned(key: str, phases) -> bool:
-  prefixes = COMMON + tuple(p for ph in phases for p in PHASE_KEYS[ph])
+def _pinned(key: str, prefixes) -> bool:
   return any(key == p or (p.endswith('.') and key.startswith(p))
              for p in prefixes)
 
@@ -129,8 +113,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
                  produced=()) -> None:
   """Raises WorkdirError naming the keys where `config` differs from the
   config saved by the workdir's earlier runs, among the keys that the
-  phases in `produced` (those that finished or left state behind) depend
-  on. Run-control keys may always change."""
+  phases in `produced` (records of `run.phases.PHASES` that finished or
+  left state behind) depend on. Run-control keys may always change."""
   path = os.path.join(workdir, CONFIG)
   if not produced or not os.path.exists(path):
     return
@@ -141,17 +125,25 @@ def check_config(config: ml_collections.ConfigDict, workdir: str,
   # A key the toolkit gained after that run: the run had its default.
   defaults = _flat(default_config())
   saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
+  pins = COMMON + tuple(p for ph in produced for p in ph.pins)
   differing = sorted(k for k in set(saved) | set(now)
-                     if saved.get(k) != now.get(k)
-                     and _pinned(k, produced))
+                     if saved.get(k) != now.get(k) and _pinned(k, pins))
   if differing:
     shown = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}'
                       for k in differing[:8])
+    # Keys every phase depends on change everything: a new workdir. Others
+    # belong to phases that a redo computes again with the new values.
+    redo = [] if any(_pinned(k, COMMON) for k in differing) else [
+        ph.name for ph in produced
+        if any(_pinned(k, ph.pins) for k in differing)]
     raise WorkdirError(
         f'{workdir} holds results of another config (phases '
-        f'{", ".join(produced)} ran with {shown}'
+        f'{", ".join(p.name for p in produced)} ran with {shown}'
         f'{" ..." if len(differing) > 8 else ""}); use a new --workdir, or '
-        'the same values to resume')
+        'the same values to resume' + (
+            f', or --config.redo={",".join(redo)} to compute '
+            f'{"it" if len(redo) == 1 else "them"} (and the phases computed '
+            'from it) again with the new values' if redo else ''))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -192,17 +184,44 @@ def record(workdir: str, results: dict) -> dict:
   return summary
 
 
-def produced_phases(workdir: str, summary: dict,
-                    summary_keys: dict[str, str]) -> list[str]:
-  """Phases (name -> the summary key that marks them finished) that
-  finished or left state behind in `workdir`."""
+def produced_phases(workdir: str, summary: dict, phases) -> list:
+  """The phases (records of `run.phases.PHASES`) that finished or left
+  state behind in `workdir`."""
   def present(rel):
     path = os.path.join(workdir, rel)
     return (os.path.isfile(path) or ckpt_lib.npz_exists(path)
             if not os.path.isdir(path) else bool(os.listdir(path)))
-  return [name for name, key in summary_keys.items()
-          if key in summary or any(present(f) for f in
-                                   STATE_FILES.get(name, ()))]
+  return [p for p in phases
+          if p.finished(summary) or any(present(f) for f in p.resumes_from)]
+
+
+def redo_hint(phase: str) -> str:
+  """The way out of a damaged result of `phase`: compute it again."""
+  return (f'it is a result of phase {phase!r}: rerun with '
+          f'--config.redo={phase} to compute that phase (and those computed '
+          'from it) again')
+
+
+def remove(workdir: str, phases, summary: dict) -> dict:
+  """A redo: removes the results of `phases` (records of
+  `run.phases.PHASES`), their summary entries first, then their files;
+  returns the summary left. Whenever a kill lands, the summary names only
+  phases whose files are all there (a phase left with files but no entry
+  resumes from them, as after any kill)."""
+  entries = {e for p in phases for e in p.summary}
+  left = {k: v for k, v in summary.items() if k not in entries}
+  if distributed.is_primary():  # process 0 writes for all
+    if left != summary:
+      ckpt_lib.write_json_atomic(os.path.join(workdir, SUMMARY), left)
+    for p in phases:
+      for rel in p.writes:
+        path = os.path.join(workdir, rel)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.lexists(path):
+          os.remove(path)
+  distributed.wait_for_all('redo')  # nobody reads what is being removed
+  return left
 
 
 def validate_workdir_path(workdir: str) -> None:
@@ -217,35 +236,3 @@ def validate_workdir_path(workdir: str) -> None:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ConfigError(f'--workdir={workdir!r}: {existing} is not writable; '
                       'choose a folder you can write to')
-
-
-def validate_workdir(config: ml_collections.ConfigDict, phases, summary
-                     ) -> None:
-  """Phases need what earlier phases leave in the workdir (`summary` holds
-  the finished ones): refuse before any compute, naming what to run."""
-  ready = set(summary) | set(phases)  # phase names are their summary keys
-  knowledge = config.finetune.knowledge != 'none'
-  searched = config.finetune.masks == 'search'  # else masks of its own
-  needs = {'landscape': ['search'], 'memory_bank': ['search'],
-           'finetune': (['search'] if searched else [])
-                       + (['memory_bank'] if knowledge else []),
-           'export': ['finetune']}
-  for phase in phases:
-    for before in needs.get(phase, []):
-      if before not in ready:
-        why = (f' (finetune.knowledge={config.finetune.knowledge!r} '
-               'distils from it; finetune.knowledge=none needs none)'
-               if before == 'memory_bank' else '')
-        raise ConfigError(
-            f'phase {phase!r} needs a finished {before!r} phase in this '
-            f'workdir{why}: run --config.phases={before} first, or add it '
-            f'to config.phases')
-  if 'search' in summary:  # a finished search is skipped, so it is final
-    # The history holds steps + 1 networks; the final one never teaches.
-    networks = summary['search']['steps']
-    if 'memory_bank' in phases and config.memory_bank.num_teachers > networks:
-      raise ConfigError(
-          f'config.memory_bank.num_teachers='
-          f'{config.memory_bank.num_teachers}: the search in this workdir '
-          f'has {networks} networks that may teach (its history without the '
-          f'final network); choose 1..{networks}')

@@ -94,3 +94,11 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(
           sharding, x, np.shape(x)), tree)
+
+
+def wait_for_all(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op in a
+  single-process run)."""
+  if jax.distributed.is_initialized():
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

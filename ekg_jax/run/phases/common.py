@@ -3,6 +3,7 @@ variables (`Setup`), the data, and the supernet as the search leaves it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -82,12 +83,26 @@ def init_variables(config, model, workdir: str) -> Any:
   reference = jax.eval_shape(init)
   if path.endswith('.pkl'):
     return ckpt_lib.load_official_pkl(path, reference)
-  saved = ckpt_lib.read_model_config(path)
-  if saved['name'] != config.model.name:
-    raise ckpt_lib.CheckpointError(
-        f'init_checkpoint {path} holds a {saved["name"]} network; '
-        f'config.model.name is {config.model.name!r}')
-  return ckpt_lib.load_model_variables(path, reference)
+  with finished_result(path == pretrained and 'pretrain'):
+    saved = ckpt_lib.read_model_config(path)
+    if saved['name'] != config.model.name:
+      raise ckpt_lib.CheckpointError(
+          f'init_checkpoint {path} holds a {saved["name"]} network; '
+          f'config.model.name is {config.model.name!r}')
+    return ckpt_lib.load_model_variables(path, reference)
+
+
+@contextlib.contextmanager
+def finished_result(phase):
+  """Reads of a finished phase's files (`phase`; nothing when falsy): a
+  damaged one ends the run in one error naming the file and the redo."""
+  try:
+    yield
+  except ckpt_lib.CheckpointError as e:
+    if not phase:
+      raise
+    raise workdir_lib.WorkdirError(
+        f'{e}; {workdir_lib.redo_hint(phase)}') from e
 
 
 def make_setup(config, workdir) -> Setup:
@@ -176,9 +191,10 @@ def warmed_up(setup: Setup) -> tuple[Any, float]:
     return setup.variables, 0.0
   path = os.path.join(setup.workdir, workdir_lib.WARMED_UP)
   if os.path.exists(os.path.join(path, ckpt_lib.MODEL_FILE)):
-    saved = ckpt_lib.read_model_config(path)
-    return (ckpt_lib.load_model_variables(path, setup.variables),
-            saved['seconds'])
+    with finished_result('search'):
+      saved = ckpt_lib.read_model_config(path)
+      return (ckpt_lib.load_model_variables(path, setup.variables),
+              saved['seconds'])
   start = time.time()
   subset = class_subset(c, c.data.warmup_per_class, from_end=False)
   variables = warmup_lib.warmup(setup.model, setup.variables, subset,
@@ -202,9 +218,13 @@ def validation_batches(config, subset: int = 0) -> search_lib.Batches:
 
 def finished_search(setup: Setup) -> search_lib.SearchState:
   path = os.path.join(setup.workdir, workdir_lib.SEARCH_STATE)
-  if (not ckpt_lib.npz_exists(path)
-      or 'search' not in workdir_lib.load_summary(setup.workdir)):
+  finished = 'search' in workdir_lib.load_summary(setup.workdir)
+  if not finished:
     raise validate.ConfigError(
         f'no finished search in {setup.workdir}: run --config.phases=search '
         'first')
-  return search_lib.load_state(path, setup.gates)
+  if not ckpt_lib.npz_exists(path):
+    raise workdir_lib.WorkdirError(
+        f'{path} is missing; {workdir_lib.redo_hint("search")}')
+  with finished_result('search'):
+    return search_lib.load_state(path, setup.gates)

@@ -20,7 +20,8 @@ from ekg_jax.training import loop
 from ekg_jax.run import validate
 from ekg_jax.run import workdir as workdir_lib
 from ekg_jax.training.distill import StepConfig
-from ekg_jax.run.phases.common import (Setup, final_accuracy, finished_search,
+from ekg_jax.run.phases.common import (Setup, final_accuracy,
+                                       finished_result, finished_search,
                                        input_shape, load_test, load_train,
                                        test_accuracy, training_summary,
                                        unreadable_records, warmed_up)
@@ -76,22 +77,21 @@ def finetune_phase(setup: Setup) -> dict:
                        f'reported {searched["flops"]}')
   bank_logits = None
   if c.finetune.knowledge != 'none':
-    bank = bank_lib.MemoryBank.load(
-        os.path.join(setup.workdir, workdir_lib.MEMORY_BANK))
+    with finished_result('memory_bank'):
+      bank = bank_lib.MemoryBank.load(
+          os.path.join(setup.workdir, workdir_lib.MEMORY_BANK))
     if not bank.complete or len(bank.logits) != len(train):
       raise validate.ConfigError(
           'the memory bank does not cover the train split '
-          f'({bank.done} of {len(train)} images; damaged?): remove '
-          f'{setup.workdir}/memory_bank and the "memory_bank" entry of '
-          f'{workdir_lib.SUMMARY}, then rerun to rebuild it')
+          f'({bank.done} of {len(train)} images; damaged?): '
+          f'{workdir_lib.redo_hint("memory_bank")}')
     built_for = getattr(bank.logits, 'temperature', c.finetune.temperature)
     if built_for != c.finetune.temperature:
       raise validate.ConfigError(
           f'config.finetune.temperature={c.finetune.temperature}: the '
           f'memory bank keeps its top {bank.top_k} logits with a tail '
           f'computed at temperature {built_for}; fine-tune at {built_for}, '
-          f'or remove {setup.workdir}/memory_bank and its summary entry and '
-          'rebuild it')
+          'or rebuild it: rerun with --config.redo=memory_bank')
     bank_logits = bank.logits
   start = time.time()
   result = loop.train(model, variables, train, bank_logits, test, c,
@@ -132,11 +132,12 @@ def export_phase(setup: Setup) -> dict:
     raise validate.ConfigError(
         f'no fine-tuned network in {setup.workdir}: run '
         '--config.phases=finetune first')
-  model = setup.model.clone(widths=tuple(
-      (g, int(w)) for g, w in ckpt_lib.read_model_config(final)['widths']))
-  reference = jax.eval_shape(model.init, jax.random.key(0),
-                             jnp.zeros((1, *input_shape(c))))
-  variables = ckpt_lib.load_model_variables(final, reference)
+  with finished_result('finetune'):
+    model = setup.model.clone(widths=tuple(
+        (g, int(w)) for g, w in ckpt_lib.read_model_config(final)['widths']))
+    reference = jax.eval_shape(model.init, jax.random.key(0),
+                               jnp.zeros((1, *input_shape(c))))
+    variables = ckpt_lib.load_model_variables(final, reference)
   start = time.time()
   directory = workdir_lib.phase_dir(setup.workdir, 'export')
   paths = export_lib.export(
