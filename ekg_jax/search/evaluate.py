@@ -30,6 +30,7 @@ import numpy as np
 
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.supernet import model as model_lib
 from ekg_jax.search import importance as importance_lib
 from ekg_jax.training import losses
 from ekg_jax.search.options import EVALUATIONS, SearchConfig, resolve_evaluation
@@ -129,8 +130,8 @@ class Evaluator:
   def _apply(self, variables, x, masks, start=0, stop=None):
     # Batch statistics; the updated running statistics are dropped.
     segment = {'start': start, 'stop': stop} if self.segmented else {}
-    return self.model.apply(variables, x, masks=masks, train=True,
-                            mutable=['batch_stats'], **segment)[0]
+    return model_lib.forward_train(self.model, variables, x, masks=masks,
+                                   **segment)[0]
 
   def _forward_with_boundaries(self, variables, x, masks):
     """(logits, {segment: activation entering it}) for every segment where

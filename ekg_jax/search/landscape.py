@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ekg_jax.supernet import model as model_lib
 from ekg_jax.training import losses
 
 BN_MODES = ('batch', 'running')
@@ -68,9 +69,9 @@ def dataset_loss(model, variables, images: Sequence[jax.Array],
   def loss(params):
     value = 0.0
     for x, y in zip(images, labels):
-      logits = model.apply({**rest, 'params': params}, x, train=bn == 'batch',
-                           mutable=['batch_stats'] if bn == 'batch' else False)
-      logits = logits[0] if bn == 'batch' else logits
+      here = {**rest, 'params': params}
+      logits = (model_lib.forward_train(model, here, x)[0] if bn == 'batch'
+                else model.apply(here, x, train=False))
       value = value + losses.cross_entropy(logits, y).sum()
     return value / total
   return loss

@@ -18,6 +18,7 @@ import optax
 
 from ekg_jax import rules
 from ekg_jax.data import datasets as data_lib
+from ekg_jax.supernet import model as model_lib
 from ekg_jax.training import losses, steps
 
 
@@ -50,10 +51,10 @@ def warmup(model, variables: Any, split: data_lib.Split, mean, std,
     x = data_lib.normalize(images, mean, std)
 
     def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': stats},
-                                    x, train=True, mutable=['batch_stats'])
+      logits, stats_now = model_lib.forward_train(
+          model, {'params': params, 'batch_stats': stats}, x)
       loss = losses.cross_entropy(logits, labels).sum() / config.loss_divisor
-      return loss, updates['batch_stats']
+      return loss, stats_now
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

@@ -93,3 +93,14 @@ class Supernet(nn.Module):
     if gate is None:
       return x
     return gates_lib.apply_gate(x, masks, gate, self.straight_through)
+
+
+def forward_train(model: nn.Module, variables, x, **kwargs):
+  """(outputs, updated batch statistics) of one forward pass in training
+  mode, BN normalising with the batch's own statistics: the one way every
+  phase runs it. Training keeps the updated running statistics; the search's
+  evaluations and the memory bank drop them. A model without BN returns
+  `{}` for them."""
+  out, updates = model.apply(variables, x, train=True,
+                             mutable=['batch_stats'], **kwargs)
+  return out, updates.get('batch_stats', {})
