@@ -59,10 +59,18 @@ def build_model(config) -> Supernet:
                        **config_lib.model_kwargs(config, num_classes))
   path = prepare.init_checkpoint_path(config)  # 'official': its local copy
   if path and not path.endswith('.pkl'):
-    widths = ckpt_lib.read_model_config(path).get('widths')
-    if widths:
-      model = model.clone(widths=tuple((g, int(w)) for g, w in widths))
+    model = with_checkpoint_widths(model, path)
   return model
+
+
+def with_checkpoint_widths(model: Supernet, path: str) -> Supernet:
+  """`model` with the widths a checkpoint of ours records (a slimmed
+  network's), unchanged for a dense one: the one way a network is rebuilt
+  from its checkpoint."""
+  widths = ckpt_lib.read_model_config(path).get('widths')
+  if not widths:
+    return model
+  return model.clone(widths=tuple((g, int(w)) for g, w in widths))
 
 
 def init_variables(config, model, workdir: str) -> Any:

@@ -24,7 +24,8 @@ from ekg_jax.run.phases.common import (Setup, final_accuracy,
                                        finished_result, finished_search,
                                        input_shape, load_test, load_train,
                                        test_accuracy, training_summary,
-                                       unreadable_records, warmed_up)
+                                       unreadable_records, warmed_up,
+                                       with_checkpoint_widths)
 
 
 def pretrain_phase(setup: Setup) -> dict:
@@ -133,8 +134,7 @@ def export_phase(setup: Setup) -> dict:
         f'no fine-tuned network in {setup.workdir}: run '
         '--config.phases=finetune first')
   with finished_result('finetune'):
-    model = setup.model.clone(widths=tuple(
-        (g, int(w)) for g, w in ckpt_lib.read_model_config(final)['widths']))
+    model = with_checkpoint_widths(setup.model, final)
     reference = jax.eval_shape(model.init, jax.random.key(0),
                                jnp.zeros((1, *input_shape(c))))
     variables = ckpt_lib.load_model_variables(final, reference)
