@@ -200,6 +200,9 @@ def test_each_bad_recipe_value_is_one_line_naming_key_value_and_rule(
      'vit_cifar; allowed: depth, embed_dim'),
     ('vit_cifar', 'depth=0', 'depth must be a positive integer'),
     ('vit_cifar', 'pool=3', 'pool must be a name'),
+    ('vit_cifar', 'pool=max', "pool must be 'cls' or 'mean'"),
+    ('vit_cifar', 'embed_dim=32', 'embed_dim 32 is not a multiple of '
+     'num_heads=3'),
     ('resnet56', 'depth=20', 'resnet56 has no architecture attributes'),
 ])
 def test_bad_architecture_overrides_are_refused(model, value, why):

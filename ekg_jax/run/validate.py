@@ -137,7 +137,9 @@ def _architecture_names(config) -> Optional[str]:
       return f'{name} must be a positive integer'
     if isinstance(default, str) and not isinstance(value, str):
       return f'{name} must be a name, not a number'
-  return None
+  check = getattr(MODELS[config.model.name](**overrides),
+                  'architecture_error', None)
+  return check() if check else None
 
 
 RULES: dict[str, Rule] = {
