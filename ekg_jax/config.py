@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet56'  # a registered model (ekg_jax/models)
+  # Overrides of the registered size's architecture attributes, as
+  # 'name=value,...' (a ViT's depth, embed_dim, num_heads, mlp_ratio,
+  # patch_size, pool; e.g. 'depth=2,embed_dim=32'); '' = the size as named.
+  c.model.architecture = ''
   c.model.renormalize = True  # section 7: rescale pruned kernels' L2 norm
   c.model.straight_through = True  # section 3: dx = dy through the gates
   c.model.bn_momentum = 0.9  # of the running statistics
@@ -234,7 +238,21 @@ def training_recipe(epochs: int, learning_rate: float,
   r.lr_decay_epochs_fraction = lr_decay_epochs_fraction
   r.lr_decay_factor = lr_decay_factor
   r.momentum = 0.9  # Nesterov, on lr-scaled gradients as Keras' SGD
-  r.weight_decay = weight_decay  # added to the gradient
+  r.weight_decay = weight_decay  # added to the gradient (adamw: decoupled)
+  # 'sgd_nesterov' (the reference's: momentum, weight decay added to every
+  # gradient) or 'adamw' (adam_betas; decoupled weight decay, lr-scaled, on
+  # arrays of 2+ dimensions only; momentum unused). The registry:
+  # ekg_jax/training/optimizers.py.
+  r.optimizer = 'sgd_nesterov'
+  r.adam_betas = (0.9, 0.999)  # adamw's (b1, b2)
+  # 'step' (the lr_decay_* points above) or 'cosine' (half a cosine to 0
+  # after the warm-up; lr_decay_* unused).
+  r.lr_schedule = 'step'
+  # A linear warm-up from 0 to learning_rate over this fraction of the
+  # run's steps, before either schedule (0: none).
+  r.lr_warmup_fraction = 0.0
+  r.label_smoothing = 0.0  # of the CE term's one-hot labels (0: none)
+  r.clip_grad_norm = 0.0  # clip the gradients' global norm to this (0: none)
   r.checkpoint_every_steps = 500  # and at every epoch end
   # Data parallelism over every device: BN statistics per device (False)
   # or averaged over all devices (True, cross-device BN).
@@ -256,4 +274,19 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
   return dict(num_classes=num_classes, renormalize=m.renormalize,
               straight_through=m.straight_through, bn_momentum=m.bn_momentum,
               bn_epsilon=m.bn_epsilon,
-              dtype=None if m.dtype == 'float32' else jnp.dtype(m.dtype))
+              dtype=None if m.dtype == 'float32' else jnp.dtype(m.dtype),
+              **parse_architecture(m.get('architecture', '')))
+
+
+def parse_architecture(text: str) -> dict:
+  """'depth=2,pool=mean' -> {'depth': 2, 'pool': 'mean'} (integers where
+  a value is one); ValueError names a malformed item."""
+  out = {}
+  for item in (i.strip() for i in text.split(',')):
+    if not item:
+      continue
+    name, eq, value = (p.strip() for p in item.partition('='))
+    if not eq or not name.isidentifier() or not value:
+      raise ValueError(f'{item!r} is not name=value')
+    out[name] = int(value) if value.lstrip('-').isdigit() else value
+  return out

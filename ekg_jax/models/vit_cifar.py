@@ -54,11 +54,20 @@ class CifarViT(Supernet):
   architecture = ('depth', 'embed_dim', 'num_heads', 'mlp_ratio', 'patch_size',
                   'pool')
 
+  def architecture_error(self) -> Optional[str]:
+    """Why these attributes make no ViT (None when they do); the config
+    check of `model.architecture` asks before anything is traced."""
+    if self.embed_dim % self.num_heads:
+      return (f'embed_dim {self.embed_dim} is not a multiple of '
+              f'num_heads={self.num_heads}')
+    if self.pool not in ('cls', 'mean'):
+      return f"pool must be 'cls' or 'mean', got {self.pool!r}"
+    return None
+
   @property
   def head_dim(self) -> int:
     if self.embed_dim % self.num_heads:
-      raise ValueError(f'ViT embed_dim {self.embed_dim} is not a multiple of '
-                       f'num_heads={self.num_heads}')
+      raise ValueError(f'ViT {self.architecture_error()}')
     return self.embed_dim // self.num_heads
 
   @nn.compact

@@ -23,7 +23,7 @@ from ekg_jax.knowledge import memory_bank
 from ekg_jax.data import prepare
 from ekg_jax.search import options as search_options
 from ekg_jax.search.marking import kept_count
-from ekg_jax.training import steps
+from ekg_jax.training import optimizers, steps
 from ekg_jax.models import MODELS
 from ekg_jax.supernet.model import COMPUTE_DTYPES
 
@@ -98,7 +98,48 @@ def _training_rules(section: str) -> dict[str, Rule]:
       f'{section}.sync_batch_norm': boolean,
       f'{section}.dtype': choice(COMPUTE_DTYPES),
       f'{section}.program': choice(steps.PROGRAMS),
+      f'{section}.optimizer': choice(optimizers.OPTIMIZERS),
+      f'{section}.adam_betas': numbers(2, UNIT_OPEN),
+      f'{section}.lr_schedule': choice(optimizers.SCHEDULES),
+      f'{section}.lr_warmup_fraction': UNIT_OPEN,
+      f'{section}.label_smoothing': UNIT_OPEN,
+      f'{section}.clip_grad_norm': number(0),
   }
+
+
+def _architecture(v) -> Optional[str]:
+  if not isinstance(v, str):
+    return ("must be a string of name=value overrides, e.g. "
+            "'depth=2,embed_dim=32' ('' = the registered size)")
+  try:
+    config_lib.parse_architecture(v)
+  except ValueError as e:
+    return (f"{e}; use comma-separated name=value items, e.g. "
+            "'depth=2,embed_dim=32' ('' = the registered size)")
+  return None
+
+
+def _architecture_names(config) -> Optional[str]:
+  """Why config.model.architecture does not fit config.model.name."""
+  overrides = config_lib.parse_architecture(config.model.architecture)
+  if not overrides:
+    return None
+  model = MODELS[config.model.name]()
+  names = tuple(getattr(type(model), 'architecture', ()))
+  if not names:
+    return f'{config.model.name} has no architecture attributes to override'
+  for name, value in overrides.items():
+    if name not in names:
+      return (f'{name!r} is not an architecture attribute of '
+              f'{config.model.name}; allowed: {", ".join(names)}')
+    default = getattr(model, name)
+    if isinstance(default, int) and not (is_int(value) and value >= 1):
+      return f'{name} must be a positive integer'
+    if isinstance(default, str) and not isinstance(value, str):
+      return f'{name} must be a name, not a number'
+  check = getattr(MODELS[config.model.name](**overrides),
+                  'architecture_error', None)
+  return check() if check else None
 
 
 RULES: dict[str, Rule] = {
@@ -112,6 +153,7 @@ RULES: dict[str, Rule] = {
         "must be a folder, 'auto' or '' (no caches)"),
     'distributed': boolean,
     'model.name': choice(sorted(MODELS)),
+    'model.architecture': _architecture,
     'model.renormalize': boolean,
     'model.straight_through': boolean,
     'model.bn_momentum': UNIT_OPEN,
@@ -221,6 +263,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     why = rule(_get(config, key))
     if why:
       fail(key, why)
+  why = _architecture_names(config)
+  if why:
+    fail('model.architecture', why)
   resizes = input_pipeline.of(config).resizes
   dataset = data_lib.DATASETS.get(config.data.name)
   if dataset is None and not resizes:

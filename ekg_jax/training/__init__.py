@@ -1,8 +1,10 @@
 """Training: pretraining, and fine-tuning the slimmed network with the memory
 bank's knowledge (ekg_algorithm.md section 6), data-parallel over devices.
 
-- `steps`: one compiled train step (optimizer, `shard_map` over the `data`
-  mesh axis, the step runner);
+- `steps`: one compiled train step (`shard_map` over the `data` mesh axis,
+  the step runner);
+- `optimizers`: optimizers and learning-rate schedules by name (a recipe's
+  `optimizer`, `lr_schedule`, warm-up, clipping);
 - `loop`: the epoch loop, checkpoints, metrics and resume;
 - `distill`: the training objective with or without teachers, and its views;
 - `losses`: cross-entropy and the distillation losses;

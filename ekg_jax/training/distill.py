@@ -32,6 +32,7 @@ class StepConfig:
   std: tuple = (1.0, 1.0, 1.0)
   augment: tuple = ()  # keyword arguments of data.augment_each, as items
   num_views: int = 0  # 0: as the reference, two with knowledge, one without
+  label_smoothing: float = 0.0  # of the CE term's labels (0: one-hot)
 
   @classmethod
   def from_config(cls, config, section: str = 'finetune') -> 'StepConfig':
@@ -39,7 +40,7 @@ class StepConfig:
     return cls(recipe.get('knowledge', 'none'), recipe.get('temperature', 1.0),
                tuple(config.data.mean), tuple(config.data.std),
                tuple(sorted(dict(config.augment).items())),
-               recipe.get('views', 0))
+               recipe.get('views', 0), recipe.get('label_smoothing', 0.0))
 
   @property
   def views(self) -> int:
@@ -91,7 +92,8 @@ def views_loss(logits: Sequence[jax.Array], labels: jax.Array,
       raise ValueError(f'the top-k bank was built for temperature '
                        f'{bank.temperature}, not {config.temperature}')
     bank = topk.expand(bank)
-  ce = sum(losses.cross_entropy(z, labels).mean() for z in logits)
+  ce = sum(losses.cross_entropy(z, labels, config.label_smoothing).mean()
+           for z in logits)
   kd, used = jnp.zeros(()), jnp.zeros(())
   if config.knowledge == 'single':
     kd = sum(losses.kl_divergence(bank[:, 0], z, config.temperature).mean()
@@ -135,9 +137,10 @@ def views_logits(model, variables, views: Sequence[jax.Array]
                  ) -> tuple[list[jax.Array], Any]:
   """Float32 logits of each view and the updated BN statistics. The views
   go through the network as ONE batch, as the reference: BN statistics over
-  both views, one running-statistics update."""
+  both views, one running-statistics update. A network without BatchNorm
+  has none: {}."""
   z, updates = model.apply(variables, jnp.concatenate(views), train=True,
                            mutable=['batch_stats'])
   return (jnp.split(z.astype(jnp.float32), len(views)),
-          updates['batch_stats'])
+          updates.get('batch_stats', {}))
 

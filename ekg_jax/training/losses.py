@@ -6,10 +6,17 @@ import jax
 import jax.numpy as jnp
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-sample CE with integer labels."""
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-sample CE with integer labels; with `label_smoothing` e > 0, the
+  CE with the target (1 - e) * one_hot + e / classes (Szegedy et al. 2016),
+  i.e. (1 - e) * CE + e * the mean over classes of -log p."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  if not label_smoothing:  # the plain CE, computed exactly as always
+    return nll
+  return ((1.0 - label_smoothing) * nll
+          - label_smoothing * jnp.mean(logp, axis=-1))
 
 
 def soft_cross_entropy(logits: jax.Array, teacher_logits: jax.Array,

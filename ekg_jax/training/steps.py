@@ -26,6 +26,10 @@ from ekg_jax.runtime import backend
 from ekg_jax.training import distill
 from ekg_jax.training.distill import StepConfig, augmented_views, views_logits
 from ekg_jax.runtime.distributed import DATA_AXIS
+# The optimizer and schedule registries live in optimizers.py; these names
+# stay importable from here (loop.py, warm-up, benchmarks and tests use them).
+from ekg_jax.training.optimizers import (  # noqa: F401
+    lr_schedule, make_optimizer, sgd_nesterov)
 
 
 @flax.struct.dataclass
@@ -38,12 +42,16 @@ class TrainState:
   @classmethod
   def create(cls, variables, tx: optax.GradientTransformation
              ) -> 'TrainState':
+    """A network without BatchNorm (a ViT) has no 'batch_stats': they
+    are {} here, and absent from `variables` again, as from `model.init`."""
     params = variables['params']
-    return cls(jnp.zeros((), jnp.int32), params, variables['batch_stats'],
-               tx.init(params))
+    return cls(jnp.zeros((), jnp.int32), params,
+               variables.get('batch_stats', {}), tx.init(params))
 
   @property
   def variables(self) -> dict:
+    if not self.batch_stats:
+      return {'params': self.params}
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
@@ -51,45 +59,6 @@ class TrainState:
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
   """Full batches only: the last partial batch of an epoch is dropped."""
   return num_images // batch_size
-
-
-def lr_schedule(recipe, steps_per_epoch: int) -> optax.Schedule:
-  """The learning rate times `lr_decay_factor` at each listed fraction of
-  the run's steps (reference: 0.01, x0.2 at epochs 30, 60, 80 of 100).
-  Step-granular, so a run of a few epochs keeps the schedule's shape (the
-  reference's epoch-granular points would all fall on epoch 0)."""
-  total = recipe.epochs * steps_per_epoch
-  boundaries = {}
-  for f in recipe.lr_decay_epochs_fraction:
-    step = round(f * total)
-    boundaries[step] = boundaries.get(step, 1.0) * recipe.lr_decay_factor
-  return optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
-
-
-def sgd_nesterov(learning_rate, momentum: float, weight_decay: float
-                 ) -> optax.GradientTransformation:
-  """The reference's one optimizer (warm-up, pretraining, fine-tuning): SGD
-  with Nesterov momentum, weight decay added to the gradient of every
-  parameter, BN included. `learning_rate`: a float or an optax schedule."""
-  decay = optax.add_decayed_weights(weight_decay)
-  if callable(learning_rate):
-    # As Keras computes it: the momentum accumulates lr-scaled gradients, so
-    # a decay point does not rescale the velocity.
-    return optax.chain(decay, optax.scale_by_learning_rate(learning_rate),
-                       optax.trace(decay=momentum, nesterov=True))
-  # A constant rate (the warm-up): both orders are the same function, but
-  # rounding differs, and this one reproduces the reference run's search
-  # trajectory (tests/test_pinned_search.py); the Keras order flips its
-  # second step at a near-tie (stage1/block4 instead of stage2/block8).
-  return optax.chain(decay, optax.sgd(learning_rate, momentum,
-                                      nesterov=True))
-
-
-def make_optimizer(recipe, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """`sgd_nesterov` with a training recipe's schedule."""
-  return sgd_nesterov(lr_schedule(recipe, steps_per_epoch), recipe.momentum,
-                      recipe.weight_decay)
 
 
 def make_step(model, tx: optax.GradientTransformation, config: StepConfig,
