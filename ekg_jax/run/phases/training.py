@@ -19,11 +19,11 @@ from ekg_jax.supernet import slimming
 from ekg_jax.training import loop
 from ekg_jax.run import validate
 from ekg_jax.run import workdir as workdir_lib
-from ekg_jax.training.distill import StepConfig
 from ekg_jax.run.phases.common import (Setup, final_accuracy, finished_search,
                                        input_shape, load_test, load_train,
-                                       test_accuracy, training_summary,
-                                       unreadable_records, warmed_up)
+                                       test_accuracy, trainer_records,
+                                       training_summary, unreadable_records,
+                                       warmed_up)
 
 
 def pretrain_phase(setup: Setup) -> dict:
@@ -33,8 +33,9 @@ def pretrain_phase(setup: Setup) -> dict:
   folder = workdir_lib.phase_dir(setup.workdir, 'pretrain')
   train, test = load_train(c), load_test(c)
   start = time.time()
-  result = loop.train(setup.model, setup.variables, train, None, test, c,
-                      folder, progress=setup.progress, section='pretrain')
+  result = loop.train(setup.model, setup.variables, train, None, test,
+                      folder=folder, progress=setup.progress,
+                      **trainer_records(c, 'pretrain'))
   ckpt_lib.save_model(os.path.join(setup.workdir, workdir_lib.PRETRAINED),
                       c.model.name, {}, result.variables)
   setup.variables = result.variables
@@ -93,9 +94,10 @@ def finetune_phase(setup: Setup) -> dict:
           f'or remove {setup.workdir}/memory_bank and its summary entry and '
           'rebuild it')
     bank_logits = bank.logits
+  records = trainer_records(c, 'finetune')
   start = time.time()
-  result = loop.train(model, variables, train, bank_logits, test, c,
-                      folder, progress=setup.progress)
+  result = loop.train(model, variables, train, bank_logits, test,
+                      folder=folder, progress=setup.progress, **records)
   final = os.path.join(setup.workdir, workdir_lib.FINETUNED)
   ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
                       result.variables)
@@ -105,7 +107,7 @@ def finetune_phase(setup: Setup) -> dict:
       'finetune': {**training_summary(result, c.finetune.epochs,
                                        time.time() - start, accuracy),
                    'knowledge': c.finetune.knowledge,
-                   'views': StepConfig.from_config(c).views,
+                   'views': records['options'].num_views,
                    'masks': c.finetune.masks, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
                 'flops_reduction': round(1.0 - flops / dense, 4),
