@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from ekg_jax.rules import ConfigError  # noqa: F401  (config files catch it)
+from ekg_jax.deploy import options as export_options
 from ekg_jax.knowledge import options as bank_options
 from ekg_jax.search import options as search_options
 from ekg_jax.training import options as training_options
@@ -139,9 +140,8 @@ def default_config() -> ml_collections.ConfigDict:
   # The fine-tuned network as deployable artifacts (ekg_jax/deploy/export.py): a
   # jax.export program for these platforms, and widths + arrays; with onnx,
   # also model.onnx (ekg_jax/deploy/export_onnx.py, needs the [onnx] extra).
-  c.export = ml_collections.ConfigDict()
-  c.export.platforms = 'cpu,cuda,tpu'  # comma-separated
-  c.export.onnx = False
+  # The options and their defaults are `deploy.ExportOptions`'.
+  c.export = ml_collections.ConfigDict(export_options.defaults())
 
   # Plain supervised training of the dense network, run only when there is
   # no init_checkpoint. The usual CIFAR ResNet recipe (He et al. 2016: lr

@@ -18,8 +18,8 @@ from ekg_jax.rules import (Rule, boolean, choice, existing, integer,
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import input_pipeline
 from ekg_jax.training import options as train_options
-from ekg_jax.deploy import export
 from ekg_jax.search import landscape
+from ekg_jax.deploy import options as export_options
 from ekg_jax.knowledge import options as bank_options
 from ekg_jax.data import prepare
 from ekg_jax.search import options as search_options
@@ -45,20 +45,6 @@ def _phases(v) -> Optional[str]:
   except ConfigError as e:
     return str(e).split(': ', 1)[1]
   return None
-
-
-def _platforms(v) -> Optional[str]:
-  names = [p.strip() for p in str(v).split(',') if p.strip()]
-  if not isinstance(v, str) or not names or not set(names) <= set(
-      export.PLATFORMS):
-    return (f'must be a comma-separated list of {", ".join(export.PLATFORMS)}'
-            ' (jax.export platforms)')
-  return None
-
-
-def _onnx(v) -> Optional[str]:
-  from ekg_jax.deploy import export_onnx
-  return boolean(v) or (v and export_onnx.missing()) or None
 
 
 def _masks(v) -> Optional[str]:
@@ -149,8 +135,7 @@ RULES: dict[str, Rule] = {
     **{f'finetune.{name}': train_options.RULES[name]
        for name in ('knowledge', 'views')},
     'finetune.masks': _masks,
-    'export.platforms': _platforms,
-    'export.onnx': _onnx,
+    **{f'export.{name}': rule for name, rule in export_options.RULES.items()},
     'finetune.temperature': train_options.RULES['temperature'],
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ekg_jax.files import checkpoint as ckpt_lib
 from ekg_jax.deploy import export as export_lib
+from ekg_jax.deploy.options import ExportOptions
 from ekg_jax.supernet import flops as flops_lib
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.knowledge import memory_bank as bank_lib
@@ -139,13 +140,13 @@ def export_phase(setup: Setup) -> dict:
   reference = jax.eval_shape(model.init, jax.random.key(0),
                              jnp.zeros((1, *input_shape(c))))
   variables = ckpt_lib.load_model_variables(final, reference)
+  options = ExportOptions.from_config(c.export)
   start = time.time()
   directory = workdir_lib.phase_dir(setup.workdir, 'export')
   paths = export_lib.export(
       model, variables, directory, c.model.name, input_shape(c), c.data.mean,
-      c.data.std,
-      [p.strip() for p in c.export.platforms.split(',') if p.strip()])
-  if c.export.onnx:
+      c.data.std, options.platform_list)
+  if options.onnx:
     from ekg_jax.deploy import export_onnx  # the optional [onnx] extra
     paths.update(export_onnx.to_onnx(
         model, variables, os.path.join(directory, export_onnx.ONNX),
