@@ -55,17 +55,25 @@ def described() -> dict[str, str]:
   section is created)."""
   from ekg_jax import config as config_lib
   from ekg_jax.search import options
+  from ekg_jax.deploy import options as export_options
+  from ekg_jax.knowledge import options as bank_options
+  from ekg_jax.training import options as training_options
   top = comments(inspect.getsource(config_lib.default_config),
                  r'c\.([\w.]+)\s*=')
-  recipe = comments(inspect.getsource(config_lib.training_recipe),
-                    r'r\.(\w+)\s*=')
-  fields = comments(inspect.getsource(options.SearchConfig),
-                    r'(\w+)\s*:\s*[\w\[\], |]+=')
+  field = r'(\w+)\s*:\s*[\w\[\], |]+='
+  recipe = comments(inspect.getsource(training_options.TrainOptions), field)
+  recipe = {k: recipe[k] for k in training_options.RECIPE}
+  fields = comments(inspect.getsource(options.SearchConfig), field)
+  records = {'memory_bank': bank_options.BankOptions,
+             'export': export_options.ExportOptions}
   found = {}
   for key, text in top.items():
     found[key] = text
     if key in ('pretrain', 'finetune'):
       found.update({f'{key}.{name}': t for name, t in recipe.items()})
+    if key in records:
+      found.update({f'{key}.{name}': t for name, t in comments(
+          inspect.getsource(records[key]), field).items()})
     if key == 'search':
       found.update({f'search.{f.name}': fields.get(f.name, '')
                     for f in dataclasses.fields(options.SearchConfig)})

@@ -10,7 +10,10 @@ from __future__ import annotations
 import ml_collections
 
 from ekg_jax.rules import ConfigError  # noqa: F401  (config files catch it)
+from ekg_jax.deploy import options as export_options
+from ekg_jax.knowledge import options as bank_options
 from ekg_jax.search import options as search_options
+from ekg_jax.training import options as training_options
 
 
 # The reference code's per-channel statistics, applied to R, G, B in this
@@ -138,23 +141,15 @@ def default_config() -> ml_collections.ConfigDict:
   # as many train images, held out from the search (repeats of the measure).
   c.landscape.subset = 0
 
-  c.memory_bank = ml_collections.ConfigDict()  # section 6
-  c.memory_bank.num_teachers = 5  # K, at evenly spaced validation losses
-  c.memory_bank.batch_size = 256  # teachers' forward passes, split order
-  c.memory_bank.dtype = 'bfloat16'  # storage of the logits (2 bytes each)
-  # Keep only the k largest logits per image and teacher, with their class
-  # indices and one tail logit for the rest (ekg_jax/knowledge/topk.py): 0
-  # keeps all (dense); ~20 makes an ImageNet bank fit (0.5 GB, not 12.8 GB).
-  # The tail is computed at finetune.temperature, which then cannot change.
-  c.memory_bank.top_k = 0
-  c.memory_bank.checkpoint_every_batches = 20  # a killed bank resumes
+  # Section 6. The options and their defaults (with what each means) are
+  # `knowledge.BankOptions`', the ones `ekg_jax.build_memory_bank` takes.
+  c.memory_bank = ml_collections.ConfigDict(bank_options.defaults())
 
   # The fine-tuned network as deployable artifacts (ekg_jax/deploy/export.py): a
   # jax.export program for these platforms, and widths + arrays; with onnx,
   # also model.onnx (ekg_jax/deploy/export_onnx.py, needs the [onnx] extra).
-  c.export = ml_collections.ConfigDict()
-  c.export.platforms = 'cpu,cuda,tpu'  # comma-separated
-  c.export.onnx = False
+  # The options and their defaults are `deploy.ExportOptions`'.
+  c.export = ml_collections.ConfigDict(export_options.defaults())
 
   # Plain supervised training of the dense network, run only when there is
   # no init_checkpoint. The usual CIFAR ResNet recipe (He et al. 2016: lr
@@ -228,42 +223,13 @@ def training_recipe(epochs: int, learning_rate: float,
                     lr_decay_epochs_fraction: tuple,
                     lr_decay_factor: float = 0.1,
                     weight_decay: float = 1e-4) -> ml_collections.ConfigDict:
-  """The keys every training phase (pretrain, finetune) has."""
-  r = ml_collections.ConfigDict()
-  r.epochs = epochs
-  r.batch_size = 128  # global: divides over every device of every process
-  r.learning_rate = learning_rate  # before the decays
-  # The rate is multiplied by lr_decay_factor at each listed fraction of the
-  # run's steps (for 100 epochs: at those epochs, as the reference).
-  r.lr_decay_epochs_fraction = lr_decay_epochs_fraction
-  r.lr_decay_factor = lr_decay_factor
-  r.momentum = 0.9  # Nesterov, on lr-scaled gradients as Keras' SGD
-  r.weight_decay = weight_decay  # added to the gradient (adamw: decoupled)
-  # 'sgd_nesterov' (the reference's: momentum, weight decay added to every
-  # gradient) or 'adamw' (adam_betas; decoupled weight decay, lr-scaled, on
-  # arrays of 2+ dimensions only; momentum unused). The registry:
-  # ekg_jax/training/optimizers.py.
-  r.optimizer = 'sgd_nesterov'
-  r.adam_betas = (0.9, 0.999)  # adamw's (b1, b2)
-  # 'step' (the lr_decay_* points above) or 'cosine' (half a cosine to 0
-  # after the warm-up; lr_decay_* unused).
-  r.lr_schedule = 'step'
-  # A linear warm-up from 0 to learning_rate over this fraction of the
-  # run's steps, before either schedule (0: none).
-  r.lr_warmup_fraction = 0.0
-  r.label_smoothing = 0.0  # of the CE term's one-hot labels (0: none)
-  r.clip_grad_norm = 0.0  # clip the gradients' global norm to this (0: none)
-  r.checkpoint_every_steps = 500  # and at every epoch end
-  # Data parallelism over every device: BN statistics per device (False)
-  # or averaged over all devices (True, cross-device BN).
-  r.sync_batch_norm = False
-  # Compute dtype; parameters and optimizer state stay float32. bfloat16
-  # is for GPU/TPU (XLA:CPU emulates it slowly).
-  r.dtype = 'float32'
-  # How a stretch of steps runs: 'scan' (one compiled lax.scan), 'loop'
-  # (one compiled step dispatched per batch, data on device), 'auto' (loop
-  # on CPU, where XLA runs convolutions in loops ~30x slower; scan elsewhere).
-  r.program = 'auto'
+  """The keys every training phase (pretrain, finetune) has: the recipe of
+  `training.TrainOptions` (its fields say what each means), with these
+  values in place of its defaults."""
+  r = ml_collections.ConfigDict(training_options.recipe_defaults())
+  r.update(epochs=epochs, learning_rate=learning_rate,
+           lr_decay_epochs_fraction=lr_decay_epochs_fraction,
+           lr_decay_factor=lr_decay_factor, weight_decay=weight_decay)
   return r
 
 

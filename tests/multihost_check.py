@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_finetune import random_split, tiny_config  # noqa: E402
 
 from ekg_jax.training import distill, loop
+from ekg_jax.run.phases.common import trainer_records  # noqa: E402
 from ekg_jax.training import steps as steps_lib
 from ekg_jax.runtime import distributed  # noqa: E402
 from ekg_jax.supernet import gates as gates_lib  # noqa: E402
@@ -83,8 +84,9 @@ def fine_tune(model, variables, out):
   train_split, test = random_split(32, 7), random_split(16, 8)
   bank = np.random.default_rng(9).normal(size=(32, 3, 10)).astype(
       jnp.bfloat16)
-  result = loop.train(model, variables, train_split, bank, test, config,
-                      os.path.join(out, 'train'), progress=False)
+  result = loop.train(model, variables, train_split, bank, test,
+                      folder=os.path.join(out, 'train'), progress=False,
+                      **trainer_records(config, 'finetune'))
   history = {f'train_history_{k}': np.asarray(v)
              for k, v in result.history[-1].items()}
   return {**flat('train_', result.variables), **history}
@@ -94,9 +96,9 @@ def bad_batch(model, variables, out):
   """A global batch of 6 over 4 devices: refused before any compute."""
   try:
     loop.train(model, variables, random_split(32, 7), None,
-               random_split(16, 8), tiny_config(batch_size=6,
-                                                   knowledge='none'),
-               os.path.join(out, 'bad'), progress=False)
+               random_split(16, 8), folder=os.path.join(out, 'bad'),
+               progress=False, **trainer_records(
+                   tiny_config(batch_size=6, knowledge='none'), 'finetune'))
   except ConfigError as e:
     return {'bad_batch': np.asarray(str(e))}
   return {'bad_batch': np.asarray('accepted')}

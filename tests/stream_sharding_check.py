@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from ekg_jax import config as config_lib  # noqa: E402
 from ekg_jax.training import feeds, input_pipeline, steps
+from ekg_jax.training.options import InputOptions, TrainOptions  # noqa: E402
 from ekg_jax.data import streaming  # noqa: E402
 
 
@@ -25,8 +26,9 @@ def main(data_dir):
   records = input_pipeline.of(c).train(c)
   bank = np.random.default_rng(0).normal(
       size=(len(records), 3, 10)).astype(np.float32)
-  feed = feeds.StreamFeed(records, bank, None, steps.data_mesh(), c,
-                          'finetune')
+  feed = feeds.StreamFeed(records, bank, None, steps.data_mesh(),
+                          TrainOptions.from_config(c.finetune, c.seed),
+                          InputOptions.from_config(c), 'finetune')
   images, labels, rows = feed._next()
   expected = next(iter(streaming.train_dataset(feed.spec)))
   for array, host in ((images, expected['image']),

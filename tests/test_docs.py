@@ -75,8 +75,10 @@ def anchors(path):
 
 # What a block prints where the page promises it.
 PRINTED = {
-    'docs/library.md': lambda out: (out[-1] == '(64, 10)'
-                                    and 0 < float(out[-2]) <= 0.8),
+    'docs/library.md': lambda out: (
+        '(64, 10)' in out and 0 < float(out[out.index('(64, 10)') - 1]) <= 0.8
+        and out[-2].startswith('(256, 3, 10)')
+        and 1 <= float(out[-1].split()[0]) <= 3),
 }
 
 

@@ -23,6 +23,7 @@ from ekg_jax.training import steps as train_lib
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.training import losses
 from ekg_jax.models import create_model
+from ekg_jax.run.phases.common import trainer_records
 
 
 def tiny_model(width=4):
@@ -178,8 +179,8 @@ def test_step_runner_equals_plain_steps(program):
 
 def _run(folder, config, train, bank, test):
   model, variables = tiny_model()
-  return loop.train(model, variables, train, bank, test, config, str(folder),
-                     progress=False)
+  return loop.train(model, variables, train, bank, test, folder=str(folder),
+                    progress=False, **trainer_records(config, 'finetune'))
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_where_a_straight_run_ends(

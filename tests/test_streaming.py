@@ -188,6 +188,7 @@ def test_a_global_batch_that_does_not_split_over_processes_is_refused(
     clean_dir, monkeypatch):
   from ekg_jax import config as config_lib
   from ekg_jax.training import feeds, input_pipeline
+  from ekg_jax.training.options import InputOptions, TrainOptions
   config = config_lib.default_config()
   config.data.name, config.data.pipeline = 'imagenet2012', 'grain'
   config.data.data_dir = clean_dir
@@ -196,7 +197,8 @@ def test_a_global_batch_that_does_not_split_over_processes_is_refused(
   monkeypatch.setattr(feeds.jax, 'process_count', lambda: 3)
   with pytest.raises(config_lib.ConfigError,
                      match='finetune.batch_size=8: does not divide over the 3 processes'):
-    feeds.stream_spec(train, config, 'finetune')
+    feeds.stream_spec(train, TrainOptions.from_config(config.finetune),
+                      InputOptions.from_config(config), 'finetune')
 
 
 def test_streaming_resizes_so_any_image_size_validates():

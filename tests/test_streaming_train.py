@@ -17,6 +17,7 @@ import fake_tfds
 from conftest import REPO
 from ekg_jax import config as config_lib
 from ekg_jax.training import input_pipeline, loop
+from ekg_jax.run.phases.common import trainer_records
 from ekg_jax import pipeline
 from test_finetune import tiny_model
 
@@ -48,8 +49,8 @@ def _run(folder, config, bank):
   pipe = input_pipeline.of(config)
   train = pipe.train(config)
   test = pipe.split(config, config.data.test_split)
-  return loop.train(model, variables, train, bank, test, config,
-                    str(folder), progress=False)
+  return loop.train(model, variables, train, bank, test, folder=str(folder),
+                    progress=False, **trainer_records(config, 'finetune'))
 
 
 @pytest.mark.slow

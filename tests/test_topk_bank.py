@@ -276,6 +276,7 @@ def test_measurement_script_on_a_small_bank(tmp_path):
 def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
     tmp_path):
   from ekg_jax.training import loop
+  from ekg_jax.run.phases.common import trainer_records
   config = tiny_config(epochs=1)
   train, test = random_split(16, 7), random_split(8, 8)
   z = _logits((16, 3, 10), 9)
@@ -283,8 +284,9 @@ def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
   for name, bank in [('dense', z.astype(jnp.bfloat16)),
                      ('k10', _top_k_bank(z, 10)), ('k2', _top_k_bank(z, 2))]:
     model, variables = tiny_model()
-    runs.append(loop.train(model, variables, train, bank, test, config,
-                           str(tmp_path / name), progress=False))
+    runs.append(loop.train(model, variables, train, bank, test,
+                           folder=str(tmp_path / name), progress=False,
+                           **trainer_records(config, 'finetune')))
   dense, full, top2 = runs
   jax.tree_util.tree_map(np.testing.assert_array_equal, full.variables,
                          dense.variables)

@@ -26,9 +26,8 @@ from ekg_jax.files import checkpoint
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.knowledge import topk
-
-# How the bank may store logits (bfloat16, the default: 2 bytes a value).
-STORAGE_DTYPES = ('float32', 'bfloat16', 'float16')
+from ekg_jax.knowledge.options import (  # noqa: F401  (STORAGE_DTYPES too)
+    STORAGE_DTYPES, BankOptions)
 
 
 def select_teachers(val_losses: Sequence[float], num_teachers: int
@@ -245,3 +244,48 @@ def build(model, variables: Any, split: data_lib.Split,
     if on_checkpoint and ((i + 1) % checkpoint_every == 0 or bank.complete):
       on_checkpoint(bank)
   return bank
+
+
+def empty_bank(history: Sequence[Mapping], num_images: int, num_classes: int,
+               options: BankOptions, temperature: float) -> MemoryBank:
+  """A bank to fill for the teachers `select_teachers` picks from a search
+  history; a top-k bank's tail is computed at `temperature` (the
+  fine-tuning's, which then cannot change)."""
+  losses = teacher_candidates(history)
+  teachers = select_teachers(losses, options.num_teachers)
+  shape = (num_images, len(teachers), num_classes)
+  dtype = jnp.dtype(options.dtype)
+  logits = (topk.TopKLogits.zeros(shape, options.top_k, dtype, temperature)
+            if options.top_k else np.zeros(shape, dtype))
+  return MemoryBank(logits, teachers, [losses[i] for i in teachers], done=0)
+
+
+def build_memory_bank(model, variables: Any, state, images: np.ndarray, *,
+                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                      temperature: float = 4.0,
+                      options: Optional[BankOptions] = None,
+                      progress: bool = False, **overrides) -> MemoryBank:
+  """The memory bank of a search (section 6) over your train images.
+
+  Args:
+    model, variables: the supernet and the variables the search scored.
+    state: the search's result (`ekg_jax.prune`'s `SearchState`): its
+      `history` and `ranks_history` name the teachers.
+    images: [N, H, W, C] train images on the 0-255 scale (uint8), in the
+      order fine-tuning will read them; `mean` and `std` (per channel, on
+      that scale) normalise them as the trainer does.
+    temperature: the fine-tuning's (a top-k bank's tail depends on it).
+    options: `BankOptions`; `overrides` set its fields by name
+      (`num_teachers=3`).
+  Returns:
+    A complete `MemoryBank`: `logits` [N, K, classes] (or top-k), teacher 0
+    the lowest validation loss.
+  """
+  options = dataclasses.replace(options or BankOptions(), **overrides)
+  images = np.asarray(images)
+  bank = empty_bank(state.history, len(images), model.num_classes, options,
+                    temperature)
+  masks = teacher_masks(state.history, state.ranks_history, bank.teachers)
+  return build(model, variables, data_lib.Split(images, np.zeros(
+      len(images), np.int32)), masks, options.batch_size, mean, std, bank,
+      progress=progress)

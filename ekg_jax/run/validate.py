@@ -14,16 +14,16 @@ import ml_collections
 from ekg_jax import config as config_lib
 from ekg_jax import rules
 from ekg_jax.rules import (Rule, boolean, choice, existing, integer,
-                           is_int, number, numbers, text)
+                           number, numbers, text)
 from ekg_jax.data import datasets as data_lib
-from ekg_jax.training import distill, input_pipeline
-from ekg_jax.deploy import export
+from ekg_jax.training import input_pipeline
+from ekg_jax.training import options as train_options
 from ekg_jax.search import landscape
-from ekg_jax.knowledge import memory_bank
+from ekg_jax.deploy import options as export_options
+from ekg_jax.knowledge import options as bank_options
 from ekg_jax.data import prepare
 from ekg_jax.search import options as search_options
 from ekg_jax.search.marking import kept_count
-from ekg_jax.training import optimizers, steps
 from ekg_jax.models import MODELS
 from ekg_jax.supernet.model import COMPUTE_DTYPES
 
@@ -47,20 +47,6 @@ def _phases(v) -> Optional[str]:
   return None
 
 
-def _platforms(v) -> Optional[str]:
-  names = [p.strip() for p in str(v).split(',') if p.strip()]
-  if not isinstance(v, str) or not names or not set(names) <= set(
-      export.PLATFORMS):
-    return (f'must be a comma-separated list of {", ".join(export.PLATFORMS)}'
-            ' (jax.export platforms)')
-  return None
-
-
-def _onnx(v) -> Optional[str]:
-  from ekg_jax.deploy import export_onnx
-  return boolean(v) or (v and export_onnx.missing()) or None
-
-
 def _masks(v) -> Optional[str]:
   if v in MASKS:
     return None
@@ -81,30 +67,12 @@ def _init_checkpoint(v) -> Optional[str]:
 
 
 MASKS = ('search', 'dense')  # else a kept-channels file
-FRACTION = number(0, 1)
-UNIT_OPEN = number(0, 1, high_open=True)
 
 
 def _training_rules(section: str) -> dict[str, Rule]:
-  return {
-      f'{section}.epochs': integer(0),
-      f'{section}.batch_size': integer(1),
-      f'{section}.learning_rate': number(0, low_open=True),
-      f'{section}.lr_decay_epochs_fraction': numbers(None, FRACTION),
-      f'{section}.lr_decay_factor': number(0, 1, low_open=True),
-      f'{section}.momentum': UNIT_OPEN,
-      f'{section}.weight_decay': number(0),
-      f'{section}.checkpoint_every_steps': integer(1),
-      f'{section}.sync_batch_norm': boolean,
-      f'{section}.dtype': choice(COMPUTE_DTYPES),
-      f'{section}.program': choice(steps.PROGRAMS),
-      f'{section}.optimizer': choice(optimizers.OPTIMIZERS),
-      f'{section}.adam_betas': numbers(2, UNIT_OPEN),
-      f'{section}.lr_schedule': choice(optimizers.SCHEDULES),
-      f'{section}.lr_warmup_fraction': UNIT_OPEN,
-      f'{section}.label_smoothing': UNIT_OPEN,
-      f'{section}.clip_grad_norm': number(0),
-  }
+  """A training section's recipe keys: `training.options`' rules."""
+  return {f'{section}.{name}': train_options.RULES[name]
+          for name in train_options.RECIPE}
 
 
 def _architecture(v) -> Optional[str]:
@@ -156,7 +124,7 @@ RULES: dict[str, Rule] = {
     'model.architecture': _architecture,
     'model.renormalize': boolean,
     'model.straight_through': boolean,
-    'model.bn_momentum': UNIT_OPEN,
+    'model.bn_momentum': train_options.UNIT_OPEN,
     'model.bn_epsilon': number(0, low_open=True),
     'model.dtype': choice(COMPUTE_DTYPES),
     # Known datasets, or (checked with the pipeline below) any TFDS one.
@@ -164,18 +132,16 @@ RULES: dict[str, Rule] = {
     'data.data_dir': existing(os.path.isdir, 'folder'),
     'data.train_split': text,
     'data.test_split': text,
-    'data.image_size': integer(1),
-    'data.mean': numbers(3, number(0, 255)),
-    'data.std': numbers(3, number(0, low_open=True)),
+    'data.image_size': train_options.INPUT_RULES['image_size'],
+    'data.mean': train_options.INPUT_RULES['mean'],
+    'data.std': train_options.INPUT_RULES['std'],
     'data.val_per_class': integer(1),
     'data.warmup_per_class': integer(1),
     'data.subset_seed': integer(0),
-    'data.eval_batch_size': integer(1),
+    'data.eval_batch_size': train_options.INPUT_RULES['eval_batch_size'],
     'data.pipeline': choice(input_pipeline.PIPELINES),
-    'data.decode_workers': integer(0),
-    'data.prefetch': integer(1),
-    'data.crop_scale': numbers(2, number(0, 1, low_open=True), ordered=True),
-    'data.crop_ratio': numbers(2, number(0, low_open=True), ordered=True),
+    **{f'data.{name}': train_options.INPUT_RULES[name]
+       for name in ('decode_workers', 'prefetch', 'crop_scale', 'crop_ratio')},
     'augment.pad': integer(0),
     'augment.color_jitter': boolean,
     'augment.contrast': numbers(2, number(0), ordered=True),
@@ -183,7 +149,7 @@ RULES: dict[str, Rule] = {
     'augment.brightness': number(0, 255),
     'warmup.batch_size': integer(1),
     'warmup.learning_rate': number(0, low_open=True),
-    'warmup.momentum': UNIT_OPEN,
+    'warmup.momentum': train_options.UNIT_OPEN,
     'warmup.weight_decay': number(0),
     'warmup.loss_divisor': number(0, low_open=True),
     **{f'search.{name}': rule
@@ -199,22 +165,15 @@ RULES: dict[str, Rule] = {
     'landscape.seed': integer(0),
     'landscape.lanczos_tolerance': number(0, 1),
     'landscape.subset': integer(0),
-    'memory_bank.num_teachers': integer(1),
-    'memory_bank.batch_size': integer(1),
-    'memory_bank.dtype': choice(memory_bank.STORAGE_DTYPES),
-    'memory_bank.checkpoint_every_batches': integer(1),
-    'memory_bank.top_k': lambda v: None if is_int(v) and v >= 0 else (
-        'must be an integer >= 0, the logits kept per image and teacher '
-        '(0 keeps all)'),
+    **{f'memory_bank.{name}': rule
+       for name, rule in bank_options.RULES.items()},
     **_training_rules('pretrain'),
     **_training_rules('finetune'),
-    'finetune.knowledge': choice(distill.KNOWLEDGE),
-    'finetune.views': lambda v: None if v in (0, 1, 2) and is_int(v) else (
-        'allowed: 0 (two views with knowledge, one without), 1, 2'),
+    **{f'finetune.{name}': train_options.RULES[name]
+       for name in ('knowledge', 'views')},
     'finetune.masks': _masks,
-    'export.platforms': _platforms,
-    'export.onnx': _onnx,
-    'finetune.temperature': number(0, low_open=True),
+    **{f'export.{name}': rule for name, rule in export_options.RULES.items()},
+    'finetune.temperature': train_options.RULES['temperature'],
 }
 TRAINING = ('pretrain', 'finetune')  # sections made by config.training_recipe
 

@@ -18,14 +18,14 @@ import jax.numpy as jnp
 
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import losses
+from ekg_jax.training.options import (  # noqa: F401  (KNOWLEDGE: its home)
+    KNOWLEDGE, InputOptions, TrainOptions)
 from ekg_jax.knowledge import topk
-
-KNOWLEDGE = ('ensemble', 'single', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """What the loss needs, from config[section], config.data, config.augment."""
+  """What the loss and the views need, from the option records."""
   knowledge: str = 'ensemble'
   temperature: float = 4.0
   mean: tuple = (0.0, 0.0, 0.0)
@@ -35,12 +35,17 @@ class StepConfig:
   label_smoothing: float = 0.0  # of the CE term's labels (0: one-hot)
 
   @classmethod
+  def from_options(cls, options: TrainOptions,
+                   inputs: InputOptions) -> 'StepConfig':
+    return cls(options.knowledge, options.temperature, tuple(inputs.mean),
+               tuple(inputs.std), tuple(inputs.augment), options.views,
+               options.label_smoothing)
+
+  @classmethod
   def from_config(cls, config, section: str = 'finetune') -> 'StepConfig':
-    recipe = config[section]  # pretrain has no knowledge to distil
-    return cls(recipe.get('knowledge', 'none'), recipe.get('temperature', 1.0),
-               tuple(config.data.mean), tuple(config.data.std),
-               tuple(sorted(dict(config.augment).items())),
-               recipe.get('views', 0), recipe.get('label_smoothing', 0.0))
+    """A whole config's (benchmarks and tests build steps from one)."""
+    return cls.from_options(TrainOptions.from_config(config[section]),
+                            InputOptions.from_config(config))
 
   @property
   def views(self) -> int:

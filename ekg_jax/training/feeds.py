@@ -1,5 +1,7 @@
 """Where the trainer's steps get their batches (`loop.train` runs one
-feed, chosen by `config.data.pipeline` through `input_pipeline.PIPELINES`).
+feed; the run chooses it by `config.data.pipeline` through
+`input_pipeline.PIPELINES`). A feed takes the option records
+(`training.options`), never a config.
 
 Both run a stretch of steps inside one epoch, `run(state, step, n, key,
 on_steps) -> (state, metrics with a leading n)`, and carry a JSON state that
@@ -27,7 +29,7 @@ from ekg_jax import rules
 from ekg_jax.runtime import distributed
 from ekg_jax.data import streaming
 from ekg_jax.files.checkpoint import CheckpointError
-from ekg_jax.training.distill import StepConfig
+from ekg_jax.training.options import InputOptions, TrainOptions
 from ekg_jax.training.steps import (DATA_AXIS, StepRunner, TrainData,
                                     epoch_order, steps_in_flight,
                                     steps_per_epoch)
@@ -38,14 +40,16 @@ class MemoryFeed:
   epoch's order is a function of (seed, epoch))."""
 
   def __init__(self, train, bank_logits: Optional[np.ndarray],
-               step: Callable, mesh: Mesh, config, section: str):
-    c = config[section]
-    self._batch, self._seed, self._size = c.batch_size, config.seed, len(train)
+               step: Callable, mesh: Mesh, options: TrainOptions,
+               inputs: InputOptions, name: str = 'finetune'):
+    del inputs  # augmentation happens in the step
+    c = options
+    self._batch, self._seed, self._size = c.batch_size, c.seed, len(train)
     self.steps_per_epoch = steps_per_epoch(len(train), c.batch_size)
     self._runner = StepRunner(step, c.program)
     # Every process holds the whole train set (batches are gathered on
     # device by index) and supplies its own rows of each batch's indices.
-    self._mesh, self._key = mesh, f'{section}.batch_size'
+    self._mesh, self._key = mesh, f'{name}.batch_size'
     self._rows = distributed.process_rows(mesh, c.batch_size, self._key)
     put = lambda x: distributed.replicate(mesh, x)
     bank = None if bank_logits is None else put(bank_logits)
@@ -74,19 +78,19 @@ class MemoryFeed:
     pass
 
 
-def stream_spec(train, config, section: str) -> streaming.StreamSpec:
-  """This process's stream for a training section; the global batch must
+def stream_spec(train, options: TrainOptions, inputs: InputOptions,
+                name: str = 'finetune') -> streaming.StreamSpec:
+  """This process's stream for a training phase; the global batch must
   split evenly over the processes (and, checked by the trainer, over every
   device)."""
-  c, d = config[section], config.data
+  c, d = options, inputs
   count = jax.process_count()
-  rules.check_divides(c.batch_size, count, f'{section}.batch_size',
+  rules.check_divides(c.batch_size, count, f'{name}.batch_size',
                       over='processes')
   return streaming.StreamSpec(
       source=train.source, num_records=len(train), global_batch=c.batch_size,
-      image_size=d.image_size, views=StepConfig.from_config(config,
-                                                            section).views,
-      seed=config.seed, epochs=c.epochs, process_index=jax.process_index(),
+      image_size=d.image_size, views=c.num_views,
+      seed=c.seed, epochs=c.epochs, process_index=jax.process_index(),
       process_count=count, workers=d.decode_workers,
       crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio))
 
@@ -97,12 +101,13 @@ class StreamFeed:
   labels, and the bank's rows of those records."""
 
   def __init__(self, train, bank_logits: Optional[np.ndarray],
-               step: Callable, mesh: Mesh, config, section: str):
-    self.spec = stream_spec(train, config, section)
+               step: Callable, mesh: Mesh, options: TrainOptions,
+               inputs: InputOptions, name: str = 'finetune'):
+    self.spec = stream_spec(train, options, inputs, name)
     self.steps_per_epoch = self.spec.steps_per_epoch
     self._dataset = streaming.train_dataset(self.spec)
     self._bank = bank_logits
-    self._prefetch = config.data.prefetch
+    self._prefetch = inputs.prefetch
     self._sharding = NamedSharding(mesh, P(DATA_AXIS))
     self._iter = None
     self._queue: collections.deque = collections.deque()

@@ -1,7 +1,7 @@
 """The training loop: epochs of compiled step stretches, checkpoints that
 resume to the same parameters, metrics and a test evaluation per epoch.
-Fine-tuning (`section='finetune'`, with the memory bank's knowledge) and
-pretraining (`section='pretrain'`) both run it.
+Fine-tuning (with the memory bank's knowledge) and pretraining (without)
+both run it; it takes option records (`training.options`), never a config.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from ekg_jax import rules
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.runtime import distributed
 from ekg_jax.training import evaluation
-from ekg_jax.training import input_pipeline
+from ekg_jax.training import feeds
 from ekg_jax.training import metrics as metrics_lib
 from ekg_jax.training.distill import StepConfig
+from ekg_jax.training.options import InputOptions, TrainOptions
 from ekg_jax.training.steps import (DATA_AXIS, TrainState, data_mesh,
                                     data_parallel, lr_schedule, make_optimizer,
                                     make_step, steps_per_epoch)
@@ -60,24 +61,32 @@ class TrainResult:
 
 
 def train(model, variables: Any, train: data_lib.Split,
-             bank_logits: Optional[np.ndarray], test: data_lib.Split,
-             config, folder: str, mesh: Optional[Mesh] = None,
-             progress: bool = True, section: str = 'finetune',
-             loss: Optional[Callable] = None) -> TrainResult:
-  """Fine-tunes `model` (the slimmed network) from `variables`; resumes
-  from the latest checkpoint in `folder/checkpoints`.
+          bank_logits: Optional[np.ndarray], test: Optional[data_lib.Split],
+          options: TrainOptions, folder: str, *,
+          inputs: InputOptions = InputOptions(), feed: type = feeds.MemoryFeed,
+          mesh: Optional[Mesh] = None, progress: bool = True,
+          name: str = 'finetune', loss: Optional[Callable] = None
+          ) -> TrainResult:
+  """Trains `model` (for fine-tuning, the slimmed network) from
+  `variables`; resumes from the latest checkpoint in `folder/checkpoints`.
 
   Args:
-    train: what `input_pipeline.of(config).train` returns (a `Split` for
-      the in-memory pipeline).
+    train: what the feed reads (a `Split` for `feeds.MemoryFeed`; the
+      run's pipeline gives it, `input_pipeline.of(config).train`).
     bank_logits: [N, K, classes] teachers' logits on `train` (None when
-      config[section].knowledge == 'none').
-    config: the whole config (config[section], data, augment, seed).
-    section: the config section with the recipe: 'finetune', or
-      'pretrain' (plain supervised training of the dense network).
+      options.knowledge == 'none').
+    test: evaluated after every epoch (None: not evaluated, the history's
+      test_accuracy is None).
+    options: the recipe (optimizer, schedule, knowledge).
+    inputs: normalisation, augmentation and the stream's settings.
+    feed: `feeds.MemoryFeed` (train split on the device) or
+      `feeds.StreamFeed`.
+    name: the phase (metrics, messages and the config keys they name):
+      'finetune' or 'pretrain'.
     loss: replaces `distill.views_loss` (see `steps.make_step`).
   """
-  c = config[section]
+  c = options
+  section = name
   mesh = mesh or data_mesh()
   rules.check_divides(c.batch_size, mesh.size, f'{section}.batch_size')
   if c.sync_batch_norm:
@@ -91,14 +100,14 @@ def train(model, variables: Any, train: data_lib.Split,
   total = c.epochs * spe
   tx = make_optimizer(c, spe)
   schedule = lr_schedule(c, spe)
-  step_config = StepConfig.from_config(config, section)
-  feed = input_pipeline.of(config).feed(
+  step_config = StepConfig.from_options(options, inputs)
+  feed = feed(
       train, bank_logits if step_config.knowledge != 'none' else None,
       data_parallel(make_step(model, tx, step_config, DATA_AXIS, loss), mesh),
-      mesh, config, section)
+      mesh, options, inputs, section)
 
   put = lambda x: distributed.replicate(mesh, x)
-  key = put(jax.random.key(config.seed))
+  key = put(jax.random.key(options.seed))
 
   checkpoints = checkpoint.TrainCheckpoints(
       os.path.join(folder, 'checkpoints'))
@@ -139,7 +148,7 @@ def train(model, variables: Any, train: data_lib.Split,
       prog.steps += n
       prog.data_state = feed.get_state()
       if stop == (epoch + 1) * spe:
-        entry = _epoch_entry(epoch, prog, state, model, test, config,
+        entry = _epoch_entry(epoch, prog, state, model, test, inputs,
                              float(schedule(stop - 1)), progress and primary)
         prog = dataclasses.replace(prog, history=[*prog.history, entry],
                                    sums={}, steps=0)
@@ -155,8 +164,8 @@ def train(model, variables: Any, train: data_lib.Split,
     checkpoints.close()
     writer.close()
   return TrainResult(jax.device_get(state.variables), prog.history,
-                        prog.train_seconds, prog.compile_seconds,
-                        total * c.batch_size, feed.stats)
+                     prog.train_seconds, prog.compile_seconds,
+                     total * c.batch_size, feed.stats)
 
 
 def _check_finite(metrics, step, folder, section):
@@ -171,14 +180,14 @@ def _check_finite(metrics, step, folder, section):
         'the same steps)')
 
 
-def _epoch_entry(epoch, prog: Progress, state, model, test, config, lr,
-                 progress) -> dict:
+def _epoch_entry(epoch, prog: Progress, state, model, test,
+                 inputs: InputOptions, lr, progress) -> dict:
   """The epoch's mean train metrics and the test accuracy (running BN
   statistics, one device)."""
   mean = {k: v / prog.steps for k, v in prog.sums.items()}
-  accuracy = evaluation.accuracy(
+  accuracy = None if test is None else evaluation.accuracy(
       model.clone(bn_axis_name=None), jax.device_get(state.variables), test,
-      config.data.mean, config.data.std, config.data.eval_batch_size,
+      inputs.mean, inputs.std, inputs.eval_batch_size,
       progress=progress)
   return {'epoch': epoch + 1, 'train_loss': mean['loss'], 'ce': mean['ce'],
           'kd_loss': mean['kd'], 'teachers_used': mean['teachers_used'],
@@ -187,8 +196,9 @@ def _epoch_entry(epoch, prog: Progress, state, model, test, config, lr,
 
 
 def _epoch_line(section, entry, epochs) -> str:
+  accuracy = entry['test_accuracy']
   return (f"{section} epoch {entry['epoch']}/{epochs}: loss "
           f"{entry['train_loss']:.4f} (CE {entry['ce']:.4f}, KD "
           f"{entry['kd_loss']:.4f}), teachers {entry['teachers_used']:.2f}, "
-          f"lr {entry['learning_rate']:.4g}, test acc "
-          f"{entry['test_accuracy']:.2f}%")
+          f"lr {entry['learning_rate']:.4g}" +
+          ('' if accuracy is None else f', test acc {accuracy:.2f}%'))

@@ -48,20 +48,18 @@ SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
 
 
 def warmup_steps(recipe, steps_per_epoch: int) -> int:
-  return round(recipe.get('lr_warmup_fraction', 0.0)
-               * recipe.epochs * steps_per_epoch)
+  return round(recipe.lr_warmup_fraction * recipe.epochs * steps_per_epoch)
 
 
 def lr_schedule(recipe, steps_per_epoch: int) -> optax.Schedule:
   """The recipe's schedule (`lr_schedule`, default 'step'), after a linear
   warm-up from 0 over the first `lr_warmup_fraction` of the run's steps
   (default 0: none, and the schedule is the named one as it is)."""
-  schedule = SCHEDULES[recipe.get('lr_schedule', 'step')](recipe,
-                                                          steps_per_epoch)
+  schedule = SCHEDULES[recipe.lr_schedule](recipe, steps_per_epoch)
   warm = warmup_steps(recipe, steps_per_epoch)
   if not warm:
     return schedule
-  if recipe.get('lr_schedule', 'step') == 'cosine':
+  if recipe.lr_schedule == 'cosine':
     # The cosine starts where the warm-up ends.
     return optax.join_schedules(
         [optax.linear_schedule(0.0, recipe.learning_rate, warm), schedule],
@@ -102,7 +100,7 @@ def adamw(recipe, schedule) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay, scaled by the learning rate as optax's
   and PyTorch's) with `adam_betas`; `weight_decay` applies to arrays of 2+
   dimensions only. `momentum` is unused."""
-  b1, b2 = recipe.get('adam_betas', (0.9, 0.999))
+  b1, b2 = recipe.adam_betas
   return optax.adamw(schedule, b1=b1, b2=b2,
                      weight_decay=recipe.weight_decay, mask=_matrices)
 
@@ -119,9 +117,9 @@ def make_optimizer(recipe, steps_per_epoch: int
   """The recipe's optimizer (`optimizer`, default 'sgd_nesterov') on its
   schedule (`lr_schedule`), after clipping the gradients' global norm to
   `clip_grad_norm` when that is above 0 (default 0: no clipping)."""
-  tx = OPTIMIZERS[recipe.get('optimizer', 'sgd_nesterov')](
+  tx = OPTIMIZERS[recipe.optimizer](
       recipe, lr_schedule(recipe, steps_per_epoch))
-  clip = recipe.get('clip_grad_norm', 0.0)
+  clip = recipe.clip_grad_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx

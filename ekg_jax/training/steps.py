@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from ekg_jax.runtime import backend
 from ekg_jax.training import distill
 from ekg_jax.training.distill import StepConfig, augmented_views, views_logits
+from ekg_jax.training.options import PROGRAMS  # noqa: F401  (re-exported)
 from ekg_jax.runtime.distributed import DATA_AXIS
 # The optimizer and schedule registries live in optimizers.py; these names
 # stay importable from here (loop.py, warm-up, benchmarks and tests use them).
@@ -124,7 +125,6 @@ class TrainData(NamedTuple):
   bank: Optional[jax.Array]
 
 
-PROGRAMS = ('auto', 'scan', 'loop')
 
 
 def resolve_program(program: str) -> str:

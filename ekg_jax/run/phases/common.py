@@ -24,6 +24,7 @@ from ekg_jax.training import input_pipeline
 from ekg_jax.data import prepare
 from ekg_jax import search as search_lib
 from ekg_jax.training import loop
+from ekg_jax.training.options import InputOptions, TrainOptions
 from ekg_jax.run import validate
 from ekg_jax.search import warmup as warmup_lib
 from ekg_jax.run import workdir as workdir_lib
@@ -125,6 +126,14 @@ def load_train(config):
   """The train split as the configured pipeline's trainer reads it (a
   `data.Split` for the in-memory pipeline)."""
   return input_pipeline.of(config).train(config)
+
+
+def trainer_records(config, section: str) -> dict:
+  """`loop.train`'s options, converted from the config once: the recipe of
+  `config[section]`, the inputs, the pipeline's feed, the phase's name."""
+  return dict(options=TrainOptions.from_config(config[section], config.seed),
+              inputs=InputOptions.from_config(config),
+              feed=input_pipeline.of(config).feed, name=section)
 
 
 def load_train_in_order(config) -> data_lib.Split:

@@ -7,8 +7,6 @@ import logging
 import os
 import time
 
-import jax.numpy as jnp
-import numpy as np
 
 from ekg_jax.files import checkpoint as ckpt_lib
 from ekg_jax.training import evaluation
@@ -19,7 +17,6 @@ from ekg_jax.training import metrics as metrics_lib
 from ekg_jax.run import plots
 from ekg_jax import search as search_lib
 from ekg_jax.supernet import slimming
-from ekg_jax.knowledge import topk
 from ekg_jax.run import validate
 from ekg_jax.run import workdir as workdir_lib
 from ekg_jax.run.phases.common import (Setup, finished_search, input_shape,
@@ -125,25 +122,21 @@ def memory_bank_phase(setup: Setup) -> dict:
   folder = workdir_lib.phase_dir(setup.workdir, 'memory_bank')
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(setup.workdir, workdir_lib.MEMORY_BANK)
+  options = bank_lib.BankOptions.from_config(c.memory_bank)
   train = load_train_in_order(c)
   variables, _ = warmed_up(setup)
   if ckpt_lib.npz_exists(path):
     bank = bank_lib.MemoryBank.load(path)
     logging.info('memory bank: resuming at image %d', bank.done)
   else:
-    losses = bank_lib.teacher_candidates(state.history)
-    try:
-      teachers = bank_lib.select_teachers(losses, c.memory_bank.num_teachers)
+    try:  # too many teachers for the history: named as the config's key
+      bank_lib.select_teachers(bank_lib.teacher_candidates(state.history),
+                               options.num_teachers)
     except ValueError as e:
       raise validate.ConfigError(f'config.memory_bank.{e}') from None
-    shape = (len(train), len(teachers), setup.model.num_classes)
-    dtype = jnp.dtype(c.memory_bank.dtype)
-    # The top-k tail is computed at the fine-tuning temperature.
-    logits = (topk.TopKLogits.zeros(shape, c.memory_bank.top_k, dtype,
-                                    c.finetune.temperature)
-              if c.memory_bank.top_k else np.zeros(shape, dtype))
-    bank = bank_lib.MemoryBank(logits, teachers,
-                               [losses[i] for i in teachers], done=0)
+    bank = bank_lib.empty_bank(state.history, len(train),
+                               setup.model.num_classes, options,
+                               c.finetune.temperature)
   masks = bank_lib.teacher_masks(state.history, state.ranks_history,
                                  bank.teachers)
 
@@ -155,12 +148,12 @@ def memory_bank_phase(setup: Setup) -> dict:
   with metrics_lib.MetricsWriter(folder, 'memory_bank',
                                  step_key='images') as writer:
     bank = bank_lib.build(
-        setup.model, variables, train, masks, c.memory_bank.batch_size,
+        setup.model, variables, train, masks, options.batch_size,
         c.data.mean, c.data.std, bank, on_checkpoint=save,
-        checkpoint_every=c.memory_bank.checkpoint_every_batches,
+        checkpoint_every=options.checkpoint_every_batches,
         progress=setup.progress)
   return {'memory_bank': {
       'teachers': bank.teachers, 'teacher_val_loss': bank.teacher_val_loss,
-      'images': len(train), 'dtype': c.memory_bank.dtype,
+      'images': len(train), 'dtype': options.dtype,
       'top_k': bank.top_k, 'bytes': bank.nbytes,
       'seconds': round(bank.seconds, 2), **unreadable_records(train)}}

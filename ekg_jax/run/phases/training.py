@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ekg_jax.files import checkpoint as ckpt_lib
 from ekg_jax.deploy import export as export_lib
+from ekg_jax.deploy.options import ExportOptions
 from ekg_jax.supernet import flops as flops_lib
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.knowledge import memory_bank as bank_lib
@@ -19,13 +20,12 @@ from ekg_jax.supernet import slimming
 from ekg_jax.training import loop
 from ekg_jax.run import validate
 from ekg_jax.run import workdir as workdir_lib
-from ekg_jax.training.distill import StepConfig
 from ekg_jax.run.phases.common import (Setup, final_accuracy,
                                        finished_result, finished_search,
                                        input_shape, load_test, load_train,
-                                       test_accuracy, training_summary,
-                                       unreadable_records, warmed_up,
-                                       with_checkpoint_widths)
+                                       test_accuracy, trainer_records,
+                                       training_summary, unreadable_records,
+                                       warmed_up, with_checkpoint_widths)
 
 
 def pretrain_phase(setup: Setup) -> dict:
@@ -35,8 +35,9 @@ def pretrain_phase(setup: Setup) -> dict:
   folder = workdir_lib.phase_dir(setup.workdir, 'pretrain')
   train, test = load_train(c), load_test(c)
   start = time.time()
-  result = loop.train(setup.model, setup.variables, train, None, test, c,
-                      folder, progress=setup.progress, section='pretrain')
+  result = loop.train(setup.model, setup.variables, train, None, test,
+                      folder=folder, progress=setup.progress,
+                      **trainer_records(c, 'pretrain'))
   ckpt_lib.save_model(os.path.join(setup.workdir, workdir_lib.PRETRAINED),
                       c.model.name, {}, result.variables)
   setup.variables = result.variables
@@ -94,9 +95,10 @@ def finetune_phase(setup: Setup) -> dict:
           f'computed at temperature {built_for}; fine-tune at {built_for}, '
           'or rebuild it: rerun with --config.redo=memory_bank')
     bank_logits = bank.logits
+  records = trainer_records(c, 'finetune')
   start = time.time()
-  result = loop.train(model, variables, train, bank_logits, test, c,
-                      folder, progress=setup.progress)
+  result = loop.train(model, variables, train, bank_logits, test,
+                      folder=folder, progress=setup.progress, **records)
   final = os.path.join(setup.workdir, workdir_lib.FINETUNED)
   ckpt_lib.save_model(final, c.model.name, {'widths': model.widths},
                       result.variables)
@@ -106,7 +108,7 @@ def finetune_phase(setup: Setup) -> dict:
       'finetune': {**training_summary(result, c.finetune.epochs,
                                        time.time() - start, accuracy),
                    'knowledge': c.finetune.knowledge,
-                   'views': StepConfig.from_config(c).views,
+                   'views': records['options'].num_views,
                    'masks': c.finetune.masks, 'checkpoint': final},
       'final': {'test_accuracy': accuracy, 'flops': flops, 'params': params,
                 'flops_reduction': round(1.0 - flops / dense, 4),
@@ -138,13 +140,13 @@ def export_phase(setup: Setup) -> dict:
     reference = jax.eval_shape(model.init, jax.random.key(0),
                                jnp.zeros((1, *input_shape(c))))
     variables = ckpt_lib.load_model_variables(final, reference)
+  options = ExportOptions.from_config(c.export)
   start = time.time()
   directory = workdir_lib.phase_dir(setup.workdir, 'export')
   paths = export_lib.export(
       model, variables, directory, c.model.name, input_shape(c), c.data.mean,
-      c.data.std,
-      [p.strip() for p in c.export.platforms.split(',') if p.strip()])
-  if c.export.onnx:
+      c.data.std, options.platform_list)
+  if options.onnx:
     from ekg_jax.deploy import export_onnx  # the optional [onnx] extra
     paths.update(export_onnx.to_onnx(
         model, variables, os.path.join(directory, export_onnx.ONNX),

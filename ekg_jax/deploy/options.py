@@ -1,0 +1,56 @@
+"""The export's options: one validated record that owns its rules, the
+single source of the defaults of `config.py`'s `export` section."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+from ekg_jax import rules
+from ekg_jax.deploy.export import PLATFORMS
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+  """The fine-tuned network as deployable artifacts
+  (ekg_jax/deploy/export.py): a jax.export program for these platforms, and
+  widths + arrays; with onnx, also model.onnx (ekg_jax/deploy/export_onnx.py,
+  needs the [onnx] extra)."""
+  platforms: str = 'cpu,cuda,tpu'  # comma-separated
+  onnx: bool = False
+
+  def __post_init__(self):
+    for name, rule in RULES.items():
+      value = getattr(self, name)
+      why = rule(value)
+      if why:
+        raise rules.ConfigError(f'{name}={value!r}: {why}')
+
+  @classmethod
+  def from_config(cls, section: Mapping[str, Any]) -> 'ExportOptions':
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+
+  @property
+  def platform_list(self) -> list[str]:
+    return [p.strip() for p in self.platforms.split(',') if p.strip()]
+
+
+def _platforms(v) -> Optional[str]:
+  names = [p.strip() for p in str(v).split(',') if p.strip()]
+  if not isinstance(v, str) or not names or not set(names) <= set(PLATFORMS):
+    return (f'must be a comma-separated list of {", ".join(PLATFORMS)}'
+            ' (jax.export platforms)')
+  return None
+
+
+def _onnx(v) -> Optional[str]:
+  from ekg_jax.deploy import export_onnx  # its extra is checked, not loaded
+  return rules.boolean(v) or (v and export_onnx.missing()) or None
+
+
+RULES: dict[str, rules.Rule] = {'platforms': _platforms, 'onnx': _onnx}
+
+
+def defaults() -> dict:
+  """The keys of a config's `export` section."""
+  return {f.name: f.default for f in dataclasses.fields(ExportOptions)}
