@@ -14,7 +14,7 @@ import ml_collections
 from ekg_jax import config as config_lib
 from ekg_jax import rules
 from ekg_jax.rules import (Rule, boolean, choice, existing, integer,
-                           number, numbers, text)
+                           is_int, number, numbers, text)
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import input_pipeline
 from ekg_jax.training import options as train_options
