@@ -29,6 +29,15 @@ itself resumes a phase that was stopped half-way):
    without knowledge, but with two views per image like the EKG arm (the
    evidence study's Torch-Pruning arms do the same), so the two arms differ
    in the network and the knowledge only (`workdirs/vit_demo/uniform_l1`).
+   Known before running (a shape-only count, `flops.count_flops` over
+   `search.marking.kept_count` as `search.uniform_allocation` bisects): at
+   target 0.5 this arm cannot land near 0.5 on this ViT. Heads come in
+   thirds of a block's attention (3 per block), and one fraction for every
+   gate keeps ceil(3 r) heads: r = 1/3 keeps 1 head and 128 of 384 MLP
+   units in every block (FLOPs rate 0.3365), the next fraction up keeps 2
+   heads and 129 units (0.5165, over the target). So the uniform arm ends
+   at 0.3365, a third fewer FLOPs than the EKG arm's ~0.5, and its row is
+   not at the same FLOPs; the table shows each arm's own rate.
 4. `speedup`: dense vs each slimmed network, latency of the exported forward
    (uint8 images -> logits) on XLA:CPU (`deploy.export.forward`, jitted with
    the toolkit's CPU flags) and ONNX Runtime (`deploy.export_onnx.to_onnx`),
