@@ -1,14 +1,11 @@
 """Training recipes per model family (ekg_jax/training/optimizers.py): the
 default is the chain it always was; AdamW, warm-up then cosine, label
 smoothing and clipping by hand; their config rules; a BN-free ViT through
-the train step and its checkpoints; and configs/vit_cifar.py's search,
-memory bank and fine-tuning end to end on a CIFAR-10 slice."""
+the train step and its checkpoints (configs/vit_cifar.py end to end:
+tests/test_vit_demo.py)."""
 
-import json
 import math
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, TFDS_DIR, needs_cifar10
+from conftest import REPO
 from ekg_jax import config as config_lib
 from ekg_jax.files import checkpoint
 from ekg_jax.models import create_model
@@ -274,55 +271,3 @@ def test_vit_without_batch_stats_trains_and_checkpoints(tmp_path):
                          state.params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored.opt_state,
                          state.opt_state)
-
-
-@needs_cifar10
-@pytest.mark.slow  # 1.5-3.5 minutes on 2 busy CPU cores
-def test_vit_config_pretrains_searches_banks_finetunes_and_exports(tmp_path):
-  """configs/vit_cifar.py, a tiny ViT (depth 2, width 32) on a CIFAR-10
-  slice, one epoch each: pretraining with AdamW, the EKG search over heads
-  and MLP units (no warm-up), a memory bank of 2 teachers, fine-tuning the
-  slimmed ViT with ensemble knowledge, and its export."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'ekg_jax.main', '--config=configs/vit_cifar.py',
-       f'--workdir={tmp_path}', '--config.quiet=True',
-       '--config.model.architecture=depth=2,embed_dim=32,num_heads=2,'
-       'mlp_ratio=2',
-       '--config.data.train_split=train[:256]',
-       '--config.data.test_split=test[:100]',
-       f'--config.data.data_dir={TFDS_DIR}',
-       '--config.data.val_per_class=4', '--config.search.batch_size=40',
-       '--config.search.step=0.5', '--config.search.target_flops_rate=0.8',
-       '--config.memory_bank.num_teachers=2',
-       '--config.memory_bank.batch_size=128',
-       '--config.pretrain.epochs=1', '--config.pretrain.batch_size=64',
-       '--config.finetune.epochs=1', '--config.finetune.batch_size=64',
-       '--config.export.platforms=cpu'],
-      cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  summary = json.loads((tmp_path / 'summary.json').read_text())
-  assert set(summary) >= {'pretrain', 'base', 'search', 'memory_bank',
-                          'finetune', 'final', 'export'}
-  search = summary['search']
-  # Two steps at least: two networks before the last may teach.
-  assert search['steps'] >= 2 and search['flops_rate'] <= 0.8
-  kept = search['kept_channels']
-  assert set(kept) == {'block0/heads', 'block0/mlp', 'block1/heads',
-                       'block1/mlp'}
-  bank = summary['memory_bank']
-  assert len(bank['teachers']) == 2 and bank['images'] == 256
-  final = summary['final']
-  assert (final['flops'], final['params']) == (search['flops'],
-                                                search['params'])
-  assert summary['finetune']['knowledge'] == 'ensemble'
-  widths = dict(checkpoint.read_model_config(
-      summary['finetune']['checkpoint'])['widths'])
-  assert {g: widths.get(g) for g in kept} == kept
-  for phase in ('pretrain', 'finetune'):
-    metrics = [json.loads(line) for line in
-               (tmp_path / phase / 'metrics.jsonl').read_text().splitlines()]
-    assert len(metrics) == 1 and math.isfinite(metrics[0]['train_loss'])
-  # The exported slimmed ViT rebuilds at the tiny size with its widths.
-  network = json.loads((tmp_path / 'export' / 'network.json').read_text())
-  assert network['attributes']['depth'] == 2
-  assert network['attributes']['embed_dim'] == 32

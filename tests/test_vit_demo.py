@@ -1,8 +1,14 @@
 """experiments/vit_demo.py: the `--tiny` smoke run end to end (pretrain,
 EKG search + bank + fine-tuning, the uniform L1 arm, the speed-up workers,
-the report), then a rerun that skips every finished stage."""
+the report), then a rerun that skips every finished stage. Its EKG arm is
+the ViT's whole pipeline through the command line (configs/vit_cifar.py: a
+tiny ViT on a CIFAR-10 slice, one epoch each: pretraining with AdamW, the
+EKG search over heads and MLP units without warm-up, a memory bank of 2
+teachers, fine-tuning the slimmed ViT with ensemble knowledge, export),
+checked here too."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +16,7 @@ import sys
 import pytest
 
 from conftest import REPO, TFDS_DIR, needs_cifar10
+from ekg_jax.files import checkpoint
 
 
 def run(workdir, out):
@@ -61,8 +68,38 @@ def test_tiny_demo_writes_a_consistent_report(tmp_path):
   assert [r.split('|')[1].strip() for r in rows] == [
       'dense', 'EKG', 'uniform L1']
   assert (out / 'kept.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  check_the_ekg_arms_pipeline(workdir / 'ekg')
   # Rerun: every stage finished, so nothing runs again.
   again = run(workdir, out)
   assert again.returncode == 0, again.stderr[-3000:]
   for stage in ('pretrain', 'ekg', 'uniform_l1', 'speedup'):
     assert f'{stage}: finished before, skipped' in again.stdout
+
+
+def check_the_ekg_arms_pipeline(workdir):
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert set(summary) >= {'pretrain', 'base', 'search', 'memory_bank',
+                          'finetune', 'final', 'export'}
+  search = summary['search']
+  # Two steps at least: two networks before the last may teach.
+  assert search['steps'] >= 2 and search['flops_rate'] <= 0.5 + 1e-6
+  kept = search['kept_channels']
+  assert set(kept) == {'block0/heads', 'block0/mlp', 'block1/heads',
+                       'block1/mlp'}
+  bank = summary['memory_bank']
+  assert len(bank['teachers']) == 2 and bank['images'] == 256
+  final = summary['final']
+  assert (final['flops'], final['params']) == (search['flops'],
+                                                search['params'])
+  assert summary['finetune']['knowledge'] == 'ensemble'
+  widths = dict(checkpoint.read_model_config(
+      summary['finetune']['checkpoint'])['widths'])
+  assert {g: widths.get(g) for g in kept} == kept
+  for phase in ('pretrain', 'finetune'):
+    metrics = [json.loads(line) for line in
+               (workdir / phase / 'metrics.jsonl').read_text().splitlines()]
+    assert len(metrics) == 1 and math.isfinite(metrics[0]['train_loss'])
+  # The exported slimmed ViT rebuilds at the tiny size with its widths.
+  network = json.loads((workdir / 'export' / 'network.json').read_text())
+  assert network['attributes']['depth'] == 2
+  assert network['attributes']['embed_dim'] == 32
