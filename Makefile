@@ -61,7 +61,7 @@ $(VENV)/.onnx: $(VENV)/.installed
 onnx: $(VENV)/.onnx
 
 # The Colab TPU image's JAX stack (tests/requirements-colab.txt) without
-# ekg_jax, for tests/test_colab_versions.py: it installs the project through
+# ekg_jax, for tests/project/test_colab_versions.py: it installs the project through
 # the notebook's own install cell, as a Colab user does.
 COLAB_VENV ?= .venv-colab
 

@@ -3,7 +3,7 @@
 `python docs/config_table.py` rewrites the table in docs/configs.md (between
 the `config-keys` markers) from `ekg_jax.config.default_config()`; the
 descriptions are the source's comments on each key (the comment lines just
-above it, else the one at the end of its line). `tests/test_docs.py` checks
+above it, else the one at the end of its line). `tests/project/test_docs.py` checks
 that the committed table is what this makes, so a key added, removed or
 changed in the config shows up as a failing test until the page follows.
 """

@@ -359,7 +359,7 @@ def save_results(arm: Arm, wall: dict, commit: bool) -> None:
   _write_json(os.path.join(out, 'summary.json'),
               {**summary, 'study': record})
   # The tables and the figure follow every finished piece, so what is
-  # committed always agrees with them (tests/test_evidence_report.py); in a
+  # committed always agrees with them (tests/project/test_evidence_report.py); in a
   # process of their own, so the report's newest code makes them.
   make_report()
   if commit:

@@ -19,7 +19,7 @@ goes on where the arm stopped.
   python experiments/full_schedule.py collect FILES_AT
 
 `--tiny` runs a ResNet-20 on a slice of the data for a few steps: the CPU
-test of the whole cycle (tests/test_full_schedule.py).
+test of the whole cycle (tests/project/test_full_schedule.py).
 """
 
 from __future__ import annotations

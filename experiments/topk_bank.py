@@ -200,7 +200,7 @@ def main(argv=None) -> int:
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(result, f, indent=1)
-  # docs/memory-bank.md shows this table as written (tests/test_topk_bank.py).
+  # docs/memory-bank.md shows this table as written (tests/knowledge/test_topk_bank.py).
   with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
     f.write(table(result) + '\n')
   print(table(result))

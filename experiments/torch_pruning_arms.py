@@ -38,7 +38,7 @@ network is checked to equal the original sliced at those indices.
 
 Only NumPy and the standard library at module level: the torch virtualenv
 has no JAX and the main one no torch; the index mapping below is tested in
-the main one (tests/test_torch_pruning_arms.py).
+the main one (tests/project/test_torch_pruning_arms.py).
 """
 
 from __future__ import annotations

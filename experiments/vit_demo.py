@@ -97,7 +97,7 @@ LABELS = {'dense': 'dense', 'ekg': 'EKG', 'uniform_l1': 'uniform L1'}
 SIDES = ('xla', 'onnxruntime')
 ONNX_MODULES = ('jax2onnx', 'onnx', 'onnxruntime')
 FULL = dict(batches=[1, 128], repeats=5, calls={1: 20, 128: 3})
-# The smoke run: the tiny ViT of tests/test_vit.py on a CIFAR-10 slice.
+# The smoke run: the tiny ViT of tests/models/test_vit.py on a CIFAR-10 slice.
 TINY_ARCHITECTURE = 'depth=2,embed_dim=32,num_heads=2,mlp_ratio=2'
 TINY = dict(batches=[1, 8], repeats=1, calls={1: 2, 8: 1})
 TINY_FLAGS = (

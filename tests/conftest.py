@@ -4,6 +4,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import flax.linen as nn
@@ -15,6 +16,9 @@ from ekg_jax.supernet import gates
 from ekg_jax.supernet.model import Supernet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HELPERS = REPO / 'tests' / 'helpers'
+# Tests import the helpers (fake datasets, shared small pieces) by name.
+sys.path.insert(0, str(HELPERS))
 SHARED = REPO.parent / 'shared'
 TFDS_DIR = os.environ.get('TFDS_DATA_DIR') or str(SHARED / 'tfds')
 OFFICIAL_RESNET56 = SHARED / 'pretrained' / 'ekg_official_resnet56_cifar10.pkl'
@@ -27,7 +31,7 @@ atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
 
 # Tests never reach the internet: a dataset or weights missing in a test
 # would be fetched from a port nothing listens on, and fail in one line.
-# Tests that serve archives (tests/fake_cifar.py) point these elsewhere.
+# Tests that serve archives (tests/helpers/fake_cifar.py) point these elsewhere.
 for _asset in ('CIFAR10', 'CIFAR100', 'OFFICIAL'):
   os.environ[f'EKG_JAX_{_asset}_URL'] = f'http://127.0.0.1:9/{_asset}'
 

@@ -84,7 +84,7 @@ def sgd_nesterov(learning_rate, momentum: float, weight_decay: float
                        optax.trace(decay=momentum, nesterov=True))
   # A constant rate (the warm-up): both orders are the same function, but
   # rounding differs, and this one reproduces the reference run's search
-  # trajectory (tests/test_pinned_search.py); the Keras order flips its
+  # trajectory (tests/search/test_pinned_search.py); the Keras order flips its
   # second step at a near-tie (stage1/block4 instead of stage2/block8).
   return optax.chain(decay, optax.sgd(learning_rate, momentum,
                                       nesterov=True))

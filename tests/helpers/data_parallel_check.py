@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, __file__.rsplit('/', 1)[0])
-from test_finetune import random_split, tiny_config, tiny_model  # noqa: E402
+# tests/ (conftest) and helpers/ (small)
+sys.path[:0] = [__file__.rsplit('/', 2)[0], __file__.rsplit('/', 1)[0]]
+from small import random_split, tiny_config, tiny_model  # noqa: E402
 
 from ekg_jax.data import datasets as data_lib  # noqa: E402
 from ekg_jax.training import distill, steps  # noqa: E402

@@ -2,7 +2,7 @@
 default is the chain it always was; AdamW, warm-up then cosine, label
 smoothing and clipping by hand; their config rules; a BN-free ViT through
 the train step and its checkpoints (configs/vit_cifar.py end to end:
-tests/test_vit_demo.py)."""
+tests/project/test_vit_demo.py)."""
 
 import math
 import re

@@ -107,7 +107,7 @@ def test_every_config_key_has_a_rule_that_refuses_bad_values():
 def test_every_shipped_config_validates():
   import importlib.util
   import pathlib
-  for path in sorted(pathlib.Path(__file__).parents[1].glob('configs/*.py')):
+  for path in sorted(pathlib.Path(__file__).parents[2].glob('configs/*.py')):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, needs_official
+from small import PIPELINE, run_cli
 from ekg_jax import pipeline
 from ekg_jax.run import validate
 from ekg_jax.config import default_config
-
-
-def run_cli(*args, cwd=REPO):
-  return subprocess.run([sys.executable, '-m', 'ekg_jax.main', *args],
-                        cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @needs_cifar10
@@ -138,15 +134,6 @@ def test_cli_search_variants_reach_target(tmp_path, extra):
   check_search(tmp_path, 0.95)
 
 
-PIPELINE = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
-            '--config.data.train_split=train[:1000]',
-            '--config.data.test_split=test[:200]',
-            '--config.data.warmup_per_class=32',
-            f'--config.data.data_dir={TFDS_DIR}',
-            '--config.search.target_flops_rate=0.9',
-            '--config.search.evaluation=loop',
-            '--config.memory_bank.num_teachers=3',
-            '--config.finetune.epochs=1']
 
 
 @needs_cifar10

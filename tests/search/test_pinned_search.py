@@ -7,7 +7,7 @@ marking, step sizes, the objective, the teacher) moves these numbers, so a
 refactor that passes this test changed no number.
 
 To re-pin after a deliberate change of the algorithm:
-  python tests/test_pinned_search.py   (prints the PINNED dict)
+  python tests/search/test_pinned_search.py   (prints the PINNED dict)
 """
 
 import json
@@ -33,7 +33,7 @@ SCORE_RTOL = 1e-2
 SCORED_GATES = ('stage0', 'stage1', 'stage2', 'stage0/block0',
                 'stage2/block8')
 
-# Produced by `python tests/test_pinned_search.py` (XLA's default CPU
+# Produced by `python tests/search/test_pinned_search.py` (XLA's default CPU
 # convolutions, as under pytest) on 2026-12-02, on the machine kind CI runs
 # on (AMD EPYC, 2 cores). The first pin (2026-11-26, another CPU) differed
 # from these by up to 4.6e-3 relative in the scores (sums over channels)
@@ -125,5 +125,5 @@ def test_search_trajectory_is_pinned():
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+  sys.path.insert(0, str(__import__('pathlib').Path(__file__).parents[1]))
   print(json.dumps(trajectory(), indent=2))

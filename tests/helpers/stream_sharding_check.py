@@ -1,4 +1,4 @@
-"""Run by tests/test_streaming.py in a subprocess with 4 fake CPU devices:
+"""Run by tests/data/test_streaming.py in a subprocess with 4 fake CPU devices:
 the stream's batches land on the data mesh with the batch sharding (device
 d holds rows [d*B/4, (d+1)*B/4)), with the memory bank's rows of the same
 records. Argument: a folder holding the tiny imagenet2012 dataset."""

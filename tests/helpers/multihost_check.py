@@ -1,5 +1,5 @@
 """One process of a data-parallel run over several JAX processes (run by
-tests/test_multihost.py; the device count per process comes from XLA_FLAGS).
+tests/integration/test_multihost.py; the device count per process comes from XLA_FLAGS).
 
   multihost_check.py OUT PROCESS_ID NUM_PROCESSES PORT
 
@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_finetune import random_split, tiny_config  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # tests/ (conftest), helpers/
+from small import random_split, tiny_config  # noqa: E402
 
 from ekg_jax.training import distill, loop
 from ekg_jax.run.phases.common import trainer_records  # noqa: E402

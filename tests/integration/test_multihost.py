@@ -4,7 +4,6 @@ one process with four devices gives the reference
 (`multihost_check.py` runs in each)."""
 
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -14,11 +13,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import REPO
+from conftest import HELPERS, REPO
 from ekg_jax.runtime import distributed
 from ekg_jax.training import steps
 
-CHECK = pathlib.Path(__file__).with_name('multihost_check.py')
+CHECK = HELPERS / 'multihost_check.py'
 
 
 def _free_port() -> int:

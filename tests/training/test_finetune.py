@@ -4,7 +4,6 @@ and numerical faults. The 4-device equivalence runs in a subprocess
 
 import os
 import re
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,42 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
-from ekg_jax import config as config_lib
+from conftest import HELPERS, REPO
+from small import random_split, tiny_config, tiny_model
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.files import checkpoint
 from ekg_jax.training import distill, loop
 from ekg_jax.training import steps as train_lib
-from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.training import losses
-from ekg_jax.models import create_model
 from ekg_jax.run.phases.common import trainer_records
-
-
-def tiny_model(width=4):
-  """ResNet-20 with every gate `width` channels wide: fast, still real."""
-  model = create_model('resnet20', num_classes=10)
-  specs = gates_lib.gate_specs(gates_lib.layer_table(model, (32, 32, 3)))
-  model = model.clone(widths=tuple((g, width) for g in specs))
-  return model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-
-
-def tiny_config(**finetune):
-  c = config_lib.default_config()
-  c.data.mean, c.data.std = (120.0,) * 3, (60.0,) * 3
-  c.data.eval_batch_size = 8
-  c.finetune.epochs = 2
-  c.finetune.batch_size = 8
-  c.finetune.checkpoint_every_steps = 2
-  for k, v in finetune.items():
-    c.finetune[k] = v
-  return c
-
-
-def random_split(n, seed):
-  rng = np.random.default_rng(seed)
-  return data_lib.Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                        rng.integers(0, 10, n).astype(np.int32))
 
 
 def test_distillation_target_uses_teachers_closer_than_the_student():
@@ -270,7 +241,7 @@ def test_data_parallel_step_equals_single_device_on_4_fake_devices():
              XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   result = subprocess.run(
-      [sys.executable, str(pathlib.Path(__file__).with_name(
+      [sys.executable, str(HELPERS.joinpath(
           'data_parallel_check.py'))], cwd=REPO, env=env,
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]

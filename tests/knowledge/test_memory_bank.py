@@ -1,18 +1,13 @@
 """Memory bank: teacher selection, the vmapped teachers' logits, storage."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import perturb
+from small import MEAN, STD, model_and_history
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.knowledge import memory_bank
-from ekg_jax.models import create_model
-
-MEAN, STD = (120.0, 120.0, 120.0), (60.0, 60.0, 60.0)
-
 
 def test_select_teachers_spreads_losses_from_the_best():
   losses = [0.5, 0.9, 0.3, 0.7, 0.4, 0.35]
@@ -43,22 +38,8 @@ def test_select_teachers_rejects_impossible_counts(k):
     memory_bank.select_teachers([1.0] * 6, k)
 
 
-def _model_and_history():
-  model = create_model('resnet20', num_classes=10)
-  variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  specs = gates_lib.gate_specs(gates_lib.layer_table(model, (32, 32, 3)))
-  rng = np.random.default_rng(0)
-  history, ranks_history = [], []
-  for i in range(3):
-    history.append({'kept': {g: max(1, s.channels - 3 * i - int(rng.integers(3)))
-                             for g, s in specs.items()}})
-    ranks_history.append({g: rng.permutation(s.channels).astype(np.int32)
-                          for g, s in specs.items()})
-  return model, variables, history, ranks_history
-
-
 def test_vmapped_teacher_logits_equal_one_teacher_at_a_time():
-  model, variables, history, ranks_history = _model_and_history()
+  model, variables, history, ranks_history = model_and_history()
   teachers = [2, 0]
   masks = memory_bank.teacher_masks(history, ranks_history, teachers)
   images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3),
@@ -75,7 +56,7 @@ def test_vmapped_teacher_logits_equal_one_teacher_at_a_time():
 
 
 def test_bank_resumes_to_the_same_logits_and_round_trips(tmp_path):
-  model, variables, history, ranks_history = _model_and_history()
+  model, variables, history, ranks_history = model_and_history()
   masks = memory_bank.teacher_masks(history, ranks_history, [1, 2])
   split = data_lib.Split(
       np.random.default_rng(2).integers(0, 256, (20, 32, 32, 3),

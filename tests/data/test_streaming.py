@@ -1,5 +1,5 @@
 """The streaming (Grain) input pipeline on a tiny prepared dataset the tests
-write (tests/fake_tfds.py): batch shapes, augmentation, per-process
+write (tests/helpers/fake_tfds.py): batch shapes, augmentation, per-process
 sharding, exact resume of the iterator, undecodable records, evaluation
 crops, and the error for a dataset that is not prepared."""
 
@@ -254,9 +254,9 @@ def test_batches_land_on_the_devices_with_the_batch_sharding(clean_dir):
   import os
   import subprocess
   import sys
-  from conftest import REPO
+  from conftest import HELPERS, REPO
   result = subprocess.run(
-      [sys.executable, str(REPO / 'tests' / 'stream_sharding_check.py'),
+      [sys.executable, str(HELPERS / 'stream_sharding_check.py'),
        clean_dir], capture_output=True, text=True, timeout=300,
       env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert result.returncode == 0, result.stderr[-3000:]

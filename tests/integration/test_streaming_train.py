@@ -19,7 +19,7 @@ from ekg_jax import config as config_lib
 from ekg_jax.training import input_pipeline, loop
 from ekg_jax.run.phases.common import trainer_records
 from ekg_jax import pipeline
-from test_finetune import tiny_model
+from small import tiny_model
 
 
 @pytest.fixture(scope='module')

@@ -17,8 +17,8 @@ from ekg_jax.run import workdir
 from ekg_jax.run.phases import PHASES
 from ekg_jax.config import default_config
 from conftest import needs_cifar10
-from test_finetune import random_split, tiny_config, tiny_model
-from test_memory_bank import MEAN, STD, _model_and_history
+from small import (MEAN, PIPELINE, STD, model_and_history, random_split,
+                   run_cli, tiny_config, tiny_model)
 
 T = 4.0
 
@@ -118,7 +118,7 @@ def test_top_k_zero_writes_todays_dense_file(tmp_path):
 
 
 def test_partial_top_k_bank_resumes_to_the_same_arrays(tmp_path):
-  model, variables, history, ranks_history = _model_and_history()
+  model, variables, history, ranks_history = model_and_history()
   masks = memory_bank.teacher_masks(history, ranks_history, [1, 2])
   split = random_split(20, 2)
   empty = lambda: topk.TopKLogits.zeros((20, 2, 10), 3, jnp.bfloat16, T)
@@ -297,7 +297,6 @@ def test_fine_tuning_with_a_top_k_bank_runs_and_equals_dense_at_k_classes(
 @pytest.mark.slow  # search, bank and fine-tune through the CLI: minutes
 @needs_cifar10
 def test_cli_top_k_bank_then_finetune_at_its_temperature_only(tmp_path):
-  from test_main import PIPELINE, run_cli
   args = (*PIPELINE, f'--workdir={tmp_path}', '--config.memory_bank.top_k=3')
   result = run_cli(*args, '--config.phases=search,memory_bank')
   assert result.returncode == 0, result.stderr[-3000:]
