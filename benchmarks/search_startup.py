@@ -25,6 +25,14 @@ default search options. A worker times:
 
   python benchmarks/search_startup.py --reps=2 --steps=4 \
       --out=benchmarks/results/search-startup-cpu-2cores
+
+With `--alternate=N` it measures the step time instead in ONE process:
+both strategies compiled, then step 1's candidates (boundaries from the
+importance pass) evaluated by each in turn, N times each, with the paired
+ratios:
+
+  python benchmarks/search_startup.py --alternate=5 \
+      --out=benchmarks/results/search-step-alternating-cpu-2cores
 """
 
 from __future__ import annotations
@@ -116,6 +124,64 @@ def worker(args) -> None:
       'gates': gates_chosen}), flush=True)
 
 
+def alternate(args) -> dict:
+  """Per-step time in ONE process: both strategies compiled, then the same
+  step-1 candidates evaluated by each in turn (the boundaries from the
+  importance pass, as in a search step), `args.alternate` times each."""
+  import jax
+  import numpy as np
+  from ekg_jax import search
+  from ekg_jax.config import default_config
+  from ekg_jax.data import datasets as data_lib
+  from ekg_jax.files import checkpoint
+  from ekg_jax.models import create_model
+  from ekg_jax.search import greedy, marking
+  from ekg_jax.supernet import gates
+  config = default_config()
+  model = create_model('resnet56')
+  table = gates.layer_table(model, (32, 32, 3))
+  reference = jax.eval_shape(model.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+  variables = checkpoint.load_official_pkl(args.weights, reference)
+  data = np.load(args.data)
+  batches = search.Batches.from_split(
+      data_lib.Split(data['images'], data['labels']), 256, config.data.mean,
+      config.data.std)
+  search_config = dataclasses.replace(
+      search.SearchConfig.from_config(config.search), evaluation='prefix')
+  problem = search.SearchProblem(
+      search.Evaluator(model, table, search_config), variables, batches,
+      search_config)
+  state = search.init_state(problem)
+  kept = marking.kept_from_rates(problem.specs, state.rates)
+  masks = state.masks()
+  scores, boundaries = problem.scores_and_boundaries(state, masks)
+  ranks = gates.ranks_from_scores(jax.device_get(scores))
+  marked = marking.mark_candidates(problem.specs, state.rates,
+                                   jax.device_get(scores), search_config)
+  candidates = {g: kept[g] - 1 for g in marked}
+  call = lambda mode: problem.evaluator.evaluate_candidates(
+      mode, variables, batches, state.teacher.logits,
+      greedy._np_to_jnp(ranks), kept, candidates, boundaries)
+  first, times, results = {}, {m: [] for m in MODES}, {}
+  for mode in MODES:
+    t = time.time()
+    results[mode] = call(mode)
+    first[mode] = time.time() - t
+  diff = max(abs(float(results['prefix'][g]['objective'])
+                 - float(results['segments'][g]['objective']))
+             for g in candidates)
+  for rep in range(args.alternate):
+    for mode in (MODES if rep % 2 == 0 else MODES[::-1]):
+      t = time.time()
+      call(mode)
+      times[mode].append(time.time() - t)
+  ratios = [b / a for a, b in zip(times['prefix'], times['segments'])]
+  return {'candidates': len(candidates), 'first_call_s': first,
+          'seconds': times, 'segments_over_prefix': ratios,
+          'max_objective_difference': diff}
+
+
 def run_worker(mode, cache, data, steps, weights, log) -> dict:
   env = dict(os.environ, PYTHONPATH=REPO)
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--mode',
@@ -147,6 +213,9 @@ def main() -> None:
   p.add_argument('--launched', type=float)
   p.add_argument('--steps', type=int, default=4)
   p.add_argument('--reps', type=int, default=2)
+  p.add_argument('--alternate', type=int, default=0,
+                 help='instead: per-step time of both in one process, '
+                      'alternating this many times')
   p.add_argument('--weights', default=_official())
   p.add_argument('--tfds-dir', default=os.environ.get(
       'TFDS_DATA_DIR', os.path.join(os.path.dirname(REPO), 'shared', 'tfds')))
@@ -158,6 +227,20 @@ def main() -> None:
     return
   log = lambda m: print(f'[{time.strftime("%H:%M:%S")}] {m}', flush=True)
   started = datetime.datetime.now(datetime.timezone.utc)
+  if args.alternate:
+    with tempfile.TemporaryDirectory() as tmp:
+      data = os.path.join(tmp, 'val.npz')
+      prepare(data, args.tfds_dir)
+      args.data = data
+      result = alternate(args)
+    result.update(
+        command=('python benchmarks/search_startup.py '
+                 f'--alternate={args.alternate} --out=<out>'),
+        date=started.strftime('%Y-%m-%d %H:%M UTC'))
+    with open(args.out + '.json', 'w') as f:
+      json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+    return
   runs = []
   with tempfile.TemporaryDirectory() as tmp:
     data = os.path.join(tmp, 'val.npz')
