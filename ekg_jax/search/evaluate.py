@@ -13,13 +13,14 @@ of `Evaluator.STRATEGIES`:
   network's activation at every segment boundary (taken from the importance
   pass's forward when the step's new ranks keep the same channels, else one
   extra pass), and each candidate runs only the rest of the network
-  (`lax.cond` skips unmarked gates). Best on CPU, where compute is the
-  bottleneck.
+  (`lax.cond` skips unmarked gates). One large program: its tracing and
+  lowering dominate the search's start-up on CPU.
 - `segments`: the same sharing as `prefix`, but as one small program per
   segment (traced and compiled once, shared by every candidate that runs
   it; the masks are arguments) and a summarising program, a candidate's
   suffix chained from the host. Start-up compiles a few small programs
-  instead of one program holding every candidate's suffix.
+  instead of one program holding every candidate's suffix. The CPU default
+  (compute is the bottleneck there, and sharing halves it).
 - `loop`: a Python loop over one jitted single-candidate evaluation (the
   plain version the others are tested against).
 """
@@ -111,7 +112,8 @@ class Evaluator:
                                    type(model).__name__)
     self.use_teacher = config.teacher != 'none'
     # Segments are declared by the model (`Supernet.enter_segment`); a model
-    # without them runs whole, and `auto` evaluation never picks `prefix`.
+    # without them runs whole, and `auto` evaluation never picks `prefix`
+    # or `segments`.
     self.segmented = gates_lib.num_segments(table) > 1
     self.starts = sorted(set(self.first_segment.values()) - {0})
     self.evaluation = resolve_evaluation(config.evaluation, self.segmented)
