@@ -18,7 +18,7 @@ class BackendPolicy:
   # and sharing the segments before each candidate's gate wins (`prefix`
   # 1.81x the loop on 2 cores); `segments` shares them with one small
   # program per segment: its programs' start-up is 0.13x `prefix`'s (cold;
-  # 0.06x warm) for candidate evaluations 1.09x as long
+  # 0.06x warm) for candidate evaluations 1.04x as long
   # (benchmarks/results/search-*), a net gain over a ResNet-56 search. On a GPU the wide `vmap` wins (4.4x
   # the loop on an H100). A model without segments has nothing to share:
   # `loop`.

@@ -321,9 +321,12 @@ def _segments(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
   """Each candidate's suffix chained from the host through the per-segment
   programs, starting from the current network's activation entering the
   first segment its gate touches."""
+  # On the device once: the programs run ~300 times a step, and host
+  # (NumPy) variables or masks would be copied in at every call.
+  variables = jax.device_put(c.variables)
   ranks = {g: np.asarray(r) for g, r in c.ranks.items()}
-  masks = {g: (ranks[g] < c.kept[g]).astype(np.float32)
-           for g in ev.gate_names}
+  masks = jax.device_put({g: (ranks[g] < c.kept[g]).astype(np.float32)
+                          for g in ev.gate_names})
   programs = ev.segment_programs
   inputs = {0: tuple(c.batches.images)}
   if c.boundaries is not None:
@@ -332,16 +335,16 @@ def _segments(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
   else:  # the current network's forward, chained: the same programs
     xs = inputs[0]
     for k in range(max(ev.starts, default=0)):
-      xs = programs[k](c.variables, xs, masks)
+      xs = programs[k](variables, xs, masks)
       if k + 1 in ev.starts:
         inputs[k + 1] = xs
   results = {}
   for g, k in c.candidates.items():
-    cand = {**masks, g: (ranks[g] < k).astype(np.float32)}
+    cand = {**masks, g: jax.device_put((ranks[g] < k).astype(np.float32))}
     start = ev.first_segment[g]
     xs = inputs[start]
     for index in range(start, len(programs)):
-      xs = programs[index](c.variables, xs, cand)
+      xs = programs[index](variables, xs, cand)
     results[g] = ev.summarise_batches(xs, c.batches.labels, c.teacher_logits)
   return jax.device_get(results)
 
