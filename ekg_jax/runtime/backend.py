@@ -15,9 +15,13 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class BackendPolicy:
   # What search.evaluation='auto' runs: on CPU, compute is the bottleneck
-  # and `prefix` shares the segments before each candidate's gate (1.81x
-  # the loop on 2 cores); on a GPU the wide `vmap` wins (4.4x the loop on
-  # an H100). A model without segments has nothing to share: `loop`.
+  # and sharing the segments before each candidate's gate wins (`prefix`
+  # 1.81x the loop on 2 cores); `segments` shares them with one small
+  # program per segment: its programs' start-up is 0.13x `prefix`'s (cold;
+  # 0.06x warm) for candidate evaluations 1.04x as long
+  # (benchmarks/results/search-*), a net gain over a ResNet-56 search. On a GPU the wide `vmap` wins (4.4x
+  # the loop on an H100). A model without segments has nothing to share:
+  # `loop`.
   search_evaluation: str
   search_evaluation_unsegmented: str
   # What training program 'auto' runs: XLA:CPU runs a train step ~30x
@@ -36,7 +40,7 @@ class BackendPolicy:
   sliced_kernel_grad: bool
 
 
-CPU = BackendPolicy(search_evaluation='prefix',
+CPU = BackendPolicy(search_evaluation='segments',
                     search_evaluation_unsegmented='loop',
                     train_program='loop', donate_train_state=False,
                     materialize_segments=True, sliced_kernel_grad=True)

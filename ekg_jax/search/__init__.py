@@ -4,7 +4,7 @@
 - `marking`: rates, kept counts, removal costs and trimmed-Otsu marking
   (host-side arithmetic, as the reference computes it);
 - `evaluate`: the compiled scoring of sub-networks, its strategies (vmap,
-  prefix, loop) entries of a table;
+  prefix, segments, loop) entries of a table;
 - `state`: `SearchState`, an immutable record, and its file;
 - `greedy`: the greedy loop, the uniform baseline and `prune`.
 """

@@ -13,8 +13,14 @@ of `Evaluator.STRATEGIES`:
   network's activation at every segment boundary (taken from the importance
   pass's forward when the step's new ranks keep the same channels, else one
   extra pass), and each candidate runs only the rest of the network
-  (`lax.cond` skips unmarked gates). Best on CPU, where compute is the
-  bottleneck.
+  (`lax.cond` skips unmarked gates). One large program: its tracing and
+  lowering dominate the search's start-up on CPU.
+- `segments`: the same sharing as `prefix`, but as one small program per
+  segment (traced and compiled once, shared by every candidate that runs
+  it; the masks are arguments) and a summarising program, a candidate's
+  suffix chained from the host. Start-up compiles a few small programs
+  instead of one program holding every candidate's suffix. The CPU default
+  (compute is the bottleneck there, and sharing halves it).
 - `loop`: a Python loop over one jitted single-candidate evaluation (the
   plain version the others are tested against).
 """
@@ -107,14 +113,16 @@ class Evaluator:
                                    type(model).__name__)
     self.use_teacher = config.teacher != 'none'
     # Segments are declared by the model (`Supernet.enter_segment`); a model
-    # without them runs whole, and `auto` evaluation never picks `prefix`.
+    # without them runs whole, and `auto` evaluation never picks `prefix`
+    # or `segments`.
     self.segmented = gates_lib.num_segments(table) > 1
     self.starts = sorted(set(self.first_segment.values()) - {0})
     self.evaluation = resolve_evaluation(config.evaluation, self.segmented)
-    # With `prefix` evaluation the importance pass's forward gives the
-    # segment inputs too, reused when the step's ranks keep the same
-    # channels (other paths do not need them: they would only hold memory).
-    self.keeps_boundaries = self.evaluation == 'prefix'
+    # With `prefix` / `segments` evaluation the importance pass's forward
+    # gives the segment inputs too, reused when the step's ranks keep the
+    # same channels (other paths do not need them: they would only hold
+    # memory).
+    self.keeps_boundaries = self.evaluation in ('prefix', 'segments')
     self._compiled = {}
     self.importance = self.compiled(importance_lib.ekg_scores)
     self.boundaries = jax.jit(self._boundaries)
@@ -124,6 +132,11 @@ class Evaluator:
     self.evaluate_one = jax.jit(self._evaluate_one)
     self.evaluate_vmap = jax.jit(self._evaluate_vmap)
     self.evaluate_prefix = jax.jit(self._evaluate_prefix)
+    # `segments`: segment index -> its program over all the batches.
+    self.segment_programs = [
+        jax.jit(functools.partial(self._run_segment, k))
+        for k in range(gates_lib.num_segments(table))]
+    self.summarise_batches = jax.jit(self._summarise_batches)
 
   # -- one network ---------------------------------------------------------
 
@@ -163,6 +176,15 @@ class Evaluator:
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return dict(objective=objective.mean(), loss=ce.mean(),
                 accuracy=accuracy, logits=logits)
+
+  def _run_segment(self, k, variables, xs, masks):
+    """Segment k of the network over each batch's activation."""
+    return tuple(self._apply(variables, x, masks, start=k, stop=k + 1)
+                 for x in xs)
+
+  def _summarise_batches(self, logits, labels, teacher_logits):
+    return self._summarise(jnp.concatenate(logits), jnp.concatenate(labels),
+                           teacher_logits)
 
   def _evaluate_one(self, variables, batches, teacher_logits, ranks, kept):
     masks = gates_lib.masks_from_kept(kept, ranks)
@@ -296,6 +318,38 @@ def _prefix(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
           for g in c.candidates}
 
 
+def _segments(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
+  """Each candidate's suffix chained from the host through the per-segment
+  programs, starting from the current network's activation entering the
+  first segment its gate touches."""
+  # On the device once: the programs run ~300 times a step, and host
+  # (NumPy) variables or masks would be copied in at every call.
+  variables = jax.device_put(c.variables)
+  ranks = {g: np.asarray(r) for g, r in c.ranks.items()}
+  masks = jax.device_put({g: (ranks[g] < c.kept[g]).astype(np.float32)
+                          for g in ev.gate_names})
+  programs = ev.segment_programs
+  inputs = {0: tuple(c.batches.images)}
+  if c.boundaries is not None:
+    inputs.update({s: tuple(acts[s] for acts in c.boundaries)
+                   for s in ev.starts})
+  else:  # the current network's forward, chained: the same programs
+    xs = inputs[0]
+    for k in range(max(ev.starts, default=0)):
+      xs = programs[k](variables, xs, masks)
+      if k + 1 in ev.starts:
+        inputs[k + 1] = xs
+  results = {}
+  for g, k in c.candidates.items():
+    cand = {**masks, g: jax.device_put((ranks[g] < k).astype(np.float32))}
+    start = ev.first_segment[g]
+    xs = inputs[start]
+    for index in range(start, len(programs)):
+      xs = programs[index](variables, xs, cand)
+    results[g] = ev.summarise_batches(xs, c.batches.labels, c.teacher_logits)
+  return jax.device_get(results)
+
+
 def _vmap(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
   names = list(c.candidates)
   chunk = ev.config.chunk_size
@@ -312,7 +366,7 @@ def _vmap(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
 
 # search.evaluation -> strategy ('auto' resolves to one of them).
 STRATEGIES: dict[str, Callable[[Evaluator, _Candidates], dict]] = {
-    'vmap': _vmap, 'prefix': _prefix, 'loop': _loop}
+    'vmap': _vmap, 'prefix': _prefix, 'segments': _segments, 'loop': _loop}
 
 
 def _as_int32(kept):

@@ -11,7 +11,7 @@ from ekg_jax import rules
 from ekg_jax.runtime import backend
 from ekg_jax.search import importance, marking, teacher
 
-EVALUATIONS = ('auto', 'vmap', 'prefix', 'loop')
+EVALUATIONS = ('auto', 'vmap', 'prefix', 'segments', 'loop')
 # name -> allocation strategy; `greedy.py` registers its strategies here, so
 # the rule below and `search.greedy` read one table.
 ALLOCATIONS: dict[str, Callable] = {}
@@ -40,7 +40,9 @@ class SearchConfig:
   round_to: int = 1
   # How candidates are evaluated (same numbers each way): 'vmap' (stacked
   # masks, chunks; best on GPU/TPU), 'prefix' (shares the segments before
-  # the candidate's gate; best on CPU), 'loop', or 'auto' (by backend).
+  # the candidate's gate, one program), 'segments' (the same sharing, one
+  # small program per segment chained from the host: a shorter start-up),
+  # 'loop', or 'auto' (by backend).
   evaluation: str = 'auto'
   seed: int = 0  # the `random` criterion's; the pipeline passes config.seed
 

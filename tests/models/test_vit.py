@@ -235,8 +235,8 @@ def test_onnx_of_the_slimmed_vit_matches_in_onnx_runtime(slimmed, tmp_path):
 
 
 def test_fast_candidate_evaluation_equals_loop(table):
-  """vmap (stacked head and MLP masks) and prefix (shared segments) score
-  the candidates as the plain loop does."""
+  """vmap (stacked head and MLP masks), prefix and segments (shared
+  segments) score the candidates as the plain loop does."""
   model = tiny()
   variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, *SHAPE))))
   config = search.SearchConfig(target_flops_rate=0.9, chunk_size=2)
@@ -253,7 +253,7 @@ def test_fast_candidate_evaluation_equals_loop(table):
   plain = ev.evaluate_candidates('loop', *args)
   objectives = [float(plain[g]['objective']) for g in candidates]
   assert len(set(np.round(objectives, 6))) == len(candidates)
-  for mode in ('vmap', 'prefix'):
+  for mode in ('vmap', 'prefix', 'segments'):
     fast = ev.evaluate_candidates(mode, *args)
     for g in candidates:
       for key in ('objective', 'logits'):

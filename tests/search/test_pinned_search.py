@@ -80,8 +80,9 @@ def trajectory() -> dict:
   state = search.init_state(problem)
   masks = state.masks()
   scores = jax.device_get(problem.scores(state, masks))
-  for _ in range(STEPS):
-    state = search.search_step(problem, state, 'prefix')
+  for _ in range(STEPS):  # the default ('auto') candidate evaluation
+    state = search.search_step(problem, state,
+                               problem.evaluator.evaluation)
   return {
       'scores': {g: float(np.sum(scores[g])) for g in SCORED_GATES},
       'steps': [{'gate': e['gate'], 'kept': e['kept'][e['gate']],

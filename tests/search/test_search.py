@@ -147,7 +147,7 @@ def random_network(problem, seed):
   return kept, ranks
 
 
-@pytest.mark.parametrize('mode', ['vmap', 'prefix'])
+@pytest.mark.parametrize('mode', ['vmap', 'prefix', 'segments'])
 def test_fast_candidate_evaluation_equals_loop(problem, mode):
   kept, ranks = random_network(problem, 0)
   rng = np.random.default_rng(1)
@@ -172,7 +172,7 @@ def test_fast_candidate_evaluation_equals_loop(problem, mode):
 
 def test_prefix_reuses_the_importance_pass_boundaries(problem):
   """The importance pass's forward gives the current network's segment
-  inputs; `prefix` fed with them equals the loop."""
+  inputs; `prefix` and `segments` fed with them equal the loop."""
   kept, ranks = random_network(problem, 6)
   ev = problem.evaluator
   masks = gates.masks_from_kept(kept, ranks)
@@ -187,10 +187,12 @@ def test_prefix_reuses_the_importance_pass_boundaries(problem):
   args = (problem.variables, problem.batches, teacher_logits, ranks, kept,
           candidates)
   plain = ev.evaluate_candidates('loop', *args)
-  fast = ev.evaluate_candidates('prefix', *args, boundaries=boundaries)
-  for g in candidates:
-    np.testing.assert_allclose(fast[g]['objective'], plain[g]['objective'],
-                               rtol=2e-5, err_msg=g)
+  for mode in ('prefix', 'segments'):
+    fast = ev.evaluate_candidates(mode, *args, boundaries=boundaries)
+    for g in candidates:
+      np.testing.assert_allclose(fast[g]['objective'],
+                                 plain[g]['objective'], rtol=2e-5,
+                                 err_msg=f'{mode} {g}')
 
 
 def test_same_channels_detects_ties_that_move_the_kept_set():
@@ -300,8 +302,9 @@ def test_weight_criteria(problem):
       importance.weight_scores('random', table, variables, seed=0)['stage1'])
 
 
-def test_search_compiles_once_and_resumes_identically(problem, tmp_path):
-  mode = 'prefix'
+@pytest.mark.parametrize('mode', ['prefix', 'segments'])
+def test_search_compiles_once_and_resumes_identically(problem, tmp_path,
+                                                      mode):
   names = list(problem.specs)
   state = search.init_state(problem)
   # Uninterrupted: three steps.
@@ -310,7 +313,12 @@ def test_search_compiles_once_and_resumes_identically(problem, tmp_path):
     straight = search.search_step(problem, straight, mode)
   ev = problem.evaluator
   assert ev.importance._cache_size() == 1
-  assert ev.evaluate_prefix._cache_size() == 1
+  if mode == 'prefix':
+    assert ev.evaluate_prefix._cache_size() == 1
+  else:  # every segment's program ran, and compiled once
+    assert [p._cache_size() for p in ev.segment_programs] == \
+        [1] * len(ev.segment_programs)
+    assert ev.summarise_batches._cache_size() == 1
   # Interrupted after one step: save, load, continue.
   path = str(tmp_path / 'state.npz')
   resumed = search.search_step(problem, state, mode)
@@ -329,14 +337,15 @@ def test_search_compiles_once_and_resumes_identically(problem, tmp_path):
 
 def test_search_trajectory_is_the_same_on_every_evaluation_path(problem):
   """Whole steps (importance, marking, candidates, teacher), not single
-  evaluations: loop, vmap and prefix choose the same gates and widths."""
+  evaluations: loop, vmap, prefix and segments choose the same gates and
+  widths."""
   histories = {}
-  for mode in ('loop', 'vmap', 'prefix'):
+  for mode in ('loop', 'vmap', 'prefix', 'segments'):
     state = search.init_state(problem)
     for _ in range(3):
       state = search.search_step(problem, state, mode)
     histories[mode] = state.history
-  for mode in ('vmap', 'prefix'):
+  for mode in ('vmap', 'prefix', 'segments'):
     assert [(e['gate'], e['kept']) for e in histories[mode]] == \
         [(e['gate'], e['kept']) for e in histories['loop']], mode
     np.testing.assert_allclose([e['objective'] for e in histories[mode]],
