@@ -294,7 +294,7 @@ def main() -> None:
   with open(args.out + '.json', 'w') as f:
     json.dump(result, f, indent=1)
   lines = [
-      f"# Search start-up: `prefix` vs `segments`\n",
+      "# Search start-up: `prefix` vs `segments`\n",
       f"`{result['command']}`, {result['date']}, {result['machine']}; "
       f"ResNet-56 (official weights, no warm-up), the 320 validation images, "
       f"default options; medians (min-max) over {args.reps} repetitions, "
