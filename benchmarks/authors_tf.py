@@ -93,7 +93,9 @@ def authors_source(repo: str, dest: str) -> str:
   if applied.returncode:
     raise SystemExit(f'error: authors_tf.patch does not apply to {repo}: '
                      f'{applied.stderr.strip().splitlines()[0]}')
-  return f'{repo}@{AUTHORS_COMMIT[:7]}' if in_git else repo
+  # Named as results files record it (no folder of this machine's).
+  return (f'github.com/sseung0703/EKG@{AUTHORS_COMMIT[:7]}' if in_git
+          else portable_path(repo))
 
 
 def tf_kept(width: float, channels: int) -> int:
@@ -142,6 +144,24 @@ class Reader:
 
   def done(self) -> list:
     return [c for c in self.choices if 'val_loss' in c]
+
+
+def portable_path(path: str) -> str:
+  """A path as a results file records it: repository-relative inside the
+  repository, else only its last part (this machine's folders mean nothing
+  elsewhere)."""
+  if not os.path.isabs(path):
+    return path
+  if os.path.commonpath([os.path.abspath(path), ROOT]) == ROOT:
+    return os.path.relpath(path, ROOT)
+  return os.path.join('<elsewhere>', os.path.basename(path.rstrip('/')))
+
+
+def portable(arg: str) -> str:
+  """A command-line argument with its path made portable."""
+  key, eq, value = arg.partition('=')
+  return f'{key}={portable_path(value)}' if eq and value.startswith('/') \
+      else arg
 
 
 def run_side(side: str, argv: list, env: dict, cwd: str, steps: int,
@@ -332,9 +352,10 @@ def main(argv=None):
       runs.append(run)
       shutil.rmtree(os.path.join(scratch, f'rep{rep}'), ignore_errors=True)
   command = ' '.join(['python benchmarks/authors_tf.py',
-                      *(argv if argv is not None else sys.argv[1:])])
+                      *map(portable, argv if argv is not None
+                           else sys.argv[1:])])
   results = {'command': command, 'machine': machine_info({}),
-             'versions': versions, 'authors': source.replace(ROOT + '/', ''),
+             'versions': versions, 'authors': source,
              'weights_sha256': weights_sha,
              'options': {'steps': steps, 'reps': reps, 'target': TARGET},
              'summary': summarize(runs), 'fidelity': fidelity(runs),

@@ -104,3 +104,19 @@ def test_authors_tf_reads_both_sides_step_lines():
   assert authors_tf.tf_kept(0.8, 16) == 13  # their mask: rank < 12.8
   assert authors_tf.GATES[0] == ('stage0', 16)
   assert authors_tf.GATES[10] == ('stage1', 32)
+
+
+def test_authors_tf_records_no_folder_of_this_machine():
+  """Results files name paths inside the repository relative to it, and
+  others by their last part only (issue 27, item 6)."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import authors_tf
+  assert authors_tf.portable(f'--out-dir={REPO}/workdirs/x') == \
+      '--out-dir=workdirs/x'
+  assert authors_tf.portable('--tf-python=/opt/tf/.venv-tf/bin/python') == \
+      '--tf-python=<elsewhere>/python'
+  assert authors_tf.portable('--steps=10') == '--steps=10'
+  for result in (REPO / 'benchmarks' / 'results').glob('authors-tf-*.json'):
+    recorded = json.loads(result.read_text())
+    assert '=/' not in recorded['command'], result
+    assert not recorded['authors'].startswith('/'), result
