@@ -31,7 +31,7 @@ BAD = [
      'allowed: ekg, gbn, l1, l2, fpgm, bn_gamma, random'),
     ('search.allocation', 'even', 'allowed: greedy, uniform'),
     ('search.teacher', 'many', 'allowed: ensemble, single, none'),
-    ('search.evaluation', 'gpu', 'allowed: auto, vmap, prefix, loop'),
+    ('search.evaluation', 'gpu', 'allowed: auto, vmap, prefix, segments, loop'),
     ('search.marking', 'otsu', 'allowed: reference, per_channel'),
     ('search.chunk_size', 0, 'positive integer'),
     ('search.step', 0.0, 'must be in \\(0, 1\\]'),
