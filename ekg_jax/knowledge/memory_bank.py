@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ekg_jax.files import checkpoint
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.supernet import protocol
 from ekg_jax.knowledge import topk
 from ekg_jax.knowledge.options import (  # noqa: F401  (STORAGE_DTYPES too)
     STORAGE_DTYPES, BankOptions)
@@ -283,6 +284,9 @@ def build_memory_bank(model, variables: Any, state, images: np.ndarray, *,
   """
   options = dataclasses.replace(options or BankOptions(), **overrides)
   images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'images: [N, H, W, C], not {images.shape}')
+  protocol.check_variables(model, variables, images.shape[1:])
   bank = empty_bank(state.history, len(images), model.num_classes, options,
                     temperature)
   masks = teacher_masks(state.history, state.ranks_history, bank.teachers)

@@ -12,6 +12,7 @@ import numpy as np
 from ekg_jax import rules
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.knowledge import memory_bank as bank_lib
+from ekg_jax.supernet import protocol
 from ekg_jax.training import loop
 from ekg_jax.training.options import InputOptions, TrainOptions
 
@@ -45,7 +46,9 @@ def finetune(model, variables: Any, images: np.ndarray, labels: np.ndarray,
   """
   options = dataclasses.replace(options or TrainOptions(), **overrides)
   inputs = inputs or InputOptions()
+  protocol.check_model(model)
   train = _split(images, labels, 'images', model.num_classes)
+  protocol.check_variables(model, variables, train.images.shape[1:])
   logits = bank.logits if isinstance(bank, bank_lib.MemoryBank) else bank
   if isinstance(bank, bank_lib.MemoryBank) and not bank.complete:
     raise ValueError(f'bank: {bank.done} of {len(bank.logits)} images '

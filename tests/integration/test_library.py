@@ -100,6 +100,23 @@ def test_finetune_refuses_a_bank_that_does_not_fit(method):
     ekg_jax.finetune(*args[:3], m['labels'] + 10, knowledge='none')
 
 
+def test_bank_and_finetune_refuse_another_models_variables(method):
+  """At the door, as prune and slim: the dense network's variables are not
+  the slimmed student's, nor a plain function a model."""
+  m = method
+  with pytest.raises(ValueError, match='has shape'):
+    dense = m['net'].init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    ekg_jax.finetune(m['student'], dense, m['images'], m['labels'],
+                     knowledge='none')
+  with pytest.raises(TypeError, match='must be'):
+    ekg_jax.finetune(lambda x: x, m['student_variables'], m['images'],
+                     m['labels'], knowledge='none')
+  with pytest.raises(ValueError, match='has shape'):
+    ekg_jax.build_memory_bank(m['net'], m['student_variables'], m['search'],
+                              m['images'], mean=m['inputs'].mean,
+                              std=m['inputs'].std)
+
+
 @pytest.mark.parametrize('record, field, value, why', [
     (ekg_jax.TrainOptions, 'epochs', -1, 'an integer >= 0'),
     (ekg_jax.TrainOptions, 'knowledge', 'all', 'allowed: ensemble'),
