@@ -14,8 +14,15 @@ FAMILIES = [('resnet20', 32), ('resnet56', 32), ('mobilenet_v2', 32),
             ('vgg16', 32)]
 
 
+# The ImageNet ResNets' checks (about 110 s of the fast suite's work; the
+# bottleneck block is resnet50's) run with the slow suite; the fast one
+# keeps the CIFAR ResNets, MobileNet-v2 and VGG-16.
+SLOW = ('resnet18', 'resnet34', 'resnet50')
+
+
 @pytest.mark.parametrize('name,size,seed', [
-    *[(name, size, 0) for name, size in FAMILIES], ('resnet20', 32, 1)])
+    *[pytest.param(name, size, 0, marks=[pytest.mark.slow] * (name in SLOW))
+      for name, size in FAMILIES], ('resnet20', 32, 1)])
 def test_slimmed_equals_masked(name, size, seed):
   model = create_model(name, num_classes=10)
   shape = (size, size, 3)
