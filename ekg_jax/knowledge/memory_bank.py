@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ekg_jax.files import checkpoint
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import gates as gates_lib
+from ekg_jax.supernet import model as model_lib
 from ekg_jax.supernet import protocol
 from ekg_jax.knowledge import topk
 from ekg_jax.knowledge.options import (  # noqa: F401  (STORAGE_DTYPES too)
@@ -78,8 +79,7 @@ def make_teacher_logits(model, mean, std) -> Callable:
   teachers ran during the search.
   """
   def one(variables, x, masks):
-    return model.apply(variables, x, masks=masks, train=True,
-                       mutable=['batch_stats'])[0]
+    return model_lib.forward_train(model, variables, x, masks=masks)[0]
 
   @jax.jit
   def logits(variables, images, masks):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ekg_jax.data import datasets as data_lib
+from ekg_jax.supernet import model as model_lib
 from ekg_jax.training import losses
 from ekg_jax.training.options import (  # noqa: F401  (KNOWLEDGE: its home)
     KNOWLEDGE, InputOptions, TrainOptions)
@@ -144,8 +145,7 @@ def views_logits(model, variables, views: Sequence[jax.Array]
   go through the network as ONE batch, as the reference: BN statistics over
   both views, one running-statistics update. A network without BatchNorm
   has none: {}."""
-  z, updates = model.apply(variables, jnp.concatenate(views), train=True,
-                           mutable=['batch_stats'])
-  return (jnp.split(z.astype(jnp.float32), len(views)),
-          updates.get('batch_stats', {}))
+  z, batch_stats = model_lib.forward_train(model, variables,
+                                           jnp.concatenate(views))
+  return jnp.split(z.astype(jnp.float32), len(views)), batch_stats
 

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ekg_jax.data import datasets as data_lib
+from ekg_jax.supernet import model as model_lib
 
 
 BN_MODES = ('running', 'batch')
@@ -24,8 +25,7 @@ def make_eval_step(model, mean: Sequence[float], std: Sequence[float],
   def step(variables, images, labels, valid, masks=None):
     x = data_lib.normalize(images, mean, std)
     if bn == 'batch':
-      logits = model.apply(variables, x, masks=masks, train=True,
-                           mutable=['batch_stats'])[0]
+      logits = model_lib.forward_train(model, variables, x, masks=masks)[0]
     else:
       logits = model.apply(variables, x, masks=masks, train=False)
     hits = (jnp.argmax(logits, -1) == labels) & valid
