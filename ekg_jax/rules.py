@@ -9,7 +9,7 @@ imports nothing of the package, so every layer may use it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -27,6 +27,17 @@ def check_divides(batch_size: int, count: int, key: str,
 
 
 Rule = Callable[[Any], Optional[str]]
+
+
+def check_record(record: Any, table: Mapping[str, Rule]) -> None:
+  """An options record's fields against its rules (`table`: field -> rule),
+  so the config file's rules hold for library calls too: the first field
+  that breaks one is a ConfigError naming it, its value and why."""
+  for name, rule in table.items():
+    value = getattr(record, name)
+    why = rule(value)
+    if why:
+      raise ConfigError(f'{name}={value!r}: {why}')
 
 
 def is_int(v) -> bool:

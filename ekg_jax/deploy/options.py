@@ -20,11 +20,7 @@ class ExportOptions:
   onnx: bool = False
 
   def __post_init__(self):
-    for name, rule in RULES.items():
-      value = getattr(self, name)
-      why = rule(value)
-      if why:
-        raise rules.ConfigError(f'{name}={value!r}: {why}')
+    rules.check_record(self, RULES)
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any]) -> 'ExportOptions':

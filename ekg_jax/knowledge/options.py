@@ -27,11 +27,7 @@ class BankOptions:
   checkpoint_every_batches: int = 20  # a killed bank resumes
 
   def __post_init__(self):
-    for name, rule in RULES.items():
-      value = getattr(self, name)
-      why = rule(value)
-      if why:
-        raise rules.ConfigError(f'{name}={value!r}: {why}')
+    rules.check_record(self, RULES)
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any]) -> 'BankOptions':

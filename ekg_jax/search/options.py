@@ -49,11 +49,7 @@ class SearchConfig:
   def __post_init__(self):
     """The config file's rules hold for library calls too: `prune(...,
     target_flops_rate=1.5)` fails here, before any compute."""
-    for name, rule in RULES.items():
-      value = getattr(self, name)
-      why = rule(value)
-      if why:
-        raise rules.ConfigError(f'{name}={value!r}: {why}')
+    rules.check_record(self, RULES)
 
   @classmethod
   def from_config(cls, search, seed=0) -> 'SearchConfig':

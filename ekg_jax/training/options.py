@@ -31,15 +31,6 @@ RECIPE = ('epochs', 'batch_size', 'learning_rate', 'lr_decay_epochs_fraction',
           'sync_batch_norm', 'dtype', 'program')
 
 
-def _check(record, table: Mapping[str, rules.Rule]) -> None:
-  """The config file's rules hold for library calls too."""
-  for name, rule in table.items():
-    value = getattr(record, name)
-    why = rule(value)
-    if why:
-      raise rules.ConfigError(f'{name}={value!r}: {why}')
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
   """A training recipe; the defaults are section 8's (the reference's
@@ -86,7 +77,7 @@ class TrainOptions:
   seed: int = 0  # the data order and the augmentation
 
   def __post_init__(self):
-    _check(self, RULES)
+    rules.check_record(self, RULES)
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any], seed: int = 0
@@ -165,7 +156,7 @@ class InputOptions:
   def __post_init__(self):
     if isinstance(self.augment, Mapping):  # frozen: set once, here
       object.__setattr__(self, 'augment', tuple(sorted(self.augment.items())))
-    _check(self, INPUT_RULES)
+    rules.check_record(self, INPUT_RULES)
 
   @classmethod
   def from_config(cls, config) -> 'InputOptions':
