@@ -69,20 +69,18 @@ def prepare(path: str, tfds_dir: str) -> None:
   np.savez(path, images=val.images, labels=val.labels)
 
 
-def worker(args) -> None:
-  launched = args.launched
+def official_problem(args, mode: str):
+  """The ResNet-56 search problem from the official weights (`args.weights`)
+  on the saved validation images (`args.data`), candidates evaluated by
+  `mode`: what both the worker and `alternate` time."""
   import jax
   import numpy as np
   from ekg_jax import search
   from ekg_jax.config import default_config
   from ekg_jax.data import datasets as data_lib
-  from ekg_jax.files import cache as cache_lib
   from ekg_jax.files import checkpoint
   from ekg_jax.models import create_model
-  from ekg_jax.runtime import breakdown
   from ekg_jax.supernet import gates
-  cache_lib.enable_compilation_cache(args.cache)
-  breakdown.listen()
   config = default_config()
   model = create_model('resnet56')
   table = gates.layer_table(model, (32, 32, 3))
@@ -90,14 +88,25 @@ def worker(args) -> None:
                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
   variables = checkpoint.load_official_pkl(args.weights, reference)
   data = np.load(args.data)
-  val = data_lib.Split(data['images'], data['labels'])
-  batches = search.Batches.from_split(val, 256, config.data.mean,
-                                      config.data.std)
-  search_config = search.SearchConfig.from_config(config.search)
-  search_config = dataclasses.replace(search_config, evaluation=args.mode)
-  problem = search.SearchProblem(
+  batches = search.Batches.from_split(
+      data_lib.Split(data['images'], data['labels']), 256, config.data.mean,
+      config.data.std)
+  search_config = dataclasses.replace(
+      search.SearchConfig.from_config(config.search), evaluation=mode)
+  return search.SearchProblem(
       search.Evaluator(model, table, search_config), variables, batches,
       search_config)
+
+
+def worker(args) -> None:
+  launched = args.launched
+  import jax
+  from ekg_jax import search
+  from ekg_jax.files import cache as cache_lib
+  from ekg_jax.runtime import breakdown
+  cache_lib.enable_compilation_cache(args.cache)
+  breakdown.listen()
+  problem = official_problem(args, args.mode)
   state = search.init_state(problem)
   t = time.time()
   jax.block_until_ready(problem.scores(state, state.masks()))
@@ -129,29 +138,12 @@ def alternate(args) -> dict:
   step-1 candidates evaluated by each in turn (the boundaries from the
   importance pass, as in a search step), `args.alternate` times each."""
   import jax
-  import numpy as np
   from ekg_jax import search
-  from ekg_jax.config import default_config
-  from ekg_jax.data import datasets as data_lib
-  from ekg_jax.files import checkpoint
-  from ekg_jax.models import create_model
   from ekg_jax.search import greedy, marking
   from ekg_jax.supernet import gates
-  config = default_config()
-  model = create_model('resnet56')
-  table = gates.layer_table(model, (32, 32, 3))
-  reference = jax.eval_shape(model.init, jax.random.key(0),
-                             jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
-  variables = checkpoint.load_official_pkl(args.weights, reference)
-  data = np.load(args.data)
-  batches = search.Batches.from_split(
-      data_lib.Split(data['images'], data['labels']), 256, config.data.mean,
-      config.data.std)
-  search_config = dataclasses.replace(
-      search.SearchConfig.from_config(config.search), evaluation='prefix')
-  problem = search.SearchProblem(
-      search.Evaluator(model, table, search_config), variables, batches,
-      search_config)
+  problem = official_problem(args, 'prefix')
+  variables, batches, search_config = (problem.variables, problem.batches,
+                                       problem.config)
   state = search.init_state(problem)
   kept = marking.kept_from_rates(problem.specs, state.rates)
   masks = state.masks()
