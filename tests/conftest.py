@@ -129,3 +129,14 @@ class HiddenDenseNet(Supernet):
                    out_gate='h2')(x, masks)
     x = self.gate(nn.relu(ChannelScale('h2', name='scale')(x)), masks, 'h2')
     return self.dense('h2', name='fc3')(x, masks)
+
+
+def require_onnx() -> None:
+  """For a test of the ONNX path: skips without the [onnx] extra, except in
+  CI, which installs it first (`make onnx`) and so fails instead."""
+  from ekg_jax.deploy import export_onnx  # pylint: disable=g-import-not-at-top
+  missing = export_onnx.missing()
+  if missing:
+    if os.environ.get('CI'):
+      pytest.fail(f'CI installs the [onnx] extra first (make onnx): {missing}')
+    pytest.skip(missing)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, TFDS_DIR, needs_cifar10, perturb
+from conftest import REPO, TFDS_DIR, needs_cifar10, perturb, require_onnx
 from ekg_jax import config as config_lib
 from ekg_jax.data import datasets
 from ekg_jax.deploy import export, export_onnx
@@ -134,11 +134,7 @@ def test_export_before_finetune_names_the_phase_to_run(tmp_path):
 @pytest.mark.slow
 @needs_cifar10
 def test_onnx_file_matches_the_model_in_onnx_runtime(slimmed, tmp_path):
-  if export_onnx.missing():
-    if os.environ.get('CI'):
-      pytest.fail(f'CI installs the [onnx] extra first (make onnx): '
-                  f'{export_onnx.missing()}')
-    pytest.skip(export_onnx.missing())
+  require_onnx()
   model, variables = slimmed
   export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
                 (32, 32, 3), MEAN, STD, platforms=('cpu',))

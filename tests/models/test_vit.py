@@ -2,14 +2,13 @@
 hand, slimmed == masked, the weight criteria per head, the BN-only pieces
 refused, a search, and export (jax.export; ONNX in the slow suite)."""
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import perturb
+from conftest import perturb, require_onnx
 from ekg_jax import config as config_lib
 from ekg_jax import prune, rules
 from ekg_jax.data import datasets
@@ -216,11 +215,7 @@ def test_export_of_the_slimmed_vit_runs_and_loads(slimmed, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_of_the_slimmed_vit_matches_in_onnx_runtime(slimmed, tmp_path):
-  if export_onnx.missing():
-    if os.environ.get('CI'):
-      pytest.fail(f'CI installs the [onnx] extra first (make onnx): '
-                  f'{export_onnx.missing()}')
-    pytest.skip(export_onnx.missing())
+  require_onnx()
   import onnxruntime as ort
   model, variables = slimmed
   export.export(model, variables, str(tmp_path), 'vit_cifar', SHAPE, MEAN,
