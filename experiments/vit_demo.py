@@ -21,23 +21,21 @@ itself resumes a phase that was stopped half-way):
    bank, FINETUNE_EPOCHS of fine-tuning with ensemble knowledge (the
    config's recipe at a quarter of the pretraining rate), export (same
    workdir).
-3. `uniform_l1`: from the same pretrained network (init_checkpoint), the
-   same fraction of every gate (`search.allocation=uniform`), channels and
-   heads ranked by L1 norm (`search.criterion=l1`), the largest fraction that
-   meets the same target: pruning by ratio, as Torch-Pruning does. Fine-tuned
-   for the same epochs with the same recipe, as a Torch-Pruning user would:
-   without knowledge, but with two views per image like the EKG arm (the
-   evidence study's Torch-Pruning arms do the same), so the two arms differ
-   in the network and the knowledge only (`workdirs/vit_demo/uniform_l1`).
-   Known before running (a shape-only count, `flops.count_flops` over
-   `search.marking.kept_count` as `search.uniform_allocation` bisects): at
-   target 0.5 this arm cannot land near 0.5 on this ViT. Heads come in
-   thirds of a block's attention (3 per block), and one fraction for every
-   gate keeps ceil(3 r) heads: r = 1/3 keeps 1 head and 128 of 384 MLP
-   units in every block (FLOPs rate 0.3365), the next fraction up keeps 2
-   heads and 129 units (0.5165, over the target). So the uniform arm ends
-   at 0.3365, a third fewer FLOPs than the EKG arm's ~0.5, and its row is
-   not at the same FLOPs; the table shows each arm's own rate.
+3. `uniform_l1`: from the same pretrained network (init_checkpoint),
+   pruning by ratio, as Torch-Pruning does: heads by their own ratio
+   (`search.uniform_fixed=heads=0.5`: ceil(0.5 x 3) = 2 of 3 heads kept in
+   every block, as Torch-Pruning's head_pruning_ratio=0.5 prunes
+   int(0.5 x 3) = 1), the MLP units of every block by the one largest
+   fraction that meets the same target (`search.allocation=uniform`: 115 of
+   384 units, FLOPs rate 0.4998, a shape-only count), heads and units
+   ranked by L1 norm (`search.criterion=l1`). One fraction for every gate
+   could not land near the target: 3 heads per block make ceil(3 r) jump,
+   so it kept 1 head and 128 units (0.3365) where the next fraction up
+   keeps 2 heads and 129 units (0.5165, over it). Fine-tuned for the same
+   epochs with the same recipe, as a Torch-Pruning user would: without
+   knowledge, but with two views per image like the EKG arm (the evidence
+   study's Torch-Pruning arms do the same), so the two arms differ in the
+   network and the knowledge only (`workdirs/vit_demo/uniform_l1`).
 4. `speedup`: dense vs each slimmed network, latency of the exported forward
    (uint8 images -> logits) on XLA:CPU (`deploy.export.forward`, jitted with
    the toolkit's CPU flags) and ONNX Runtime (`deploy.export_onnx.to_onnx`),
@@ -93,6 +91,8 @@ TARGET = 0.5
 PRETRAIN_EPOCHS = 12
 FINETUNE_EPOCHS = 3
 ARMS = ('ekg', 'uniform_l1')
+# The uniform arm's head ratio (stage 3): 2 of 3 heads, 1 of the tiny's 2.
+UNIFORM_HEADS = 0.5
 LABELS = {'dense': 'dense', 'ekg': 'EKG', 'uniform_l1': 'uniform L1'}
 SIDES = ('xla', 'onnxruntime')
 ONNX_MODULES = ('jax2onnx', 'onnx', 'onnxruntime')
@@ -149,6 +149,7 @@ def stage_runs(workdir: str, tiny: bool) -> dict:
           f'--config.init_checkpoint={rel(os.path.join(ekg, "pretrain", "final"))}',
           '--config.phases=search,finetune,export',
           '--config.search.allocation=uniform',
+          f'--config.search.uniform_fixed=heads={UNIFORM_HEADS}',
           '--config.search.criterion=l1',
           '--config.finetune.knowledge=none', '--config.finetune.views=2'],
                      'export'),

@@ -254,6 +254,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.landscape.num_eigenvalues > config.landscape.lanczos_iterations:
     fail('landscape.num_eigenvalues', 'cannot exceed landscape.'
          f'lanczos_iterations ({config.landscape.lanczos_iterations})')
+  if config.search.uniform_fixed and config.search.allocation != 'uniform':
+    fail('search.uniform_fixed', 'fixes fractions of the uniform allocation '
+         "only; set search.allocation=uniform or leave it ''")
   if (config.search.allocation == 'uniform'
       and config.memory_bank.num_teachers > 1
       and 'memory_bank' in (parse_phases(config.phases)
@@ -279,6 +282,7 @@ def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
   """Checks that need the model's layer table (a shape-only trace)."""
   from ekg_jax.supernet import flops, gates, slimming
   from ekg_jax.search import importance, warmup
+  from ekg_jax.search import options as search_options
   specs = gates.gate_specs(table)
   # BN-only pieces, refused by name for a model without BatchNorm (a ViT).
   if config.search.warmup:
@@ -299,10 +303,19 @@ def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
         f'{max(g.channels for g in specs.values())} channels and a gate no '
         'wider than round_to stays whole, so nothing can be pruned; use a '
         'smaller value')
-  floor = {g: kept_count(spec.channels, 0.0, s.round_to)
+  # uniform_fixed's suffixes name gates of this model (one line if not).
+  fixed = search_options.fixed_fractions(
+      search_options.SearchConfig.from_config(s), specs)
+  floor = {g: kept_count(spec.channels, fixed.get(g, 0.0), s.round_to)
            for g, spec in specs.items()}
   rate = lambda kept: flops.flops_rate(table, kept, s.flops_include_bn)
   smallest = rate(floor)
+  if fixed and s.target_flops_rate < smallest:
+    raise ConfigError(
+        f'config.search.target_flops_rate={s.target_flops_rate}: with '
+        f'search.uniform_fixed={s.uniform_fixed!r}, {config.model.name} '
+        f'cannot get below a FLOPs rate of {smallest:.4f}; fix smaller '
+        'fractions or raise the target')
   if s.target_flops_rate < smallest:
     at = ('one channel' if s.round_to == 1
           else f'its minimum (round_to={s.round_to})')

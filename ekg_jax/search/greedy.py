@@ -28,6 +28,7 @@ from ekg_jax.search import teacher as teacher_lib
 from ekg_jax.search.evaluate import Batches, Evaluator, _as_int32
 from ekg_jax.search.marking import (candidate_rate, kept_count,
                                     kept_from_rates, mark_candidates)
+from ekg_jax.search import options as options_lib
 from ekg_jax.search.options import ALLOCATIONS, SearchConfig
 from ekg_jax.search.state import SearchState, history_entry
 
@@ -159,14 +160,19 @@ def search_step(problem: SearchProblem, state: SearchState,
 def uniform_allocation(problem: SearchProblem,
                        state: SearchState) -> SearchState:
   """Baseline: the same fraction of every gate, the largest that meets the
-  target; channels ranked once by the criterion on the full network."""
+  target; channels ranked once by the criterion on the full network. The
+  gates `uniform_fixed` names keep their own fixed fraction instead."""
   start = time.time()
   specs = problem.specs
-  kept_of = lambda r: {g: kept_count(s.channels, r, problem.config.round_to)
-                       for g, s in specs.items()}
+  fixed = options_lib.fixed_fractions(problem.config, specs)
+  rates_of = lambda r: {g: fixed.get(g, r) for g in specs}
+  kept_of = lambda r: {g: kept_count(specs[g].channels, rate,
+                                     problem.config.round_to)
+                       for g, rate in rates_of(r).items()}
   lo, hi = 0.0, 1.0  # flops_rate(kept_of(lo)) <= target < flops_rate(hi)
   if problem.flops_rate(kept_of(lo)) > problem.config.target_flops_rate:
-    raise RuntimeError('the FLOPs target is below the one-channel network')
+    raise RuntimeError('the FLOPs target is below the one-channel network'
+                       + (' with search.uniform_fixed' if fixed else ''))
   for _ in range(40):
     mid = (lo + hi) / 2
     if problem.flops_rate(kept_of(mid)) <= problem.config.target_flops_rate:
@@ -183,7 +189,7 @@ def uniform_allocation(problem: SearchProblem,
   entry = history_entry(1, None, kept, result, problem.flops_rate(kept),
                         flops_lib.count_flops(problem.evaluator.table, kept),
                         1, time.time() - start)
-  return state.accept({g: lo for g in specs}, ranks,
+  return state.accept(rates_of(lo), ranks,
                       teacher_lib.update(state.teacher, result['logits'],
                                          problem.config.teacher), entry)
 
@@ -260,6 +266,7 @@ def prune(model, variables: Any, batches: Batches, target_flops_rate: float,
   logits_shape = protocol.check_variables(model, variables, input_shape)
   batches.check_labels(logits_shape[-1])
   table = gates_lib.layer_table(model, input_shape)
+  options_lib.fixed_fractions(config, gates_lib.gate_specs(table))
   problem = SearchProblem(Evaluator(model, table, config, objective),
                           variables, batches, config)
   return run_search(problem, init_state(problem), progress=progress)

@@ -44,6 +44,12 @@ class SearchConfig:
   # small program per segment chained from the host: a shorter start-up),
   # 'loop', or 'auto' (by backend).
   evaluation: str = 'auto'
+  # allocation=uniform only: fixed kept fractions by gate-name suffix.
+  # 'heads=0.5' keeps ceil(0.5 C) of every '.../heads' gate (2 of 3
+  # heads: a separate head ratio, as Torch-Pruning's head_pruning_ratio)
+  # and the other gates share the largest one fraction that meets the
+  # target; '' gives every gate the same fraction.
+  uniform_fixed: str = ''
   seed: int = 0  # the `random` criterion's; the pipeline passes config.seed
 
   def __post_init__(self):
@@ -55,6 +61,28 @@ class SearchConfig:
   def from_config(cls, search, seed=0) -> 'SearchConfig':
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in search.items() if k in names}, seed=seed)
+
+
+def parse_fixed(text: str) -> dict[str, float]:
+  """`uniform_fixed` ('heads=0.5,mlp=0.25') as {suffix: fraction}."""
+  fixed = {}
+  for item in filter(None, (p.strip() for p in text.split(','))):
+    suffix, _, fraction = item.partition('=')
+    fixed[suffix.strip()] = float(fraction)
+  return fixed
+
+
+def _fixed_error(v) -> str | None:
+  usage = ("must be '' or suffix=fraction pairs, comma-separated, each "
+           "fraction in (0, 1], e.g. 'heads=0.5'")
+  if not isinstance(v, str):
+    return usage
+  try:
+    fixed = parse_fixed(v)
+  except ValueError:
+    return usage
+  ok = all(s and 0 < f <= 1 for s, f in fixed.items())
+  return None if ok and v.count('=') == len(fixed) else usage
 
 
 # One rule per option; the whole-config check uses them as `search.<name>`.
@@ -70,8 +98,24 @@ RULES: dict[str, rules.Rule] = {
     'flops_include_bn': rules.boolean,
     'round_to': rules.integer(1),
     'evaluation': rules.choice(EVALUATIONS),
+    'uniform_fixed': _fixed_error,
     'seed': rules.integer(0),
 }
+
+
+def fixed_fractions(config: SearchConfig, gates) -> dict[str, float]:
+  """{gate: fraction} for the gates `config.uniform_fixed` names; a suffix
+  that names no gate is refused in one line."""
+  fixed = parse_fixed(config.uniform_fixed)
+  out = {}
+  for suffix, fraction in fixed.items():
+    named = [g for g in gates if g == suffix or g.endswith('/' + suffix)]
+    if not named:
+      raise rules.ConfigError(
+          f'search.uniform_fixed={config.uniform_fixed!r}: {suffix!r} names '
+          f'no gate (gates: {", ".join(list(gates)[:4])}, ...)')
+    out.update(dict.fromkeys(named, fraction))
+  return out
 
 
 def defaults() -> dict:

@@ -254,3 +254,55 @@ def test_fast_candidate_evaluation_equals_loop(table):
       for key in ('objective', 'logits'):
         np.testing.assert_allclose(fast[g][key], plain[g][key], rtol=2e-5,
                                    atol=2e-5, err_msg=f'{mode} {g} {key}')
+
+
+def test_uniform_allocation_with_a_fixed_head_fraction(table):
+  """Torch-Pruning's separate head ratio: every block keeps ceil(0.5 x 2)
+  heads, the MLP gates share the largest one fraction meeting the target
+  (one more unit each would overshoot it)."""
+  model = tiny()
+  variables = perturb(model.init(jax.random.key(0), jnp.zeros((1, *SHAPE))))
+  state = prune(model, variables, _batches(), 0.6, allocation='uniform',
+                criterion='l1', uniform_fixed='heads=0.5')
+  kept = state.kept
+  assert kept['block0/heads'] == kept['block1/heads'] == 1
+  assert kept['block0/mlp'] == kept['block1/mlp'] > 1
+  rate = lambda k: flops.flops_rate(table, k, include_bn=True)
+  assert rate(kept) <= 0.6 < rate(
+      {**kept, 'block0/mlp': kept['block0/mlp'] + 1,
+       'block1/mlp': kept['block1/mlp'] + 1})
+  # Without it, one fraction for every gate: 1 head and the MLP at 1/2.
+  plain = prune(model, variables, _batches(), 0.6, allocation='uniform',
+                criterion='l1').kept
+  assert plain['block0/heads'] == 1 and plain['block0/mlp'] <= 32
+
+
+@pytest.mark.parametrize('fixed,match', [
+    ('heads=1.5', r"uniform_fixed='heads=1.5': must be '' or suffix="),
+    ('heads', r"uniform_fixed='heads': must be"),
+    ('heads=nan', r"uniform_fixed='heads=nan': must be"),
+    ('attn=0.5', r"'attn' names no gate \(gates: block0/heads"),
+])
+def test_uniform_fixed_is_checked_before_compute(fixed, match):
+  model = tiny()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+  with pytest.raises(rules.ConfigError, match=match):
+    prune(model, variables, _batches(), 0.6, allocation='uniform',
+          uniform_fixed=fixed)
+
+
+def test_uniform_fixed_is_checked_against_the_config(table):
+  config = config_lib.default_config()
+  config.model.name = 'vit_cifar'
+  config.search.warmup = False
+  config.search.uniform_fixed = 'heads=0.5'
+  with pytest.raises(rules.ConfigError, match='search.allocation=uniform'):
+    validate.validate_config(config)
+  config.search.allocation = 'uniform'
+  config.memory_bank.num_teachers = 1
+  validate.validate_config(config)
+  validate.validate_against_model(config, table)
+  config.search.uniform_fixed = 'mlp=1.0,heads=1.0'
+  with pytest.raises(rules.ConfigError, match='cannot get below a FLOPs '
+                     'rate of 1.0000'):
+    validate.validate_against_model(config, table)
