@@ -21,7 +21,7 @@ PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: install demo prepare evaluate lint test test-slow docs torch-venv onnx \
 	colab-venv tf-venv \
-	bench bench-quick bench-authors bench-authors-quick
+	bench bench-quick bench-authors bench-authors-quick bench-authors-all
 
 # $(call venv,variable naming the python,its version,folder,pip arguments):
 # the recipe every virtualenv below shares.
@@ -100,6 +100,11 @@ bench-authors: install tf-venv
 
 bench-authors-quick: install tf-venv
 	$(VENV)/bin/python benchmarks/authors_tf.py --quick --authors-repo=$(AUTHORS_REPO)
+
+# Both whole searches to FLOPs rate 0.45, alternating, 2 repetitions each
+# (~90 min of quiet cores): benchmarks/results/authors-tf-*-all.{json,md,png}.
+bench-authors-all: install tf-venv
+	$(VENV)/bin/python benchmarks/authors_tf.py --steps=all --reps=2 --authors-repo=$(AUTHORS_REPO)
 
 # The evidence study's Torch-Pruning arms (experiments/README.md): Torch-
 # Pruning 1.6 prunes the official ResNet-56 to FLOPs rate 0.45 and writes

@@ -3,6 +3,8 @@
   make tf-venv   # .venv-tf: tensorflow-cpu, tf-keras, TFDS
   python benchmarks/authors_tf.py --authors-repo=PATH            # 10 steps x 3
   python benchmarks/authors_tf.py --authors-repo=PATH --quick    # smoke run
+  python benchmarks/authors_tf.py --authors-repo=PATH --steps=all --reps=2
+                                                 # whole searches (~90 min)
 
 PATH: a clone of sseung0703/EKG (bare or not; AUTHORS_COMMIT is read) or a
 folder of its files. Each repetition launches the ResNet-56 / CIFAR-10
@@ -10,14 +12,18 @@ search from the official weights once per side, in turn (order reversed on
 odd repetitions): their `pruning.py` (a copy patched by `authors_tf.patch`
 to run offline on CPU) and `python -m ekg_jax.main --config.phases=search`
 with an empty cache folder (cold). Each is timed from launch to the arrival
-of its first --steps step lines, then killed. Per side: per-step = median
+of its first --steps step lines, then killed; with --steps=all each side
+runs its whole search to the target (the two may end at different step
+counts) and is timed to the line that ends it. Per side: per-step = median
 time between steps 2..N; start-up = launch to step 1 less one per-step
-time; end to end = launch to step N. Ratios TF / ekg_jax per repetition,
+time; end to end = launch to step N (the search's end with --steps=all). Ratios TF / ekg_jax per repetition,
 then median (min-max). The sides' choices at each step are compared
 (`fidelity`). How and why: benchmarks/README.md.
 
 Writes `<out-dir>/authors-tf-<machine>.json` (every time and choice, the
-options, versions, the command) and `.md`; each side's log goes to --log-dir.
+options, versions, the command) and `.md` (`authors-tf-<machine>-all.*` for
+whole searches, with a `.png` of seconds per step against step, both
+sides); each side's log goes to --log-dir.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ TF_MARKED = re.compile(r'# of layers to evaluated is (\d+)/')
 MARKS = {'jax': {'warmup_done': re.compile(r'warm-up: \d+ images')},
          'tf': {'warmup_done': re.compile(r'^Warm-up done$'),
                 'data_done': re.compile(r'^Datasets are built$')}}
+# The line each side prints once its whole search has reached the target:
+# ekg_jax's phase result line, the authors' search time.
+ENDS = {'jax': re.compile(r'^search: '),
+        'tf': re.compile(r'^Searching time: ')}
 
 
 def authors_source(repo: str, dest: str) -> str:
@@ -164,11 +174,13 @@ def portable(arg: str) -> str:
       else arg
 
 
-def run_side(side: str, argv: list, env: dict, cwd: str, steps: int,
-             log_path: str, timeout: float) -> dict:
+def run_side(side: str, argv: list, env: dict, cwd: str,
+             steps: int | None, log_path: str, timeout: float) -> dict:
   """Launches one side, reads its lines as they come, kills it once step
-  `steps` is read; times in seconds from launch."""
+  `steps` is read (steps None: once its search has ended); times in seconds
+  from launch."""
   reader = Reader(side)
+  end = None
   start = time.monotonic()
   with open(log_path, 'w', buffering=1) as log:  # readable while it runs
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -180,14 +192,22 @@ def run_side(side: str, argv: list, env: dict, cwd: str, steps: int,
         t = time.monotonic() - start
         log.write(f'{t:9.3f} {line}')
         reader.feed(line.rstrip('\n'), t)
-        if len(reader.done()) >= steps:
+        if steps is None and ENDS[side].search(line):
+          end = t
+          break
+        if steps is not None and len(reader.done()) >= steps:
           break
     finally:
       watchdog.cancel()
       proc.kill()
       proc.wait()
   missing = set(MARKS[side]) - set(reader.marks)
-  if len(reader.done()) < steps or missing:
+  whole = steps is None
+  if whole and end is None:
+    missing.add('the end of the search')
+  if whole:
+    steps = len(reader.done())
+  if len(reader.done()) < max(steps, 2) or missing:
     with open(log_path) as f:
       tail = ''.join(f.readlines()[-15:])
     raise SystemExit(f'error: the {side} side stopped after '
@@ -197,7 +217,8 @@ def run_side(side: str, argv: list, env: dict, cwd: str, steps: int,
   step_s = stats([b - a for a, b in zip(times, times[1:])])['median']
   return {'step_times': times, **reader.marks,
           'step_s': step_s, 'startup_s': times[0] - step_s,
-          'e2e_s': times[-1], 'choices': reader.done()[:steps]}
+          'e2e_s': end if whole else times[-1], 'steps': steps,
+          'choices': reader.done()[:steps]}
 
 
 def sides(args, scratch: str, rep: int) -> dict:
@@ -225,17 +246,24 @@ def fidelity(reps: list) -> dict:
   """Both sides' choices per step, and whether they agree in every run."""
   def key(c):
     return (c['gate'], c['kept'], c['candidates'])
+  def agreeing(r):  # steps, from the first, where both chose alike
+    pairs = list(zip(map(key, r['tf']['choices']),
+                     map(key, r['jax']['choices'])))
+    return next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
   same = all(list(map(key, r['tf']['choices'])) ==
              list(map(key, r['jax']['choices'])) for r in reps)
+  # Losses compared while the sides evaluate the same sub-networks.
   diffs = [abs(a['val_loss'] - b['val_loss']) for r in reps
-           for a, b in zip(r['tf']['choices'], r['jax']['choices'])]
+           for a, b in list(zip(r['tf']['choices'],
+                                r['jax']['choices']))[:agreeing(r)]]
   return {'same_gates_kept_candidates': same,
-          'max_abs_val_loss_diff': max(diffs),
+          'agreeing_steps': [agreeing(r) for r in reps],
+          'max_abs_val_loss_diff': max(diffs, default=0.0),
           'tf': reps[0]['tf']['choices'], 'jax': reps[0]['jax']['choices']}
 
 
 def summarize(reps: list) -> dict:
-  keys = ('startup_s', 'step_s', 'e2e_s', 'warmup_done')
+  keys = ('startup_s', 'step_s', 'e2e_s', 'warmup_done', 'steps')
   out = {s: {k: stats([r[s][k] for r in reps]) for k in keys}
          for s in ('tf', 'jax')}
   out['ratio_tf_over_jax'] = {k: stats([r['tf'][k] / r['jax'][k]
@@ -246,24 +274,33 @@ def summarize(reps: list) -> dict:
 
 def markdown(results: dict) -> str:
   o, v, s = results['options'], results['versions'], results['summary']
-  steps = f"steps 2-{o['steps']}" if o['steps'] > 2 else 'step 2'
+  whole = o['steps'] == 'all'
+  steps = ('steps 2 to the end' if whole else
+           f"steps 2-{o['steps']}" if o['steps'] > 2 else 'step 2')
+  scope = (f"whole searches to FLOPs rate {o['target']}" if whole
+           else f"first {o['steps']} steps")
   lines = [f"Made by `{results['command']}`", '',
            f"Machine: {results['machine']['cpu']}, "
            f"{results['machine']['cpus']} cores. The authors' code "
            f"({results['authors']}) on TensorFlow {v['tensorflow']} "
            f"(tf-keras {v['tf_keras']}) against ekg_jax on JAX {v['jax']} "
            f"with a cold cache; the ResNet-56 / CIFAR-10 search from the "
-           f"official weights, first {o['steps']} steps; medians (min-max) "
+           f"official weights, {scope}; medians (min-max) "
            f"over {o['reps']} repetition{'s' * (o['reps'] > 1)}, sides "
            'alternating.', '',
            "| seconds | authors' TF | ekg_jax | TF / ekg_jax |",
            '|---|---|---|---|']
   rows = [('start-up (launch to step 1, less one step)', 'startup_s'),
           (f'per search step ({steps})', 'step_s'),
-          (f"end to end (launch to step {o['steps']})", 'e2e_s'),
+          ('end to end (launch to the end of the search)' if whole else
+           f"end to end (launch to step {o['steps']})", 'e2e_s'),
           ('launch to end of warm-up', 'warmup_done')]
+  if whole:
+    rows.append(('search steps to the target', 'steps'))
   for label, k in rows:
-    lines.append(f"| {label} | {_fmt(s['tf'][k])} | {_fmt(s['jax'][k])} | "
+    digits = 0 if k == 'steps' else 1
+    lines.append(f"| {label} | {_fmt(s['tf'][k], digits)} | "
+                 f"{_fmt(s['jax'][k], digits)} | "
                  f"{_fmt(s['ratio_tf_over_jax'][k], 2)}x |")
   lines += ['', "Of the authors' start-up, launch to their datasets built: "
             f"{_fmt(s['tf']['data_done'])} s (imports, then reading and "
@@ -272,11 +309,46 @@ def markdown(results: dict) -> str:
   f = results['fidelity']
   chosen = ', '.join(f"{c['gate']} -> {c['kept']}" for c in f['jax'])
   same = 'the same' if f['same_gates_kept_candidates'] else 'NOT the same'
+  if whole:
+    lines += ['', 'Fidelity: the sides chose the same gate, kept channels '
+              'and candidate count for the first '
+              f"{', '.join(map(str, f['agreeing_steps']))} steps (per "
+              'repetition), then parted; there validation CE differs by at '
+              f"most {f['max_abs_val_loss_diff']:.4f} (theirs x 512/320). "
+              'Per-step times and step counts are each side\'s own search '
+              'from there on; the figure beside this table plots them.', '']
+    return '\n'.join(lines)
   lines += ['', f'Fidelity: {same} gates, kept channels and candidate '
             f'counts at every step of every repetition (ekg_jax: {chosen}); '
             'validation CE differs by at most '
             f"{f['max_abs_val_loss_diff']:.4f} (theirs x 512/320).", '']
   return '\n'.join(lines)
+
+
+def figure(results: dict, path: str) -> None:
+  """Seconds per step against step, each side, every repetition."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 3.5))
+  for side, label, color in (('tf', "authors' TF", 'tab:red'),
+                             ('jax', 'ekg_jax', 'tab:blue')):
+    for i, run in enumerate(results['runs']):
+      t = run[side]['step_times']
+      ax.plot(range(2, len(t) + 1), [b - a for a, b in zip(t, t[1:])],
+              color=color, alpha=0.8, lw=1,
+              label=label if i == 0 else None)
+  ax.set(xlabel='search step', ylabel='seconds per step', ylim=(0, None),
+         title='ResNet-56 search to FLOPs rate '
+         f"{results['options']['target']}, side by side")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def parse_steps(value: str):
+  return value if value == 'all' else int(value)
 
 
 def main(argv=None):
@@ -288,7 +360,9 @@ def main(argv=None):
       '(default $EKG_AUTHORS_REPO, else workdirs/authors-EKG)')
   parser.add_argument('--quick', action='store_true',
                       help='2 steps, 1 repetition: a smoke run')
-  parser.add_argument('--steps', type=int, help='search steps (default 10)')
+  parser.add_argument('--steps', type=parse_steps,
+                      help="search steps (default 10), or 'all': whole "
+                      'searches to the target')
   parser.add_argument('--reps', type=int, help='repetitions (default 3)')
   parser.add_argument('--tf-python', default=TF_PYTHON)
   parser.add_argument('--weights', default=os.path.abspath(WEIGHTS))
@@ -301,9 +375,10 @@ def main(argv=None):
                       'under workdirs/')
   parser.add_argument('--machine', default=f'cpu-{os.cpu_count()}cores')
   args = parser.parse_args(argv)
-  steps = args.steps or (2 if args.quick else 10)
+  whole = args.steps == 'all'
+  steps = None if whole else args.steps or (2 if args.quick else 10)
   reps = args.reps or (1 if args.quick else 3)
-  if steps < 2 or reps < 1:
+  if (steps is not None and steps < 2) or reps < 1:
     parser.error('--steps must be >= 2 (per-step time needs two) and '
                  '--reps >= 1')
   for what, path, hint in (
@@ -331,7 +406,8 @@ def main(argv=None):
                   python=sys.version.split()[0])
   with open(args.weights, 'rb') as f:
     weights_sha = hashlib.sha256(f.read()).hexdigest()
-  timeout = 900 + 180 * steps  # a stuck side fails the run, not the machine
+  # A stuck side fails the run, not the machine (a whole search: ~80 steps).
+  timeout = 900 + 180 * (steps or 90)
   runs = []
   with tempfile.TemporaryDirectory(prefix='authors_tf_') as scratch:
     source = authors_source(args.authors_repo,
@@ -346,7 +422,7 @@ def main(argv=None):
                              os.path.join(log_dir, f'rep{rep}-{side}.log'),
                              timeout)
         log(f"  start-up {run[side]['startup_s']:.1f} s, step "
-            f"{run[side]['step_s']:.1f} s, to step {steps} "
+            f"{run[side]['step_s']:.1f} s, to step {run[side]['steps']} "
             f"{run[side]['e2e_s']:.1f} s")
         settle(2.0)
       runs.append(run)
@@ -357,16 +433,20 @@ def main(argv=None):
   results = {'command': command, 'machine': machine_info({}),
              'versions': versions, 'authors': source,
              'weights_sha256': weights_sha,
-             'options': {'steps': steps, 'reps': reps, 'target': TARGET},
+             'options': {'steps': 'all' if whole else steps, 'reps': reps,
+                         'target': TARGET},
              'summary': summarize(runs), 'fidelity': fidelity(runs),
              'runs': runs}
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f'authors-tf-{args.machine}')
+  path = os.path.join(out_dir, f'authors-tf-{args.machine}' +
+                      ('-all' if whole else ''))
   with open(path + '.json', 'w') as f:
     json.dump(results, f, indent=1)
   table = markdown(results)
   with open(path + '.md', 'w') as f:
     f.write(table)
+  if whole:
+    figure(results, path + '.png')
   print(table)
   return results
 

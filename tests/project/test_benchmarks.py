@@ -120,3 +120,44 @@ def test_authors_tf_records_no_folder_of_this_machine():
     recorded = json.loads(result.read_text())
     assert '=/' not in recorded['command'], result
     assert not recorded['authors'].startswith('/'), result
+
+
+def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
+  """--steps=all: each side is read until the line that ends its search
+  (the sides may end at different step counts), the fidelity counts the
+  steps on which they agreed, and the table and figure say so."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import authors_tf
+  line = ('search step {}: stage0/block{} -> 8 channels | FLOPs rate 0.9 | '
+          'val loss 0.3{} acc 0.9 objective 0.4 | 19 candidates | 1.0s')
+  def fake_jax(gates):  # prints its steps, its end, then would hang
+    printed = [line.format(i + 1, g, i) for i, g in enumerate(gates)]
+    return [sys.executable, '-c', 'import time; print("warm-up: 10 images"); '
+            + ''.join(f'print({p!r}); time.sleep(0.05); ' for p in printed)
+            + 'print("search: 0.45"); time.sleep(60)']
+  runs = [authors_tf.run_side('jax', fake_jax(g), dict(os.environ), REPO,
+                              None, str(tmp_path / f'{i}.log'), 30)
+          for i, g in enumerate([[1, 2, 3], [1, 5]])]
+  assert [r['steps'] for r in runs] == [3, 2]
+  assert all(r['e2e_s'] > r['step_times'][-1] for r in runs)
+  assert all(r['e2e_s'] < 30 for r in runs)  # killed at its end line
+  # The second stands in for the authors' side: agree on step 1 only.
+  reps = [{'jax': runs[0], 'tf': runs[1]}]
+  fidelity = authors_tf.fidelity(reps)
+  assert fidelity['agreeing_steps'] == [1]
+  assert fidelity['max_abs_val_loss_diff'] == 0.0
+  results = {'command': 'python benchmarks/authors_tf.py --steps=all',
+             'machine': {'cpu': 'test', 'cpus': 2},
+             'versions': {'tensorflow': '-', 'tf_keras': '-', 'jax': '-'},
+             'authors': 'x', 'options': {'steps': 'all', 'reps': 1,
+                                         'target': 0.45},
+             'summary': authors_tf.summarize(
+                 [{**r, 'tf': {**r['tf'], 'data_done': 1.0,
+                               'warmup_done': 1.0}} for r in reps]),
+             'fidelity': fidelity, 'runs': reps}
+  table = authors_tf.markdown(results)
+  assert 'whole searches to FLOPs rate 0.45' in table
+  assert '| search steps to the target | 2 (2-2) | 3 (3-3) |' in table
+  assert 'for the first 1 steps' in table
+  authors_tf.figure(results, str(tmp_path / 'all.png'))
+  assert (tmp_path / 'all.png').stat().st_size > 1000
