@@ -13,7 +13,10 @@ Paths (each its own worker process, spoken to one JSON line at a time):
 - `onnxruntime`: `ekg_jax.deploy.export_onnx` then ONNX Runtime (the [onnx] extra);
 - `torch`: the PyTorch reference network, eager (`.venv-torch`).
 Networks: dense, and slimmed to the widths of the committed ResNet-56
-searches at 45% FLOPs with `round_to` 1 and 8. Weights are random (latency
+searches at 45% FLOPs with `round_to` 1 and 8, and `round_to_1_pad8`: the
+round_to_1 network with its gates under 8 channels padded to 8 by zero
+channels for inference (`slimming.pad_narrow`; the same logits, its MACs
+counted at the real widths). Weights are random (latency
 does not depend on them). A `narrow conv` table times the pair of 3x3
 convolutions of a slimmed block (16 -> k -> 16 channels, 32x32) against k.
 Results: `results/speedup-<machine>.json` and `.md`.
@@ -32,17 +35,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SEARCHES = {'round_to_1': 'r56_search_summary.json',
             'round_to_8': 'r56_search_round8_summary.json'}
+# Inference-only padding (`slimming.pad_narrow`): this network is the
+# round_to_1 one with every gate narrower than 8 widened to 8 by zero
+# channels (the same logits); its MACs and ideal speed-up are round_to_1's.
+PADDED = {'round_to_1_pad8': ('round_to_1', 8)}
 # PyTorch runs in its own virtualenv; ONNX Runtime in this one, with the
 # [onnx] extra (make onnx).
 PYTHONS = {'torch': os.path.join(ROOT, '.venv-torch', 'bin', 'python')}
 ONNX_MODULES = ('jax2onnx', 'onnx', 'onnxruntime')
 SIDES = ('xla', 'xla_ynnpack', 'xla_1thread', 'onnxruntime', 'torch')
 FULL = dict(depth=56, batches=[1, 256], repeats=7, calls={1: 20, 256: 2},
-            narrow=[1, 2, 4, 7, 8, 16], narrow_batch=256, sides=SIDES)
+            narrow=[1, 2, 4, 7, 8, 16], narrow_batch=256, sides=SIDES,
+            nets=('dense', 'round_to_1', 'round_to_1_pad8', 'round_to_8'))
 # The smoke run (CI) leaves out the XLA variants that differ only in flags.
 QUICK = dict(depth=20, batches=[1, 8], repeats=1, calls={1: 2, 8: 1},
              narrow=[1, 16], narrow_batch=8,
-             sides=('xla', 'onnxruntime', 'torch'))
+             sides=('xla', 'onnxruntime', 'torch'),
+             # round_to_8 is the same code path as round_to_1
+             nets=('dense', 'round_to_1', 'round_to_1_pad8'))
 
 
 def widths(depth: int) -> dict:
@@ -54,6 +64,8 @@ def widths(depth: int) -> dict:
       kept = json.load(f)['search']['kept_channels']
     nets[name] = {g: k for g, k in kept.items() if '/block' not in g or
                   int(g.rsplit('block', 1)[1]) < (depth - 2) // 6}
+  for name, (base, _) in PADDED.items():
+    nets[name] = nets[base]
   return nets
 
 
@@ -67,12 +79,18 @@ def _uint8(batch):
                                            np.uint8)
 
 
-def _flax(depth, kept):
+def _flax(depth, kept, name=None):
+  """(model, variables) of a network; a PADDED one padded for inference."""
   import jax
   import jax.numpy as jnp
   from ekg_jax.models import create_model
+  from ekg_jax.supernet import slimming
   model = create_model(f'resnet{depth}', widths=tuple(kept.items()))
-  return model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  if name in PADDED:
+    return slimming.pad_narrow(model, variables, (32, 32, 3),
+                               PADDED[name][1])
+  return model, variables
 
 
 def _build_xla(nets, depth):
@@ -82,10 +100,11 @@ def _build_xla(nets, depth):
   from ekg_jax.supernet import gates
   runs, macs = {}, {}
   for name, kept in nets.items():
-    model, variables = _flax(depth, kept)
+    model, variables = _flax(depth, kept, name)
     fn = jax.jit(export.forward(model, variables, (0.5,) * 3, (0.25,) * 3))
     runs[name] = lambda x, fn=fn: jax.block_until_ready(fn(x))
-    macs[name] = flops.count_flops(gates.layer_table(model, (32, 32, 3)))
+    unpadded, _ = _flax(depth, kept)  # the padded one's MACs are its own
+    macs[name] = flops.count_flops(gates.layer_table(unpadded, (32, 32, 3)))
   return runs, macs
 
 
@@ -95,7 +114,7 @@ def _build_onnxruntime(nets, depth):
   from ekg_jax.deploy import export_onnx
   runs = {}
   for name, kept in nets.items():
-    model, variables = _flax(depth, kept)
+    model, variables = _flax(depth, kept, name)
     path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
     export_onnx.to_onnx(model, variables, path, (32, 32, 3), (0.5,) * 3,
                         (0.25,) * 3)
@@ -110,6 +129,8 @@ def _build_torch(nets, depth):
   import torch_reference
   runs = {}
   for name, kept in nets.items():
+    if name in PADDED:  # the same widths (its zero weights cost the same)
+      kept = {g: max(k, PADDED[name][1]) for g, k in kept.items()}
     model = torch_reference.CifarResNet(depth, kept).eval()
 
     def run(x, model=model):
@@ -218,7 +239,7 @@ def sides(wanted) -> dict:
 
 def measure(o: dict, log) -> dict:
   from workers import Worker, in_turn, settle, stats
-  nets = widths(o['depth'])
+  nets = {n: k for n, k in widths(o['depth']).items() if n in o['nets']}
   workers = {side: Worker(side, [python, os.path.abspath(__file__),
                                  f'--worker={side}'])
              for side, python in sides(o['sides']).items()}

@@ -18,6 +18,11 @@ class ExportOptions:
   needs the [onnx] extra)."""
   platforms: str = 'cpu,cuda,tpu'  # comma-separated
   onnx: bool = False
+  # Inside model.jax only, gates narrower than this are widened to it with
+  # zero channels (the same logits): XLA:CPU runs convolutions with fewer
+  # than 8 output channels in slow emitted loops. The arrays, `load`,
+  # model.onnx, FLOPs and parameters keep the real widths. 1: no padding.
+  pad_to: int = 8
 
   def __post_init__(self):
     rules.check_record(self, RULES)
@@ -44,7 +49,8 @@ def _onnx(v) -> Optional[str]:
   return rules.boolean(v) or (v and export_onnx.missing()) or None
 
 
-RULES: dict[str, rules.Rule] = {'platforms': _platforms, 'onnx': _onnx}
+RULES: dict[str, rules.Rule] = {'platforms': _platforms, 'onnx': _onnx,
+                                'pad_to': rules.integer(1)}
 
 
 def defaults() -> dict:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from ekg_jax.files import checkpoint
 from ekg_jax.supernet import gates as gates_lib
@@ -141,3 +143,34 @@ def slim(model: Supernet, variables: Mapping[str, Any],
       _set(out[variable.collection], path, new)
   widths = tuple(sorted((g, int(i.size)) for g, i in index.items()))
   return model.clone(widths=widths), out
+
+
+def pad_narrow(model: Supernet, variables: Mapping[str, Any],
+               input_shape: Sequence[int], width: int
+               ) -> tuple[Supernet, dict]:
+  """For inference only: every gate of a slimmed network narrower than
+  `width` (at most its full width) widened to it with zero channels.
+
+  XLA:CPU runs convolutions with fewer than 8 output channels in emitted
+  loops, slower than the same convolution 8 wide (benchmarks/speedup.py's
+  narrow table). An added channel has zero weights wherever it is written
+  (kernels, biases, BatchNorm scale and offset) and wherever it is read, so
+  it stays exactly zero and the logits are the slimmed network's. The
+  returned model's widths are the padded ones: count FLOPs and parameters
+  on the unpadded network.
+  """
+  full = gates_lib.gate_specs(gates_lib.layer_table(model.clone(widths=()),
+                                                    input_shape))
+  now = dict(model.widths)
+  padded = {g: max(now.get(g, s.channels), min(width, s.channels))
+            for g, s in full.items()}
+  wide = model.clone(widths=tuple(sorted(
+      (g, w) for g, w in padded.items() if g in now or w < full[g].channels)))
+  shapes = traverse_util.flatten_dict(jax.eval_shape(
+      wide.init, jax.random.key(0), jnp.zeros((1, *input_shape))))
+  out = {}
+  for path, value in traverse_util.flatten_dict(variables).items():
+    value = np.asarray(value)  # on the host: one XLA program per shape else
+    out[path] = np.pad(value, [(0, n - m) for m, n in
+                               zip(value.shape, shapes[path].shape)])
+  return wide, traverse_util.unflatten_dict(out)

@@ -73,8 +73,13 @@ def _logits(model, variables, images):
 def test_exported_program_runs_without_ekg_jax_and_matches_the_model(
     slimmed, tmp_path):
   model, variables = slimmed
+  # Padded for XLA:CPU inside the program: the slimmed network's logits.
   paths = export.export(model, variables, str(tmp_path / 'e'), 'resnet20',
-                        (32, 32, 3), MEAN, STD)
+                        (32, 32, 3), MEAN, STD, pad_to=8)
+  widths = dict(model.widths)
+  assert paths['program_padded_gates'] == {
+      g: [k, 8] for g, k in widths.items() if k < 8}
+  assert paths['program_padded_gates']  # stage 0 keeps 5 of 16 channels
   images = datasets.load_split('cifar10', 'test[:7]', TFDS_DIR).images
   want = _logits(model, variables, images)
   np.save(tmp_path / 'x.npy', images)

@@ -1,6 +1,6 @@
 """Fault injection, short version: the quickstart pipeline, cut down, killed
-with SIGKILL once in each phase (seeded delays), rerun after each kill; it
-must end bit-identical to an uninterrupted run. The long run (N >= 30 kills)
+with SIGKILL in each of its first three phases (seeded delays), rerun after
+each kill; it must end bit-identical to an uninterrupted run. The long run (N >= 30 kills)
 is `experiments/fault_injection.py --kills=30`."""
 
 import json
@@ -29,11 +29,11 @@ def test_killed_in_every_phase_ends_like_an_uninterrupted_run(tmp_path):
   result = subprocess.run(
       [sys.executable, 'experiments/fault_injection.py',
        '--config=configs/quickstart.py', f'--workdir={tmp_path}',
-       '--kills=5', '--seed=0', '--max_delay=8', '--', *SMALL],
+       '--kills=3', '--seed=0', '--max_delay=8', '--', *SMALL],
       cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   report = json.loads(result.stdout[result.stdout.index('{'):])
-  assert report['kills'] == 5 and report['identical']
+  assert report['kills'] == 3 and report['identical']
   # Where each kill lands depends on this machine's speed (seed 0 hit
   # pretrain, search, memory_bank and finetune here); at least two phases.
   assert len(report['phases_hit']) >= 2, report['kill_log']

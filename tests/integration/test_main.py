@@ -11,6 +11,8 @@ import pytest
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, needs_official
 from small import PIPELINE, run_cli
 from ekg_jax import pipeline
+from ekg_jax.data import datasets
+from ekg_jax.deploy import export
 from ekg_jax.run import validate
 from ekg_jax.config import default_config
 
@@ -142,7 +144,11 @@ def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
   PIPELINE's loop)."""
   result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
                    '--config.search.evaluation=auto',
-                   '--config.phases=search,memory_bank,finetune')
+                   '--config.phases=search,memory_bank,finetune,export',
+                   '--config.export.platforms=cpu',
+                   # stage 0's 16 and stage 1's 32 channels: every gate the
+                   # search thinned there is padded back to its full width
+                   '--config.export.pad_to=32')
   assert result.returncode == 0, result.stderr[-3000:]
   check_search(tmp_path, 0.9)
   config = json.loads((tmp_path / 'config.json').read_text())
@@ -170,6 +176,21 @@ def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
   assert set(json.loads(metrics[0])) >= {
       'train_loss', 'kd_loss', 'teachers_used', 'test_accuracy',
       'learning_rate'}
+
+  # The export, padded for inference: the same predictions.
+  kept = summary['search']['kept_channels']
+  widths = {'stage0': 16, 'stage1': 32}
+  padded = {g: [k, widths[g.split('/')[0]]] for g, k in kept.items()
+            if g.split('/')[0] in widths and k < widths[g.split('/')[0]]}
+  assert padded and summary['export']['program_padded_gates'] == padded
+  network = json.loads((tmp_path / 'export' / 'network.json').read_text())
+  assert network['program_padded_gates'] == padded
+  assert dict(network['attributes']['widths']) == kept  # the real ones
+  split = datasets.load_split('cifar10', 'test[:200]', TFDS_DIR)
+  program = export.load_program(str(tmp_path / 'export' / 'model.jax'))
+  predicted = np.argmax(np.asarray(program.call(split.images)), axis=-1)
+  assert 100 * np.mean(predicted == split.labels) == pytest.approx(
+      final['test_accuracy'], abs=1e-6)
 
   # The saved slimmed model loads as an init checkpoint: same accuracy.
   evaluated = tmp_path / 'evaluate'

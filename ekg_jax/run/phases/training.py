@@ -145,8 +145,8 @@ def export_phase(setup: Setup) -> dict:
   directory = workdir_lib.phase_dir(setup.workdir, 'export')
   paths = export_lib.export(
       model, variables, directory, c.model.name, input_shape(c), c.data.mean,
-      c.data.std, options.platform_list)
-  if options.onnx:
+      c.data.std, options.platform_list, options.pad_to)
+  if options.onnx:  # unpadded: ONNX Runtime runs narrow kernels well
     from ekg_jax.deploy import export_onnx  # the optional [onnx] extra
     paths.update(export_onnx.to_onnx(
         model, variables, os.path.join(directory, export_onnx.ONNX),
