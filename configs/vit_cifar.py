@@ -47,4 +47,7 @@ def get_config():
   # 100 epochs, 5 warm-up epochs, with the memory bank's knowledge.
   config.finetune.epochs = 100
   vit_recipe(config.finetune, learning_rate=2.5e-4, warmup_fraction=0.05)
+  # No inference padding: a head gate's channel is a whole head (64 wide),
+  # not a narrow convolution; padding would add back the pruned heads.
+  config.export.pad_to = 1
   return config

@@ -21,7 +21,8 @@ class ExportOptions:
   # Inside model.jax only, gates narrower than this are widened to it with
   # zero channels (the same logits): XLA:CPU runs convolutions with fewer
   # than 8 output channels in slow emitted loops. The arrays, `load`,
-  # model.onnx, FLOPs and parameters keep the real widths. 1: no padding.
+  # model.onnx, FLOPs and parameters keep the real widths. 1: no padding
+  # (configs/vit_cifar.py: a head gate's channel is a whole head).
   pad_to: int = 8
 
   def __post_init__(self):
