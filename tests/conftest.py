@@ -25,9 +25,20 @@ OFFICIAL_RESNET56 = SHARED / 'pretrained' / 'ekg_official_resnet56_cifar10.pkl'
 
 # The caches (ekg_jax/files/cache.py) of everything the tests run, CLI
 # subprocesses included, go to a folder of this session's, not the user's
-# ~/.cache.
-os.environ['EKG_JAX_CACHE'] = tempfile.mkdtemp(prefix='ekg_jax_test_cache_')
-atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
+# ~/.cache: one folder for the whole session, made by the process that
+# loads this file first (pytest-xdist's workers inherit it), so a program
+# one CLI run compiled is read by the next run on either worker. The
+# session runs the same small programs again and again, so JAX keeps every
+# program, not only those over a second to compile (its own setting, which
+# ekg_jax leaves alone where set); the tests' own programs go there too.
+if os.environ.get('EKG_JAX_TEST_SESSION') is None:
+  os.environ['EKG_JAX_TEST_SESSION'] = str(os.getpid())
+  os.environ['EKG_JAX_CACHE'] = tempfile.mkdtemp(prefix='ekg_jax_test_cache_')
+  atexit.register(shutil.rmtree, os.environ['EKG_JAX_CACHE'], True)
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(os.environ['EKG_JAX_CACHE'], 'xla'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 # Tests never reach the internet: a dataset or weights missing in a test
 # would be fetched from a port nothing listens on, and fail in one line.

@@ -33,12 +33,14 @@ def resolve(cache_dir: str) -> Optional[str]:
 
 def enable_compilation_cache(root: Optional[str]) -> None:
   """JAX's persistent compilation cache in root/xla (programs that took
-  over a second to compile: the train steps, the search's evaluators)."""
+  over a second to compile: the train steps, the search's evaluators).
+  JAX's own JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, where set, wins."""
   if root is None:
     return
   import jax
   jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'xla'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def _fingerprint(files_dir: str, name: str, split: str) -> str:

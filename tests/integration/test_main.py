@@ -120,7 +120,9 @@ def check_search(workdir, target):
 # The defaults (EKG criterion, ensemble teacher, warm-up, 'auto'
 # evaluation) are the search of
 # test_cli_memory_bank_and_finetune_then_evaluate_the_final_model, checked
-# there with check_search.
+# there with check_search. In the slow suite: the fast one stays under its
+# 10 minutes.
+@pytest.mark.slow
 @needs_cifar10
 @pytest.mark.parametrize('extra', [
     ['--config.search.criterion=l1', '--config.search.allocation=uniform'],
