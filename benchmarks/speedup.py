@@ -79,18 +79,20 @@ def _uint8(batch):
                                            np.uint8)
 
 
-def _flax(depth, kept, name=None):
-  """(model, variables) of a network; a PADDED one padded for inference."""
+def _flax(depth, kept):
   import jax
   import jax.numpy as jnp
   from ekg_jax.models import create_model
-  from ekg_jax.supernet import slimming
   model = create_model(f'resnet{depth}', widths=tuple(kept.items()))
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  if name in PADDED:
-    return slimming.pad_narrow(model, variables, (32, 32, 3),
-                               PADDED[name][1])
-  return model, variables
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _padded(name, model, variables):
+  """A PADDED network padded for inference; any other as it is."""
+  from ekg_jax.supernet import slimming
+  if name not in PADDED:
+    return model, variables
+  return slimming.pad_narrow(model, variables, (32, 32, 3), PADDED[name][1])
 
 
 def _build_xla(nets, depth):
@@ -100,11 +102,12 @@ def _build_xla(nets, depth):
   from ekg_jax.supernet import gates
   runs, macs = {}, {}
   for name, kept in nets.items():
-    model, variables = _flax(depth, kept, name)
+    model, variables = _flax(depth, kept)
+    # MACs at the real widths, for a padded network too
+    macs[name] = flops.count_flops(gates.layer_table(model, (32, 32, 3)))
+    model, variables = _padded(name, model, variables)
     fn = jax.jit(export.forward(model, variables, (0.5,) * 3, (0.25,) * 3))
     runs[name] = lambda x, fn=fn: jax.block_until_ready(fn(x))
-    unpadded, _ = _flax(depth, kept)  # the padded one's MACs are its own
-    macs[name] = flops.count_flops(gates.layer_table(unpadded, (32, 32, 3)))
   return runs, macs
 
 
@@ -114,7 +117,7 @@ def _build_onnxruntime(nets, depth):
   from ekg_jax.deploy import export_onnx
   runs = {}
   for name, kept in nets.items():
-    model, variables = _flax(depth, kept, name)
+    model, variables = _padded(name, *_flax(depth, kept))
     path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
     export_onnx.to_onnx(model, variables, path, (32, 32, 3), (0.5,) * 3,
                         (0.25,) * 3)

@@ -310,15 +310,12 @@ def validate_against_model(config: ml_collections.ConfigDict, table) -> None:
            for g, spec in specs.items()}
   rate = lambda kept: flops.flops_rate(table, kept, s.flops_include_bn)
   smallest = rate(floor)
-  if fixed and s.target_flops_rate < smallest:
-    raise ConfigError(
-        f'config.search.target_flops_rate={s.target_flops_rate}: with '
-        f'search.uniform_fixed={s.uniform_fixed!r}, {config.model.name} '
-        f'cannot get below a FLOPs rate of {smallest:.4f}; fix smaller '
-        'fractions or raise the target')
   if s.target_flops_rate < smallest:
     at = ('one channel' if s.round_to == 1
           else f'its minimum (round_to={s.round_to})')
+    if fixed:
+      at += (f' but those search.uniform_fixed={s.uniform_fixed!r} fixes; '
+             'fix smaller fractions or raise the target')
     raise ConfigError(
         f'config.search.target_flops_rate={s.target_flops_rate}'
         f': {config.model.name} cannot get below a FLOPs rate of '
