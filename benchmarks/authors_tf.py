@@ -67,6 +67,9 @@ TF_STEP = re.compile(r'^Step: (\d+)$')
 TF_WIDTHS = re.compile(r'^\[(.*)\] (\d+)$')
 TF_LOSS = re.compile(r'Current Loss\.: ([\d.]+)')
 TF_MARKED = re.compile(r'# of layers to evaluated is (\d+)/')
+# One width of their list: 0.4, or np.float64(0.2) as NumPy 2 prints one
+# their fine search set (the number last: not the 64 of float64).
+WIDTH = re.compile(r'([\d.]+(?:e-?\d+)?)\)?\s*$')
 # Start-up marks: the first line matching each, per side.
 MARKS = {'jax': {'warmup_done': re.compile(r'warm-up: \d+ images')},
          'tf': {'warmup_done': re.compile(r'^Warm-up done$'),
@@ -140,7 +143,7 @@ class Reader:
           'gate' not in self.choices[-1]):
         m = TF_WIDTHS.search(line)
         gate, channels = GATES[int(m[2])]
-        width = float(m[1].split(',')[int(m[2])])
+        width = float(WIDTH.search(m[1].split(',')[int(m[2])])[1])
         self.choices[-1].update(gate=gate, kept=tf_kept(width, channels))
       elif TF_LOSS.search(line) and self.choices and (
           'val_loss' not in self.choices[-1]):
@@ -242,6 +245,27 @@ def sides(args, scratch: str, rep: int) -> dict:
           'jax': (jax, {**base, 'PYTHONPATH': ROOT}, ROOT)}
 
 
+def appended(path: str, results: dict, parser) -> tuple[list, list]:
+  """The runs and commands of the results file at `path`, to which this
+  run adds repetitions: refused unless it matches `results` in everything
+  but the repetitions (each repetition pairs both sides on one machine, so
+  repetitions from two sessions of the same CPU model combine)."""
+  if not os.path.exists(path):
+    parser.error(f'--append: no results file {path} to add to')
+  with open(path) as f:
+    before = json.load(f)
+  for key in ('versions', 'authors', 'weights_sha256'):
+    if before.get(key) != results[key]:
+      parser.error(f'--append: {path} has {key} {before.get(key)!r}, this '
+                   f'run {results[key]!r}: start a new file instead')
+  if before['machine']['cpu'] != results['machine']['cpu'] or \
+      before['options']['steps'] != results['options']['steps']:
+    parser.error(f'--append: {path} was made on {before["machine"]["cpu"]} '
+                 f'with steps={before["options"]["steps"]}: start a new file')
+  return before['runs'], before.get('commands', [before.get('command')]) + \
+      results['commands']
+
+
 def fidelity(reps: list) -> dict:
   """Both sides' choices per step, and whether they agree in every run."""
   def key(c):
@@ -279,7 +303,12 @@ def markdown(results: dict) -> str:
            f"steps 2-{o['steps']}" if o['steps'] > 2 else 'step 2')
   scope = (f"whole searches to FLOPs rate {o['target']}" if whole
            else f"first {o['steps']} steps")
-  lines = [f"Made by `{results['command']}`", '',
+  dates = [r['date'] for r in results['runs'] if 'date' in r]
+  lines = ['Made by ' + ', then '.join(
+               f'`{c}`' for c in results.get('commands',
+                                             [results.get('command')]))
+           + (f" (repetitions started {', '.join(dates)})" if dates else ''),
+           '',
            f"Machine: {results['machine']['cpu']}, "
            f"{results['machine']['cpus']} cores. The authors' code "
            f"({results['authors']}) on TensorFlow {v['tensorflow']} "
@@ -374,6 +403,11 @@ def main(argv=None):
   parser.add_argument('--log-dir', help='default <out-dir>/authors-tf-logs '
                       'under workdirs/')
   parser.add_argument('--machine', default=f'cpu-{os.cpu_count()}cores')
+  parser.add_argument('--append', action='store_true',
+                      help='add these repetitions to the results file of '
+                      'the same options (e.g. in a later session); refused '
+                      'unless it was made on the same CPU model, with the '
+                      'same versions, weights and authors commit')
   args = parser.parse_args(argv)
   whole = args.steps == 'all'
   steps = None if whole else args.steps or (2 if args.quick else 10)
@@ -406,18 +440,29 @@ def main(argv=None):
                   python=sys.version.split()[0])
   with open(args.weights, 'rb') as f:
     weights_sha = hashlib.sha256(f.read()).hexdigest()
+  command = ' '.join(['python benchmarks/authors_tf.py',
+                      *map(portable, argv if argv is not None
+                           else sys.argv[1:])])
+  path = os.path.join(out_dir, f'authors-tf-{args.machine}' +
+                      ('-all' if whole else ''))
+  results = {'commands': [command], 'machine': machine_info({}),
+             'versions': versions, 'weights_sha256': weights_sha,
+             'options': {'steps': 'all' if whole else steps, 'target': TARGET}}
   # A stuck side fails the run, not the machine (a whole search: ~80 steps).
   timeout = 900 + 180 * (steps or 90)
-  runs = []
   with tempfile.TemporaryDirectory(prefix='authors_tf_') as scratch:
-    source = authors_source(args.authors_repo,
-                            os.path.join(scratch, 'authors'))
-    for rep in range(reps):
+    results['authors'] = authors_source(args.authors_repo,
+                                        os.path.join(scratch, 'authors'))
+    runs = []
+    if args.append:
+      runs, results['commands'] = appended(path + '.json', results, parser)
+    total = len(runs) + reps
+    for rep in range(len(runs), total):
       order = ['tf', 'jax'] if rep % 2 == 0 else ['jax', 'tf']
       launch = sides(args, scratch, rep)
-      run = {}
+      run = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
       for side in order:
-        log(f'repetition {rep + 1}/{reps}: {side}')
+        log(f'repetition {rep + 1}/{total}: {side}')
         run[side] = run_side(side, *launch[side], steps,
                              os.path.join(log_dir, f'rep{rep}-{side}.log'),
                              timeout)
@@ -427,19 +472,9 @@ def main(argv=None):
         settle(2.0)
       runs.append(run)
       shutil.rmtree(os.path.join(scratch, f'rep{rep}'), ignore_errors=True)
-  command = ' '.join(['python benchmarks/authors_tf.py',
-                      *map(portable, argv if argv is not None
-                           else sys.argv[1:])])
-  results = {'command': command, 'machine': machine_info({}),
-             'versions': versions, 'authors': source,
-             'weights_sha256': weights_sha,
-             'options': {'steps': 'all' if whole else steps, 'reps': reps,
-                         'target': TARGET},
-             'summary': summarize(runs), 'fidelity': fidelity(runs),
-             'runs': runs}
+  results['options']['reps'] = len(runs)
+  results.update(summary=summarize(runs), fidelity=fidelity(runs), runs=runs)
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f'authors-tf-{args.machine}' +
-                      ('-all' if whole else ''))
   with open(path + '.json', 'w') as f:
     json.dump(results, f, indent=1)
   table = markdown(results)
