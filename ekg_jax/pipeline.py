@@ -96,8 +96,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       except ckpt_lib.CheckpointError as e:  # the files it resumes from
         raise workdir_lib.WorkdirError(
             f'{e}; {workdir_lib.redo_hint(phase.name)}') from e
-      results[phase.summary[0]]['breakdown'] = breakdown.since(
-          before, time.perf_counter() - start)
+      record = results[phase.summary[0]]
+      # A phase may add its own parts (the search: its steps' parts).
+      record['breakdown'] = {**breakdown.since(
+          before, time.perf_counter() - start), **record.get('breakdown', {})}
       # One write: the phase is done.
       summary = workdir_lib.record(workdir, results)
       if distributed.is_primary():  # process 0 reports and writes for all

@@ -116,7 +116,8 @@ def search_step(problem: SearchProblem, state: SearchState,
   kept = kept_from_rates(specs, state.rates, config.round_to)
   masks = gates_lib.masks_from_kept(kept, _np_to_jnp(state.ranks))
   scores, boundaries = problem.scores_and_boundaries(state, masks)
-  scores = jax.device_get(scores)
+  scores = jax.device_get(scores)  # waits: the boundaries come with them
+  importance_seconds = time.time() - start
   ranks = gates_lib.ranks_from_scores(scores)
   if boundaries is not None and not _same_channels(kept, state.ranks, ranks):
     boundaries = None  # the new ranks keep other channels: recompute
@@ -132,9 +133,11 @@ def search_step(problem: SearchProblem, state: SearchState,
     new_rates[g] = candidate_rate(specs[g], state.rates[g], rate_of, config)
   candidates = {g: kept_count(specs[g].channels, r, config.round_to)
                 for g, r in new_rates.items()}
+  evaluating = time.time()
   results = problem.evaluator.evaluate_candidates(
       evaluation, problem.variables, problem.batches, state.teacher.logits,
       _np_to_jnp(ranks), kept, candidates, boundaries)
+  candidates_seconds = time.time() - evaluating
   objectives = {g: float(r['objective']) for g, r in results.items()}
   bad = [g for g in marked if not np.isfinite(objectives[g])]
   if bad:
@@ -153,7 +156,8 @@ def search_step(problem: SearchProblem, state: SearchState,
   entry = history_entry(step, best, kept, results[best],
                         problem.flops_rate(kept),
                         flops_lib.count_flops(problem.evaluator.table, kept),
-                        len(marked), time.time() - start)
+                        len(marked), time.time() - start,
+                        importance_seconds, candidates_seconds)
   return state.accept(rates, ranks, teacher, entry)
 
 

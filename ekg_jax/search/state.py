@@ -29,16 +29,24 @@ class HistoryEntry(TypedDict):
   flops: int
   candidates: int
   seconds: float
+  # Where the step's seconds went (0 for the start): the importance pass
+  # (with the segment inputs it keeps), the candidates' evaluation, and the
+  # rest is host work (ranking, marking, FLOPs arithmetic, teacher update).
+  importance_seconds: float
+  candidates_seconds: float
 
 
 def history_entry(step, gate, kept, result, flops_rate, flops, candidates,
-                  seconds) -> HistoryEntry:
+                  seconds, importance_seconds=0.0,
+                  candidates_seconds=0.0) -> HistoryEntry:
   return HistoryEntry(step=step, gate=gate, kept=dict(kept),
                       val_loss=float(result['loss']),
                       val_accuracy=float(result['accuracy']),
                       objective=float(result['objective']),
                       flops_rate=flops_rate, flops=flops,
-                      candidates=candidates, seconds=round(seconds, 3))
+                      candidates=candidates, seconds=round(seconds, 3),
+                      importance_seconds=round(importance_seconds, 3),
+                      candidates_seconds=round(candidates_seconds, 3))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,22 @@ def tiny_model(width=4):
   return model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
+def search_problem():
+  """ResNet-20 (perturbed init weights) searched to FLOPs rate 0.9 on 40
+  random images in two batches."""
+  from ekg_jax import search
+  model = create_model('resnet20')
+  table = gates_lib.layer_table(model, (32, 32, 3))
+  x = jax.random.normal(jax.random.key(0), (40, 32, 32, 3))
+  variables = perturb(model.init(jax.random.key(1), x[:1]), seed=2)
+  labels = jnp.asarray(np.arange(40) % 10, jnp.int32)
+  batches = search.Batches(images=(x[:32], x[32:]),
+                           labels=(labels[:32], labels[32:]))
+  config = search.SearchConfig(target_flops_rate=0.9, chunk_size=4)
+  return search.SearchProblem(search.Evaluator(model, table, config),
+                              variables, batches, config)
+
+
 def tiny_config(**finetune):
   c = config_lib.default_config()
   c.data.mean, c.data.std = (120.0,) * 3, (60.0,) * 3

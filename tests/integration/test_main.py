@@ -167,6 +167,14 @@ def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
   assert ft['epochs'] == 1
   assert ft['images_per_second'] == pytest.approx(
       steps * 128 / ft['train_seconds'], rel=1e-2)
+  parts = summary['search']['breakdown']  # the pipeline's and the steps'
+  assert {'data_seconds', 'compile_seconds', 'steps_seconds'} <= set(parts)
+  assert parts['steps_importance_seconds'] > 0
+  assert parts['steps_candidates_seconds'] > 0
+  assert parts['steps_host_seconds'] >= 0
+  assert parts['steps_seconds'] == pytest.approx(
+      parts['steps_importance_seconds'] + parts['steps_candidates_seconds']
+      + parts['steps_host_seconds'], abs=0.02)
   final = summary['final']
   assert final['flops'] == summary['search']['flops']
   assert final['params'] == summary['search']['params']

@@ -102,6 +102,13 @@ def test_authors_tf_reads_both_sides_step_lines():
                         'kept': 52, 'val_loss': 0.3366}]
   assert jax.done() == [{'gate': 'stage2/block8', 'kept': 52,
                          'val_loss': 0.3362, 'candidates': 19}]
+  # Their fine search's widths print as np.float64(0.2) under NumPy 2.
+  tf = authors_tf.Reader('tf')
+  for t, line in enumerate([tf_lines[0], 'Step: 77',
+                            '[1.0, np.float64(0.2), 0.0] 1', tf_lines[4]]):
+    tf.feed(line, float(t))
+  assert tf.done()[0]['gate'] == 'stage0/block0'
+  assert tf.done()[0]['kept'] == 4  # 0.2 of 16 channels: rank < 3.2
   assert authors_tf.tf_kept(0.8, 16) == 13  # their mask: rank < 12.8
   assert authors_tf.GATES[0] == ('stage0', 16)
   assert authors_tf.GATES[10] == ('stage1', 32)
@@ -119,7 +126,8 @@ def test_authors_tf_records_no_folder_of_this_machine():
   assert authors_tf.portable('--steps=10') == '--steps=10'
   for result in (REPO / 'benchmarks' / 'results').glob('authors-tf-*.json'):
     recorded = json.loads(result.read_text())
-    assert '=/' not in recorded['command'], result
+    for command in recorded.get('commands', [recorded.get('command')]):
+      assert '=/' not in command, result
     assert not recorded['authors'].startswith('/'), result
 
 
@@ -147,7 +155,7 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
   fidelity = authors_tf.fidelity(reps)
   assert fidelity['agreeing_steps'] == [1]
   assert fidelity['max_abs_val_loss_diff'] == 0.0
-  results = {'command': 'python benchmarks/authors_tf.py --steps=all',
+  results = {'commands': ['python benchmarks/authors_tf.py --steps=all'],
              'machine': {'cpu': 'test', 'cpus': 2},
              'versions': {'tensorflow': '-', 'tf_keras': '-', 'jax': '-'},
              'authors': 'x', 'options': {'steps': 'all', 'reps': 1,
@@ -162,3 +170,65 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
   assert 'for the first 1 steps' in table
   authors_tf.figure(results, str(tmp_path / 'all.png'))
   assert (tmp_path / 'all.png').stat().st_size > 1000
+
+  # --append: a later session adds repetitions to the same file only.
+  import argparse
+  parser = argparse.ArgumentParser()
+  path = tmp_path / 'all.json'
+  path.write_text(json.dumps({**results, 'weights_sha256': 'w'}))
+  later = {'commands': ['python benchmarks/authors_tf.py --append'],
+           'machine': results['machine'], 'versions': results['versions'],
+           'authors': 'x', 'weights_sha256': 'w',
+           'options': {'steps': 'all', 'target': 0.45}}
+  runs, commands = authors_tf.appended(str(path), later, parser)
+  assert runs == json.loads(path.read_text())['runs']
+  assert commands == results['commands'] + later['commands']
+  for changed in ({'versions': {'jax': 'other'}}, {'authors': 'y'},
+                  {'machine': {'cpu': 'other', 'cpus': 2}}):
+    with pytest.raises(SystemExit):
+      authors_tf.appended(str(path), {**later, **changed}, parser)
+
+
+@pytest.mark.slow  # ~30 s: compiles a search of its own
+def test_step_profile_floor_and_profiled_step_on_a_small_search():
+  """benchmarks/step_profile.py: the floor counts the importance pass as
+  twice the forward and each candidate's suffix from its first segment;
+  the profiled step (every call waited on) chooses what a plain step
+  chooses and runs each candidate's suffix once."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import step_profile
+  from small import search_problem
+  from ekg_jax import search
+  from ekg_jax.search import marking
+  from ekg_jax.supernet import flops
+  problem = search_problem()
+  ev = problem.evaluator
+  images = sum(problem.batches.sizes)
+  rates = {(l.in_channels, l.out_channels, l.out_hw, l.kernel_size): 1e9
+           for l in ev.table if l.kind == 'conv'}
+  dense = flops.count_flops(ev.table) * images
+  first = next(g for g, s in ev.first_segment.items() if s == 0)
+  last = max(ev.first_segment, key=ev.first_segment.get)
+  state = search.init_state(problem)
+  kept = marking.kept_from_rates(problem.specs, state.rates)
+  fl = step_profile.floor(ev, kept, {first: kept[first] - 1}, rates, images)
+  assert fl['supernet']['importance_macs'] == 2 * dense
+  assert fl['supernet']['candidates_macs'] == dense  # the whole network
+  assert fl['supernet']['floor_s'] == pytest.approx(3 * dense / 1e9)
+  assert fl['kept']['candidates_macs'] == flops.count_flops(
+      ev.table, {**kept, first: kept[first] - 1}) * images
+  fl = step_profile.floor(ev, kept, {last: kept[last] - 1}, rates, images)
+  assert 0 < fl['supernet']['candidates_macs'] < dense  # a suffix only
+
+  with step_profile.recording(ev, []) as seen:
+    plain = search.search_step(problem, state, 'segments')
+    profiled, seconds, spent = step_profile.profiled_step(problem, state)
+  assert 'evaluate_candidates' not in vars(ev)  # the method again
+  assert [e['kept'] for e in profiled.history] == \
+      [e['kept'] for e in plain.history]
+  assert len(seen) == 2 and seen[0] == seen[1]
+  segments = len(ev.segment_programs)
+  candidates = seen[0][1]
+  assert sum(calls for k, (calls, _) in spent.items() if k != 'summarise') \
+      == sum(segments - ev.first_segment[g] for g in candidates)
+  assert spent['summarise'][0] == len(candidates) and seconds > 0

@@ -12,6 +12,7 @@ import flax.linen as nn
 
 import ekg_jax
 from conftest import perturb
+from small import search_problem
 from ekg_jax.supernet import gates
 from ekg_jax.search import importance, teacher
 from ekg_jax.training import losses
@@ -126,16 +127,7 @@ def test_teacher_is_running_mean_of_logits():
 
 @pytest.fixture(scope='module')
 def problem():
-  model = create_model('resnet20')
-  table = gates.layer_table(model, (32, 32, 3))
-  x = jax.random.normal(jax.random.key(0), (40, 32, 32, 3))
-  variables = perturb(model.init(jax.random.key(1), x[:1]), seed=2)
-  labels = jnp.asarray(np.arange(40) % 10, jnp.int32)
-  batches = search.Batches(images=(x[:32], x[32:]),
-                           labels=(labels[:32], labels[32:]))
-  config = search.SearchConfig(target_flops_rate=0.9, chunk_size=4)
-  return search.SearchProblem(search.Evaluator(model, table, config),
-                              variables, batches, config)
+  return search_problem()
 
 
 def random_network(problem, seed):
@@ -365,6 +357,9 @@ def test_run_search_reaches_target_and_uniform_allocation(problem):
                             progress=False)
   last = state.history[-1]['flops_rate']
   assert last <= 0.9
+  for e in state.history[1:]:  # where each step's seconds went
+    assert 0 < e['importance_seconds'] and 0 < e['candidates_seconds']
+    assert e['importance_seconds'] + e['candidates_seconds'] <= e['seconds']
   # Fine search: one more channel on the last gate would overshoot.
   uniform = search.SearchProblem(
       problem.evaluator, problem.variables, problem.batches,

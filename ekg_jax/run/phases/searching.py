@@ -73,7 +73,19 @@ def search_phase(setup: Setup) -> dict:
       'seconds': round(warmup_seconds +
                        sum(e['seconds'] for e in state.history), 2),
       'val_loss': final['val_loss'],
-      'kept_channels': kept}}
+      'kept_channels': kept,
+      'breakdown': step_parts(state.history)}}
+
+
+def step_parts(history) -> dict:
+  """Where the search steps' seconds went, summed over the steps (entries
+  written before these fields existed count 0)."""
+  total = {part: sum(e.get(f'{part}_seconds', 0.0) for e in history)
+           for part in ('importance', 'candidates')}
+  steps = sum(e['seconds'] for e in history if e['step'] > 0)
+  return {'steps_seconds': round(steps, 2),
+          **{f'steps_{part}_seconds': round(v, 2) for part, v in total.items()},
+          'steps_host_seconds': round(steps - sum(total.values()), 2)}
 
 
 def landscape_phase(setup: Setup) -> dict:
