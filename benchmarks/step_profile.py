@@ -47,17 +47,25 @@ from report import machine_info  # noqa: E402
 import search_startup  # noqa: E402
 
 
+def shape(layer) -> tuple:
+  """What a convolution's measured rate is keyed by: (in, out, hw,
+  kernel)."""
+  return (layer.in_channels, layer.out_channels, layer.out_hw,
+          layer.kernel_size)
+
+
 def conv_rates(table, batch: int, reps: int = 5) -> dict:
   """(in, out, hw, kernel) -> MACs per second of that convolution alone,
   forward, stride 1 at its output size (the same MACs as the network's
   strided one), `batch` images, median of `reps` timed calls."""
   import jax
   import jax.numpy as jnp
+  from ekg_jax.supernet import flops as flops_lib
   rates = {}
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   for l in table:
-    key = (l.in_channels, l.out_channels, l.out_hw, l.kernel_size)
+    key = shape(l)
     if l.kind != 'conv' or key in rates:
       continue
     x = jnp.ones((batch, *l.out_hw, l.in_channels), jnp.float32)
@@ -68,8 +76,8 @@ def conv_rates(table, batch: int, reps: int = 5) -> dict:
       t = time.perf_counter()
       conv(x, w).block_until_ready()
       times.append(time.perf_counter() - t)
-    macs = batch * l.out_hw[0] * l.out_hw[1] * l.in_channels * \
-        l.out_channels * l.kernel_size[0] * l.kernel_size[1]
+    macs = batch * flops_lib.layer_flops(l, l.in_channels, l.out_channels,
+                                         include_bn=False)
     rates[key] = macs / statistics.median(times)
   return rates
 
@@ -87,8 +95,7 @@ def segment_costs(table, kept, rates, images: int) -> dict:
     macs = images * flops_lib.layer_flops(
         l, width(l.in_gate, l.in_channels), width(l.out_gate, l.out_channels),
         include_bn=False)
-    rate = rates.get((l.in_channels, l.out_channels, l.out_hw,
-                      l.kernel_size), best)
+    rate = rates.get(shape(l), best)
     out[l.segment][0] += macs
     out[l.segment][1] += macs / rate
   return out

@@ -204,8 +204,7 @@ def test_step_profile_floor_and_profiled_step_on_a_small_search():
   problem = search_problem()
   ev = problem.evaluator
   images = sum(problem.batches.sizes)
-  rates = {(l.in_channels, l.out_channels, l.out_hw, l.kernel_size): 1e9
-           for l in ev.table if l.kind == 'conv'}
+  rates = {step_profile.shape(l): 1e9 for l in ev.table if l.kind == 'conv'}
   dense = flops.count_flops(ev.table) * images
   first = next(g for g, s in ev.first_segment.items() if s == 0)
   last = max(ev.first_segment, key=ev.first_segment.get)
