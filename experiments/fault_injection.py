@@ -31,7 +31,7 @@ PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank', 'finetune')
 KEYS = {'pretrain': 'pretrain', 'evaluate': 'base', 'search': 'search',
         'memory_bank': 'memory_bank', 'finetune': 'finetune'}
 # Summary fields that measure time or name paths in the workdir, not
-# results.
+# results (and every `*_seconds`, such as a search step's parts).
 TIMING = ('seconds', 'train_seconds', 'compile_seconds', 'images_per_second',
           'breakdown', 'checkpoint', 'program', 'network', 'variables')
 
@@ -58,7 +58,8 @@ def current_phase(workdir, phases) -> str:
 
 def without_timing(tree):
   if isinstance(tree, dict):
-    return {k: without_timing(v) for k, v in tree.items() if k not in TIMING}
+    return {k: without_timing(v) for k, v in tree.items()
+            if k not in TIMING and not k.endswith('_seconds')}
   return tree
 
 

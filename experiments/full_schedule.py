@@ -131,10 +131,11 @@ def pack(arm: Arm, out: str) -> str:
   """The arm's resumable state (no TensorBoard files, the newest
   fine-tuning checkpoint only) as out/<arm>.tar.gz."""
   root = workdir(arm)
-  checkpoints = sorted(glob.glob(os.path.join(root, 'finetune', 'checkpoints',
-                                              '[0-9]*')),
-                       key=lambda p: int(os.path.basename(p)))
-  keep = checkpoints[-1:]
+  # Everything under checkpoints/ but the newest finished step goes,
+  # including a step a kill left half-written (<step>.orbax-checkpoint-tmp).
+  checkpoints = glob.glob(os.path.join(root, 'finetune', 'checkpoints', '*'))
+  keep = sorted((c for c in checkpoints if os.path.basename(c).isdigit()),
+                key=lambda p: int(os.path.basename(p)))[-1:]
 
   def wanted(info):
     path = os.path.join(os.path.dirname(root), info.name)

@@ -37,3 +37,24 @@ def test_killed_in_every_phase_ends_like_an_uninterrupted_run(tmp_path):
   # Where each kill lands depends on this machine's speed (seed 0 hit
   # pretrain, search, memory_bank and finetune here); at least two phases.
   assert len(report['phases_hit']) >= 2, report['kill_log']
+
+
+def test_compare_ignores_a_search_steps_timings_only(tmp_path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'fault_injection', REPO / 'experiments' / 'fault_injection.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  step = {'step': 1, 'pruned_gate': 'g1', 'seconds': 9.1,
+          'importance_seconds': 2.0, 'candidates_seconds': 7.0}
+  runs = {'a': [step],
+          'b': [dict(step, seconds=8.0, importance_seconds=1.5,
+                     candidates_seconds=6.4)],
+          'c': [dict(step, pruned_gate='g2')]}
+  for name, history in runs.items():
+    (tmp_path / name / 'search').mkdir(parents=True)
+    (tmp_path / name / 'search' / 'history.json').write_text(
+        json.dumps(history))
+  assert module.compare(tmp_path / 'a', tmp_path / 'b') == []
+  assert module.compare(tmp_path / 'a', tmp_path / 'c') == [
+      'search/history.json differs']

@@ -3,6 +3,7 @@ interrupted when its budget is spent is packed, comes back to a fresh
 machine through `collect`, and the next lending finishes it."""
 
 import importlib.util
+import tarfile
 import json
 import shutil
 import sys
@@ -54,3 +55,21 @@ def test_an_interrupted_arm_goes_on_at_the_next_lending(schedule, tmp_path):
   schedule.collect(type('Args', (), {'folder': str(second)})())
   text = readme.read_text()
   assert '| `ekg` | 12 | ' in text and 'cpu-test' in text and 'old' not in text
+
+
+def test_a_pack_keeps_only_the_newest_finished_checkpoint(schedule, tmp_path):
+  # A kill while orbax writes step 26 leaves 26.orbax-checkpoint-tmp beside
+  # the finished steps (CI stop 31): it must neither break the sort nor
+  # travel.
+  arm = schedule.ARMS[0]
+  checkpoints = tmp_path / 'workdirs' / arm.name / 'finetune' / 'checkpoints'
+  for step in ('9', '25', '26.orbax-checkpoint-tmp'):
+    (checkpoints / step).mkdir(parents=True)
+    (checkpoints / step / 'data').write_text(step)
+  (tmp_path / 'workdirs' / arm.name / 'summary.json').write_text('{}')
+  out = tmp_path / 'out'
+  out.mkdir()
+  with tarfile.open(schedule.pack(arm, str(out))) as tar:
+    names = {n for n in tar.getnames() if '/checkpoints/' in n}
+  assert names == {'ekg/finetune/checkpoints/25',
+                   'ekg/finetune/checkpoints/25/data'}
