@@ -16,7 +16,9 @@ default search options. A worker times:
 - `step1_s`: search step 1 alone (the importance pass, compiled before it,
   and the evaluation programs' tracing, lowering and compile);
 - `step1_compile_s`: JAX's compile events during step 1 (tracing,
-  lowering, XLA's compile), `runtime.breakdown`;
+  lowering, XLA's compile), `runtime.breakdown`, and the same split into
+  `step1_trace_s`, `step1_lower_s` and `step1_backend_s` (a warm cache
+  serves only XLA's);
 - `step_s`: steps 2..N (the step time once compiled);
 - `startup_s` = launch_to_step1_s - median(step_s): start-up as the goal
   defines it (launch to the end of step 1, less one step), and
@@ -51,6 +53,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ('prefix', 'segments')
+PARTS = ('step1_trace_s', 'step1_lower_s', 'step1_backend_s')
 
 
 def _official():
@@ -122,11 +125,13 @@ def worker(args) -> None:
     if i == 0:
       step1_end = time.time()
       step1_compile = breakdown.since(before, steps[0])['compile_seconds']
+      step1_parts = {f'step1_{k[:-len("seconds")]}s': v for k, v in
+                     breakdown.compile_parts(before).items()}
   step = statistics.median(steps[1:])
   print('RESULT ' + json.dumps({
       'mode': args.mode, 'importance_first_s': importance_first_s,
       'launch_to_step1_s': step1_end - launched, 'step1_s': steps[0],
-      'step1_compile_s': step1_compile, 'step_s': steps[1:],
+      'step1_compile_s': step1_compile, **step1_parts, 'step_s': steps[1:],
       'startup_s': step1_end - launched - step,
       'eval_programs_s': steps[0] - step,
       'objectives': [e['objective'] for e in state.history[1:]],
@@ -259,7 +264,8 @@ def main() -> None:
       summary[f'{mode}/{cache_state}'] = {
           k: stats([r[k] for r in sel]) for k in (
               'startup_s', 'eval_programs_s', 'step1_s', 'step1_compile_s',
-              'launch_to_step1_s', 'importance_first_s')}
+              *PARTS, 'launch_to_step1_s', 'importance_first_s')
+          if all(k in r for r in sel)}  # files from before the split
       summary[f'{mode}/{cache_state}']['step_s'] = stats(
           [s for r in sel for s in r['step_s']])
   # Ratios segments / prefix, paired by repetition and cache state.
@@ -293,12 +299,15 @@ def main() -> None:
       f"each a fresh process; steps 2-{args.steps} for the step time. "
       f"Every run chose the same gates: {same}.\n",
       '| strategy | cache | start-up s | eval programs s | step 1 s | '
-      'compile in step 1 s | step s |', '|---|---|---|---|---|---|---|']
+      'compile in step 1 s | of it trace / lower / XLA s | step s |',
+      '|---|---|---|---|---|---|---|---|']
   for key, s in summary.items():
     mode, cache_state = key.split('/')
+    parts = (' / '.join(f"{s[k]['median']:.1f}" for k in PARTS)
+             if all(k in s for k in PARTS) else '')
     lines.append(f"| {mode} | {cache_state} | {fmt(s['startup_s'])} | "
                  f"{fmt(s['eval_programs_s'])} | {fmt(s['step1_s'])} | "
-                 f"{fmt(s['step1_compile_s'])} | "
+                 f"{fmt(s['step1_compile_s'])} | {parts} | "
                  f"{s['step_s']['median']:.2f} ({s['step_s']['min']:.2f}-"
                  f"{s['step_s']['max']:.2f}) |")
   lines += ['', '| ratio (paired by repetition) | median (min-max) |',

@@ -9,16 +9,20 @@ import contextlib
 import time
 from typing import Iterator
 
-_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration',
-                   '/jax/core/compile/backend_compile_duration')
-_TOTALS = {'data': 0.0, 'compile': 0.0}
+# JAX's monitoring events, by the part of a compile they time; the
+# persistent compilation cache serves only the last.
+_COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
+                   '/jax/core/compile/backend_compile_duration': 'backend'}
+_TOTALS = {'data': 0.0, 'compile': 0.0, 'trace': 0.0, 'lower': 0.0,
+           'backend': 0.0}
 _LISTENING = [False]
 
 
 def _on_event(event: str, seconds: float, **_) -> None:
   if event in _COMPILE_EVENTS:
     _TOTALS['compile'] += seconds
+    _TOTALS[_COMPILE_EVENTS[event]] += seconds
 
 
 def listen() -> None:
@@ -51,3 +55,9 @@ def since(before: dict, total_seconds: float) -> dict:
           'compute_seconds': round(max(0.0, total_seconds - data - compile_),
                                    2),
           'seconds': round(total_seconds, 2)}
+
+
+def compile_parts(before: dict) -> dict:
+  """Seconds of tracing, lowering and XLA's compile since `before`."""
+  return {f'{k}_seconds': round(_TOTALS[k] - before[k], 2)
+          for k in ('trace', 'lower', 'backend')}
