@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,3 +155,39 @@ def test_the_cache_key_follows_the_dataset_files(tmp_path):
   assert cache.resolve('') is None
   assert cache.decoded_path(str(tmp_path), str(tmp_path / 'none'), 'x',
                             'y') is None  # nothing to key on: no caching
+
+
+_COMPILE_TWICE = '''
+import sys, jax, jax.numpy as jnp
+from ekg_jax.files import cache
+cache.enable_compilation_cache(sys.argv[1])
+hits = []
+jax.monitoring.register_event_listener(
+    lambda e, **_: hits.append(e) if e.endswith('cache_hits') else None)
+seconds = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda e, s, **_: seconds.append(s) if e.endswith('backend_compile_duration')
+    else None)
+def g(x):  # about 0.4 s of XLA compile here: over 0.1 s, under JAX's 1 s
+  for i in range(300):
+    x = jnp.sin(x) * (i + 0.25)
+  return x
+jax.jit(g)(jnp.arange(17.0)).block_until_ready()
+print(len(hits), max(seconds))
+'''
+
+
+def test_the_compilation_cache_keeps_programs_under_a_second(tmp_path):
+  # The search's per-segment programs compile in about 0.3 s each: JAX's
+  # 1-s threshold kept them out, and a warm start-up compiled them again.
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items()
+         if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
+  runs = [subprocess.run([sys.executable, '-c', _COMPILE_TWICE,
+                          str(tmp_path)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+          for _ in range(2)]
+  (cold_hits, cold_seconds), (warm_hits, _) = runs
+  assert int(cold_hits) == 0 and float(cold_seconds) > 0.1, runs
+  assert int(warm_hits) >= 1, runs
