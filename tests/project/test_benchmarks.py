@@ -231,3 +231,20 @@ def test_step_profile_floor_and_profiled_step_on_a_small_search():
   assert sum(calls for k, (calls, _) in spent.items() if k != 'summarise') \
       == sum(segments - ev.first_segment[g] for g in candidates)
   assert spent['summarise'][0] == len(candidates) and seconds > 0
+
+
+def test_bn_hlo_lists_each_convolution_then_its_statistics_and_one_pass():
+  """benchmarks/bn_hlo.py, whose reading docs/performance.md states: after
+  each convolution, XLA:CPU reduces the per-channel statistics (mean and
+  mean of squares apart) and writes the activation once more."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import bn_hlo
+  found = bn_hlo.instructions((8, 8, 8, 16))
+  big = [i for i, (_, _, shape) in enumerate(found)
+         if shape.startswith('f32[8,8,8,16]')]
+  kinds = [found[i][1] for i in big]
+  assert kinds == ['convolution', 'fusion'] * 2, found
+  for conv, after in zip(big[::2], big[1::2]):
+    per_channel = found[conv + 1:after]
+    assert all(shape.startswith('f32[16]') for _, _, shape in per_channel)
+    assert len(per_channel) == 3, found  # two reductions and the rsqrt
