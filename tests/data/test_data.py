@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -180,8 +182,6 @@ print(len(hits), max(seconds))
 def test_the_compilation_cache_keeps_programs_under_a_second(tmp_path):
   # The search's per-segment programs compile in about 0.3 s each: JAX's
   # 1-s threshold kept them out, and a warm start-up compiled them again.
-  import subprocess
-  import sys
   env = {k: v for k, v in os.environ.items()
          if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
   runs = [subprocess.run([sys.executable, '-c', _COMPILE_TWICE,

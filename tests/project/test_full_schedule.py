@@ -3,10 +3,10 @@ interrupted when its budget is spent is packed, comes back to a fresh
 machine through `collect`, and the next lending finishes it."""
 
 import importlib.util
-import tarfile
 import json
 import shutil
 import sys
+import tarfile
 
 import pytest
 
