@@ -125,7 +125,7 @@ def worker(args) -> None:
     if i == 0:
       step1_end = time.time()
       step1_compile = breakdown.since(before, steps[0])['compile_seconds']
-      step1_parts = {f'step1_{k[:-len("seconds")]}s': v for k, v in
+      step1_parts = {'step1_' + k.replace('_seconds', '_s'): v for k, v in
                      breakdown.compile_parts(before).items()}
   step = statistics.median(steps[1:])
   print('RESULT ' + json.dumps({

@@ -14,14 +14,12 @@ from typing import Iterator
 _COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
                    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
                    '/jax/core/compile/backend_compile_duration': 'backend'}
-_TOTALS = {'data': 0.0, 'compile': 0.0, 'trace': 0.0, 'lower': 0.0,
-           'backend': 0.0}
+_TOTALS = {'data': 0.0, 'trace': 0.0, 'lower': 0.0, 'backend': 0.0}
 _LISTENING = [False]
 
 
 def _on_event(event: str, seconds: float, **_) -> None:
   if event in _COMPILE_EVENTS:
-    _TOTALS['compile'] += seconds
     _TOTALS[_COMPILE_EVENTS[event]] += seconds
 
 
@@ -50,14 +48,17 @@ def since(before: dict, total_seconds: float) -> dict:
   """Seconds of data, compile and compute since `before`, of a stretch
   that took `total_seconds`."""
   data = _TOTALS['data'] - before['data']
-  compile_ = _TOTALS['compile'] - before['compile']
+  compile_ = sum(_parts(before).values())
   return {'data_seconds': round(data, 2), 'compile_seconds': round(compile_, 2),
           'compute_seconds': round(max(0.0, total_seconds - data - compile_),
                                    2),
           'seconds': round(total_seconds, 2)}
 
 
+def _parts(before: dict) -> dict:
+  return {k: _TOTALS[k] - before[k] for k in _COMPILE_EVENTS.values()}
+
+
 def compile_parts(before: dict) -> dict:
   """Seconds of tracing, lowering and XLA's compile since `before`."""
-  return {f'{k}_seconds': round(_TOTALS[k] - before[k], 2)
-          for k in ('trace', 'lower', 'backend')}
+  return {f'{k}_seconds': round(v, 2) for k, v in _parts(before).items()}
