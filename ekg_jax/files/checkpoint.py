@@ -255,10 +255,11 @@ def read_model_config(directory: str) -> dict:
 
 def _quiet_abandoned_reads() -> None:
   """After a failed orbax restore, its other tensorstore reads may finish
-  after `asyncio.run` closed their event loop (often as the process exits);
-  tensorstore reports each one's `RuntimeError('Event loop is closed')` as
-  unraisable, lines of noise after the error that matters. Those alone
-  are dropped."""
+  after `asyncio.run` closed their event loop, even before the restore's
+  own error reaches us; tensorstore reports each one's
+  `RuntimeError('Event loop is closed')` as unraisable, lines of noise
+  around the error that matters. Those alone are dropped, from before the
+  restore starts: installed after a failure, the hook lost that race."""
   previous = sys.unraisablehook
   if getattr(previous, 'quiet', False):
     return
@@ -277,12 +278,12 @@ def _quiet_abandoned_reads() -> None:
 
 def load_model_variables(directory: str, reference: Mapping) -> dict:
   import orbax.checkpoint as ocp
+  _quiet_abandoned_reads()
   try:
     with ocp.StandardCheckpointer() as ckptr:
       restored = ckptr.restore(
           os.path.join(os.path.abspath(directory), VARIABLES_DIR))
   except Exception as e:  # orbax/tensorstore raise many kinds
-    _quiet_abandoned_reads()
     raise CheckpointError(
         f'{directory} holds no readable variables (truncated or damaged '
         f'checkpoint: {type(e).__name__}: {str(e).splitlines()[0][:160]})'
