@@ -95,6 +95,8 @@ def main():
     step = jax.jit(steps.data_parallel(
         steps.make_step(parallel_model, tx, sc, steps.DATA_AXIS), mesh))
     plain = jax.jit(steps.make_step(model, tx, sc))
+    # Jitted: run op by op, the reference took most of this check's minutes.
+    per_device = jax.jit(lambda *a: per_device_reference(model, tx, sc, *a))
     for i in range(2):
       keys = jax.random.split(jax.random.key(i), BATCH)
       state, _ = step(state, keys, split.images, split.labels, bank)
@@ -102,8 +104,8 @@ def main():
         reference, _ = plain(reference, keys, split.images, split.labels,
                              bank)
       else:
-        reference = per_device_reference(model, tx, sc, reference, keys,
-                                         split.images, split.labels, bank)
+        reference = per_device(reference, keys, split.images, split.labels,
+                               bank)
     name = 'sync BN' if sync else 'per-device BN'
     shards = {d.id for d in jax.tree_util.tree_leaves(
         state.params)[0].sharding.device_set}

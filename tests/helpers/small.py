@@ -1,6 +1,7 @@
 """Small networks, configs, splits and the command-line runner that tests in
 several folders share."""
 
+import json
 import subprocess
 import sys
 
@@ -87,3 +88,15 @@ PIPELINE = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
             '--config.search.evaluation=loop',
             '--config.memory_bank.num_teachers=3',
             '--config.finetune.epochs=1']
+
+
+def check_search(workdir, target):
+  """A finished search's summary entry, history and plot."""
+  s = json.loads((workdir / 'summary.json').read_text())['search']
+  assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
+                    'val_loss', 'kept_channels'}
+  assert s['flops_rate'] <= target and s['steps'] >= 1
+  assert len(s['kept_channels']) == 12
+  history = json.loads((workdir / 'search' / 'history.json').read_text())
+  assert len(history) == s['steps'] + 1
+  assert (workdir / 'search' / 'search.png').stat().st_size > 10_000

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_cifar10, needs_official
-from small import PIPELINE, run_cli
+from small import PIPELINE, check_search, run_cli
 from ekg_jax import pipeline
 from ekg_jax.data import datasets
-from ekg_jax.deploy import export
 from ekg_jax.run import validate
 from ekg_jax.config import default_config
 
@@ -105,23 +104,10 @@ SMALL_SEARCH = ['--config=configs/resnet20_cifar.py', '--config.quiet=True',
                 f'--config.data.data_dir={TFDS_DIR}']
 
 
-def check_search(workdir, target):
-  """A finished search's summary entry, history and plot."""
-  s = json.loads((workdir / 'summary.json').read_text())['search']
-  assert set(s) >= {'flops', 'params', 'flops_rate', 'steps', 'seconds',
-                    'val_loss', 'kept_channels'}
-  assert s['flops_rate'] <= target and s['steps'] >= 1
-  assert len(s['kept_channels']) == 12
-  history = json.loads((workdir / 'search' / 'history.json').read_text())
-  assert len(history) == s['steps'] + 1
-  assert (workdir / 'search' / 'search.png').stat().st_size > 10_000
-
-
 # The defaults (EKG criterion, ensemble teacher, warm-up, 'auto'
-# evaluation) are the search of
-# test_cli_memory_bank_and_finetune_then_evaluate_the_final_model, checked
-# there with check_search. In the slow suite: the fast one stays under its
-# 10 minutes.
+# evaluation) are the search of test_resume.py's
+# test_killed_finetune_resumes_to_the_same_parameters, checked there with
+# check_search.
 @pytest.mark.slow
 @needs_cifar10
 @pytest.mark.parametrize('extra', [
@@ -138,79 +124,6 @@ def test_cli_search_variants_reach_target(tmp_path, extra):
   check_search(tmp_path, 0.95)
 
 
-
-
-@needs_cifar10
-def test_cli_memory_bank_and_finetune_then_evaluate_the_final_model(tmp_path):
-  """Also the CLI's search with its defaults ('auto' evaluation, not
-  PIPELINE's loop)."""
-  result = run_cli(*PIPELINE, f'--workdir={tmp_path}',
-                   '--config.search.evaluation=auto',
-                   '--config.phases=search,memory_bank,finetune,export',
-                   '--config.export.platforms=cpu',
-                   # stage 0's 16 and stage 1's 32 channels: every gate the
-                   # search thinned there is padded back to its full width
-                   '--config.export.pad_to=32')
-  assert result.returncode == 0, result.stderr[-3000:]
-  check_search(tmp_path, 0.9)
-  config = json.loads((tmp_path / 'config.json').read_text())
-  assert {**config['search'], **config['data']}.items() >= {
-      'criterion': 'ekg', 'teacher': 'ensemble', 'warmup': True,
-      'evaluation': 'auto', 'train_split': 'train[:1000]'}.items()
-  summary = json.loads((tmp_path / 'summary.json').read_text())
-  bank = summary['memory_bank']
-  assert len(bank['teachers']) == 3 and len(set(bank['teachers'])) == 3
-  assert bank['teacher_val_loss'][0] == min(bank['teacher_val_loss'])
-  assert bank['bytes'] == 1000 * 3 * 10 * 2  # bfloat16
-  ft = summary['finetune']
-  steps = 1000 // 128  # one epoch of full batches
-  assert ft['epochs'] == 1
-  assert ft['images_per_second'] == pytest.approx(
-      steps * 128 / ft['train_seconds'], rel=1e-2)
-  parts = summary['search']['breakdown']  # the pipeline's and the steps'
-  assert {'data_seconds', 'compile_seconds', 'steps_seconds'} <= set(parts)
-  assert parts['steps_importance_seconds'] > 0
-  assert parts['steps_candidates_seconds'] > 0
-  assert parts['steps_host_seconds'] >= 0
-  assert parts['steps_seconds'] == pytest.approx(
-      parts['steps_importance_seconds'] + parts['steps_candidates_seconds']
-      + parts['steps_host_seconds'], abs=0.02)
-  final = summary['final']
-  assert final['flops'] == summary['search']['flops']
-  assert final['params'] == summary['search']['params']
-  dense = 32 * 32 * 27 * 16 + 6 * 32 * 32 * 9 * 16 * 16 + 2 * (
-      16 * 16 * 9 * 16 * 32 + 16 * 16 * 9 * 32 * 32 + 16 * 16 * 16 * 32
-      + 4 * 16 * 16 * 9 * 32 * 32) + 640  # ResNet-20 MACs, by hand
-  assert final['flops_reduction'] == round(1 - final['flops'] / dense, 4)
-  metrics = (tmp_path / 'finetune' / 'metrics.jsonl').read_text().splitlines()
-  assert set(json.loads(metrics[0])) >= {
-      'train_loss', 'kd_loss', 'teachers_used', 'test_accuracy',
-      'learning_rate'}
-
-  # The export, padded for inference: the same predictions.
-  kept = summary['search']['kept_channels']
-  widths = {'stage0': 16, 'stage1': 32}
-  padded = {g: [k, widths[g.split('/')[0]]] for g, k in kept.items()
-            if g.split('/')[0] in widths and k < widths[g.split('/')[0]]}
-  assert padded and summary['export']['program_padded_gates'] == padded
-  network = json.loads((tmp_path / 'export' / 'network.json').read_text())
-  assert network['program_padded_gates'] == padded
-  assert dict(network['attributes']['widths']) == kept  # the real ones
-  split = datasets.load_split('cifar10', 'test[:200]', TFDS_DIR)
-  program = export.load_program(str(tmp_path / 'export' / 'model.jax'))
-  predicted = np.argmax(np.asarray(program.call(split.images)), axis=-1)
-  assert 100 * np.mean(predicted == split.labels) == pytest.approx(
-      final['test_accuracy'], abs=1e-6)
-
-  # The saved slimmed model loads as an init checkpoint: same accuracy.
-  evaluated = tmp_path / 'evaluate'
-  result = run_cli(*PIPELINE, f'--workdir={evaluated}',
-                   '--config.phases=evaluate',
-                   f'--config.init_checkpoint={tmp_path}/finetune/final')
-  assert result.returncode == 0, result.stderr[-3000:]
-  base = json.loads((evaluated / 'summary.json').read_text())['base']
-  assert base['flops'] == final['flops']
-  assert base['test_accuracy'] == final['test_accuracy']
 
 
 @needs_cifar10
