@@ -48,6 +48,7 @@ def _wait(procs):
     assert p.returncode == 0, log[-4000:]
 
 
+@pytest.mark.slow  # ~70 s: three processes compiling on two cores
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
   one, two = tmp_path / 'one', tmp_path / 'two'
   one.mkdir()

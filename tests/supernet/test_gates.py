@@ -109,7 +109,9 @@ def test_masked_apply_equals_op_with_masked_kernel(renormalize):
       conv(x, masked), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg16'])
+@pytest.mark.parametrize('name', [
+    'resnet20', pytest.param('mobilenet_v2', marks=pytest.mark.slow),
+    'vgg16'])
 def test_segments_compose_to_the_whole_network(name):
   """Running segments [0, 1), [1, n/2), [n/2, n-1), [n-1, end) one after
   the other equals one full pass, with masks and BN in batch-statistics
