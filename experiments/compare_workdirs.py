@@ -20,12 +20,14 @@ import numpy as np
 TIMINGS = ('seconds', 'images_per_second', 'wall', 'compile', 'breakdown')
 
 
-def _without_timings(obj):
+def without_timings(obj, also=()):
+  """obj without the keys that measure time (any key holding a TIMINGS
+  word) and the keys `also`, at every depth."""
   if isinstance(obj, dict):
-    return {k: _without_timings(v) for k, v in obj.items()
-            if not any(t in k for t in TIMINGS)}
+    return {k: without_timings(v, also) for k, v in obj.items()
+            if k not in also and not any(t in k for t in TIMINGS)}
   if isinstance(obj, list):
-    return [_without_timings(v) for v in obj]
+    return [without_timings(v, also) for v in obj]
   return obj
 
 
@@ -35,7 +37,7 @@ def _json(path, workdir=None):
   if workdir:  # paths inside the workdir name it: compare them relative
     for form in (os.path.abspath(workdir), workdir.rstrip('/')):
       text = text.replace(form, '<workdir>')
-  return _without_timings(json.loads(text))
+  return without_timings(json.loads(text))
 
 
 def _npz(path):
@@ -43,7 +45,7 @@ def _npz(path):
     out = {k: z[k] for k in z.files}
   for key in ('history', 'meta'):  # JSON entries that hold timings too
     if key in out:
-      out[key] = json.dumps(_without_timings(json.loads(str(out[key]))))
+      out[key] = json.dumps(without_timings(json.loads(str(out[key]))))
   return out
 
 

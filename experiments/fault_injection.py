@@ -27,13 +27,14 @@ import time
 
 import numpy as np
 
+import compare_workdirs  # experiments/, beside this file
+
 PHASES = ('pretrain', 'evaluate', 'search', 'memory_bank', 'finetune')
 KEYS = {'pretrain': 'pretrain', 'evaluate': 'base', 'search': 'search',
         'memory_bank': 'memory_bank', 'finetune': 'finetune'}
-# Summary fields that measure time or name paths in the workdir, not
-# results (and every `*_seconds`, such as a search step's parts).
-TIMING = ('seconds', 'train_seconds', 'compile_seconds', 'images_per_second',
-          'breakdown', 'checkpoint', 'program', 'network', 'variables')
+# Summary fields that name paths in the workdir, not results; those that
+# measure time compare_workdirs.without_timings drops too.
+PATHS = ('checkpoint', 'program', 'network', 'variables')
 
 
 def command(config, workdir, extra):
@@ -57,10 +58,7 @@ def current_phase(workdir, phases) -> str:
 
 
 def without_timing(tree):
-  if isinstance(tree, dict):
-    return {k: without_timing(v) for k, v in tree.items()
-            if k not in TIMING and not k.endswith('_seconds')}
-  return tree
+  return compare_workdirs.without_timings(tree, also=PATHS)
 
 
 def final_variables(workdir):

@@ -39,8 +39,9 @@ def test_killed_in_every_phase_ends_like_an_uninterrupted_run(tmp_path):
   assert len(report['phases_hit']) >= 2, report['kill_log']
 
 
-def test_compare_ignores_a_search_steps_timings_only(tmp_path):
+def test_compare_ignores_a_search_steps_timings_only(tmp_path, monkeypatch):
   import importlib.util
+  monkeypatch.syspath_prepend(str(REPO / 'experiments'))
   spec = importlib.util.spec_from_file_location(
       'fault_injection', REPO / 'experiments' / 'fault_injection.py')
   module = importlib.util.module_from_spec(spec)
