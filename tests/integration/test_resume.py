@@ -67,7 +67,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
 
 # The search with its defaults (EKG criterion, ensemble teacher, warm-up,
 # 'auto' evaluation).
-FINETUNE = ['-m', 'ekg_jax.main', '--config=configs/resnet20_cifar.py',
+FINETUNE = ['--config=configs/resnet20_cifar.py',
             '--config.quiet=True', '--config.data.train_split=train[:1000]',
             '--config.data.test_split=test[:100]',
             '--config.data.warmup_per_class=32',
@@ -93,21 +93,19 @@ def test_killed_finetune_resumes_to_the_same_parameters(tmp_path):
   import orbax.checkpoint as ocp
 
   searched = tmp_path / 'searched'
-  result = subprocess.run(
-      [sys.executable, *FINETUNE, f'--workdir={searched}',
-       '--config.phases=search,memory_bank'], cwd=REPO, capture_output=True,
-      text=True, timeout=600)
+  result = run_cli(*FINETUNE, f'--workdir={searched}',
+                   '--config.phases=search,memory_bank')
   assert result.returncode == 0, result.stderr[-3000:]
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   shutil.copytree(searched, straight)
   shutil.copytree(searched, killed)
-  args = [sys.executable, *FINETUNE, '--config.phases=finetune']
-  result = subprocess.run([*args, f'--workdir={straight}'], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  phase = [*FINETUNE, '--config.phases=finetune']
+  result = run_cli(*phase, f'--workdir={straight}')
   assert result.returncode == 0, result.stderr[-3000:]
   check_the_whole_pipeline(straight)
 
-  proc = subprocess.Popen([*args, f'--workdir={killed}'], cwd=REPO,
+  proc = subprocess.Popen([sys.executable, '-m', 'ekg_jax.main', *phase,
+                           f'--workdir={killed}'], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
   deadline = time.time() + 300
@@ -118,8 +116,7 @@ def test_killed_finetune_resumes_to_the_same_parameters(tmp_path):
   proc.wait()
   assert checkpoints(killed) and checkpoints(killed)[-1] < 14, (
       'finished before the kill')
-  result = subprocess.run([*args, f'--workdir={killed}'], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = run_cli(*phase, f'--workdir={killed}')
   assert result.returncode == 0, result.stderr[-3000:]
 
   def final(workdir):
@@ -178,7 +175,7 @@ def check_the_whole_pipeline(workdir):
       'learning_rate'}
 
   # The export, padded for inference: the same predictions.
-  result = run_cli(*FINETUNE[2:], f'--workdir={workdir}',
+  result = run_cli(*FINETUNE, f'--workdir={workdir}',
                    '--config.phases=export', '--config.export.platforms=cpu',
                    # stage 0's 16 and stage 1's 32 channels: every gate the
                    # search thinned there is padded back to its full width
@@ -201,7 +198,7 @@ def check_the_whole_pipeline(workdir):
 
   # The saved slimmed model loads as an init checkpoint: same accuracy.
   evaluated = workdir / 'evaluate'
-  result = run_cli(*FINETUNE[2:], f'--workdir={evaluated}',
+  result = run_cli(*FINETUNE, f'--workdir={evaluated}',
                    '--config.phases=evaluate',
                    f'--config.init_checkpoint={workdir}/finetune/final')
   assert result.returncode == 0, result.stderr[-3000:]
