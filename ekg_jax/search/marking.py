@@ -4,14 +4,11 @@ host-side, exact arithmetic, in the reference's float32 and roundings."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ekg_jax.supernet import gates as gates_lib
-
-if TYPE_CHECKING:  # options reads MARKINGS
-  from ekg_jax.search.options import SearchConfig
 
 
 def kept_count(channels: int, rate: float, round_to: int = 1) -> int:
@@ -93,10 +90,11 @@ def otsu_threshold(costs: Sequence[float], trim: float = 0.2) -> float:
   return float((v[split - 1] + v[split]) / 2.0)
 
 
-def mark_candidates(specs, rates, scores, config: SearchConfig) -> list[str]:
+def mark_candidates(specs, rates, scores, config) -> list[str]:
   """Gates worth evaluating this step: rate > 0 (a gate already at one
   channel included: its step retires it) and removal cost <= the
-  trimmed-Otsu threshold."""
+  trimmed-Otsu threshold. `config`: a `search.SearchConfig` (not imported
+  here: its rules read MARKINGS)."""
   cost_of = MARKINGS[config.marking]
   costs = {g: cost_of(np.asarray(scores[g]), rates[g],
                       step_size(spec, config.step, config.round_to))
@@ -106,7 +104,7 @@ def mark_candidates(specs, rates, scores, config: SearchConfig) -> list[str]:
 
 
 def candidate_rate(spec, rate: float, flops_rate_of: Callable[[float], float],
-                   config: SearchConfig) -> float:
+                   config) -> float:
   """The rate after one step, as the reference: rate - delta; when that
   falls below the FLOPs target, the fine search walks w = r, r + N/C, ...
   (below r + s), trying round(w, 2), and at the first w that overshoots the
@@ -122,8 +120,3 @@ def candidate_rate(spec, rate: float, flops_rate_of: Callable[[float], float],
     if flops_rate_of(tried) > target:
       return round(float(w) - fine, 5)
   return tried
-
-
-# ---------------------------------------------------------------------------
-# The compiled functions.
-
