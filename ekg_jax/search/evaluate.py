@@ -28,67 +28,18 @@ of `Evaluator.STRATEGIES`:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ekg_jax.data import datasets as data_lib
+from ekg_jax.search import importance as importance_lib
+from ekg_jax.search.inputs import Batches, kept_as_int32
+from ekg_jax.search.options import EVALUATIONS, SearchConfig, resolve_evaluation
 from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.supernet import model as model_lib
-from ekg_jax.search import importance as importance_lib
 from ekg_jax.training import losses
-from ekg_jax.search.options import EVALUATIONS, SearchConfig, resolve_evaluation
-class Batches(NamedTuple):
-  """The fixed validation batches (normalised images, labels), in order.
-  A pytree, so jitted functions take it as an argument."""
-  images: tuple[jax.Array, ...]
-  labels: tuple[jax.Array, ...]
-
-  @classmethod
-  def from_split(cls, split, batch_size: int, mean, std) -> 'Batches':
-    """Consecutive batches of a `data.Split`, normalised, on device."""
-    slices = data_lib.batches(len(split), batch_size)
-    return cls(tuple(data_lib.normalize(split.images[s], mean, std)
-                     for s in slices),
-               tuple(jnp.asarray(split.labels[s]) for s in slices))
-
-  @property
-  def sizes(self) -> list[int]:
-    return [len(y) for y in self.labels]
-
-  def check_labels(self, num_classes: int) -> None:
-    """A label outside [0, classes) would make a NaN loss at every step."""
-    for i, labels in enumerate(self.labels):
-      labels = np.asarray(labels)
-      bad = (labels < 0) | (labels >= num_classes)
-      if bad.any():
-        raise ValueError(
-            f'batches: label {int(labels[bad][0])} (batch {i}) is outside '
-            f'[0, {num_classes}): the model has {num_classes} classes')
-
-  def split(self, per_sample: jax.Array) -> list[jax.Array]:
-    """Cuts an array over all validation samples into per-batch pieces."""
-    bounds = np.cumsum([0, *self.sizes])
-    return [per_sample[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-class PrunableModel(Protocol):
-  """What `prune` needs of a model: a Flax module whose
-  `apply(variables, x, masks=..., train=...)` returns logits [B, classes]
-  (with `mutable=['batch_stats']` when `train=True`), and whose prunable
-  layers are `gates.GatedConv` / `GatedDense` / `GatedBatchNorm` with
-  `gates.apply_gate` between them, so `gates.layer_table` can trace it.
-
-  Optional: a model that is a chain of segments (`Supernet.run_segments`)
-  also takes `start=` / `stop=`; only then does the `prefix` strategy share
-  the segments before each candidate's gate.
-  """
-
-  def apply(self, variables: Any, x: jax.Array, *, masks: Any,
-            train: bool, **kwargs: Any) -> Any:
-    ...
 
 
 class Evaluator:
@@ -298,7 +249,7 @@ class _Candidates(NamedTuple):
 def _loop(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
   return {g: jax.device_get(ev.evaluate_one(
       c.variables, c.batches, c.teacher_logits, c.ranks,
-      _as_int32({**c.kept, g: k}))) for g, k in c.candidates.items()}
+      kept_as_int32({**c.kept, g: k}))) for g, k in c.candidates.items()}
 
 
 def _prefix(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
@@ -309,10 +260,10 @@ def _prefix(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
   if boundaries is None:
     boundaries = ev.boundaries(
         c.variables, c.batches.images,
-        gates_lib.masks_from_kept(_as_int32(c.kept), c.ranks))
+        gates_lib.masks_from_kept(kept_as_int32(c.kept), c.ranks))
   res = jax.device_get(ev.evaluate_prefix(
       c.variables, c.batches, boundaries, c.teacher_logits, c.ranks,
-      _as_int32(c.kept), new_kept, active))
+      kept_as_int32(c.kept), new_kept, active))
   index = {g: i for i, g in enumerate(ev.gate_names)}
   return {g: jax.tree_util.tree_map(lambda a: a[index[g]], res)
           for g in c.candidates}
@@ -367,8 +318,4 @@ def _vmap(ev: Evaluator, c: _Candidates) -> dict[str, dict]:
 # search.evaluation -> strategy ('auto' resolves to one of them).
 STRATEGIES: dict[str, Callable[[Evaluator, _Candidates], dict]] = {
     'vmap': _vmap, 'prefix': _prefix, 'segments': _segments, 'loop': _loop}
-
-
-def _as_int32(kept):
-  return {g: jnp.int32(k) for g, k in kept.items()}
 

@@ -25,7 +25,8 @@ from ekg_jax.supernet import gates as gates_lib
 from ekg_jax.supernet import protocol
 from ekg_jax.search import importance as importance_lib
 from ekg_jax.search import teacher as teacher_lib
-from ekg_jax.search.evaluate import Batches, Evaluator, _as_int32
+from ekg_jax.search.evaluate import Evaluator
+from ekg_jax.search.inputs import Batches, kept_as_int32
 from ekg_jax.search.marking import (candidate_rate, kept_count,
                                     kept_from_rates, mark_candidates)
 from ekg_jax.search import options as options_lib
@@ -63,7 +64,7 @@ class SearchProblem:
   def evaluate(self, kept, ranks, teacher_logits):
     return self.evaluator.evaluate_one(self.variables, self.batches,
                                        teacher_logits, _np_to_jnp(ranks),
-                                       _as_int32(kept))
+                                       kept_as_int32(kept))
 
 
 def _same_channels(kept, old_ranks, new_ranks) -> bool:
