@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ekg_jax.files import checkpoint
+from ekg_jax.files import official
 from ekg_jax.data import datasets
 from ekg_jax.training import distill
 from ekg_jax.supernet import flops, gates
@@ -120,7 +120,7 @@ def load_pretrained(model):
   path = os.path.join(SHARED, 'pretrained',
                       f'ekg_official_resnet{depth}_cifar10.pkl')
   if os.path.exists(path):
-    return checkpoint.load_official_pkl(path, ref), 'official'
+    return official.load_official_pkl(path, ref), 'official'
   return init(model), 'random'  # ResNet-20 (quick runs): no checkpoint
 
 

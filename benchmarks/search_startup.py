@@ -81,7 +81,7 @@ def official_problem(args, mode: str):
   from ekg_jax import search
   from ekg_jax.config import default_config
   from ekg_jax.data import datasets as data_lib
-  from ekg_jax.files import checkpoint
+  from ekg_jax.files import official
   from ekg_jax.models import create_model
   from ekg_jax.supernet import gates
   config = default_config()
@@ -89,7 +89,7 @@ def official_problem(args, mode: str):
   table = gates.layer_table(model, (32, 32, 3))
   reference = jax.eval_shape(model.init, jax.random.key(0),
                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
-  variables = checkpoint.load_official_pkl(args.weights, reference)
+  variables = official.load_official_pkl(args.weights, reference)
   data = np.load(args.data)
   batches = search.Batches.from_split(
       data_lib.Split(data['images'], data['labels']), 256, config.data.mean,

@@ -154,7 +154,7 @@ def export(path: str) -> dict:
   import jax.numpy as jnp
   from flax import traverse_util
 
-  from ekg_jax.files import checkpoint
+  from ekg_jax.files import official
   from ekg_jax.data import datasets as data_lib
   from ekg_jax.run.phases import common
   sys.path.insert(0, os.path.join(REPO, 'configs'))
@@ -164,7 +164,7 @@ def export(path: str) -> dict:
   model = common.build_model(config)
   shape = (1, *common.input_shape(config))
   ref = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
-  variables = checkpoint.load_official_pkl(OFFICIAL, ref)
+  variables = official.load_official_pkl(OFFICIAL, ref)
   # The same images, order and preprocessing as the search's validation
   # batches (phases.common.validation_batches), in one array.
   subset = common.class_subset(config, config.data.val_per_class,

@@ -19,6 +19,7 @@ from conftest import OFFICIAL_RESNET56, REPO, TFDS_DIR, needs_official
 import fake_cifar
 import fake_tfds
 from ekg_jax.files import checkpoint as ckpt_lib
+from ekg_jax.files import official
 from ekg_jax import config as config_lib
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.data import download
@@ -225,7 +226,7 @@ def test_official_weights_load_through_the_safe_loader(served, tmp_path,
   config.cache_dir = str(tmp_path / 'cache')
   variables = common.init_variables(config, common.build_model(config),
                                     str(tmp_path))
-  reference = ckpt_lib.read_pickled_arrays(str(OFFICIAL_RESNET56))
+  reference = official.read_pickled_arrays(str(OFFICIAL_RESNET56))
   np.testing.assert_array_equal(variables['params']['conv']['kernel'],
                                 reference['conv/kernel:0'])
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
 from ekg_jax.files import checkpoint
+from ekg_jax.files import official
 from ekg_jax.data import datasets
 from ekg_jax.training import evaluation
 from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
@@ -23,12 +24,12 @@ def shapes(model):
 @needs_official
 def test_official_resnet56_loads_every_variable():
   model = create_model('resnet56')
-  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+  variables = official.load_official_pkl(str(OFFICIAL_RESNET56),
                                            shapes(model))
   ref = shapes(model)
   assert jax.tree_util.tree_structure(variables) == \
       jax.tree_util.tree_structure(ref)
-  raw = checkpoint.read_pickled_arrays(str(OFFICIAL_RESNET56))
+  raw = official.read_pickled_arrays(str(OFFICIAL_RESNET56))
   np.testing.assert_array_equal(
       variables['batch_stats']['BasicBlock1.0/bn3']['var'],
       raw['BasicBlock1.0/bn3/moving_variance:0'].reshape(-1))
@@ -40,7 +41,7 @@ def test_official_resnet56_loads_every_variable():
 @needs_cifar10
 def test_official_resnet56_is_accurate_on_cifar10_subset():
   model = create_model('resnet56')
-  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+  variables = official.load_official_pkl(str(OFFICIAL_RESNET56),
                                            shapes(model))
   split = datasets.load_split('cifar10', 'test[:500]', TFDS_DIR)
   acc = evaluation.accuracy(model, variables, split, REFERENCE_MEAN,
@@ -51,7 +52,7 @@ def test_official_resnet56_is_accurate_on_cifar10_subset():
 @needs_official
 def test_official_checkpoint_for_another_architecture():
   with pytest.raises(checkpoint.CheckpointError) as e:
-    checkpoint.load_official_pkl(str(OFFICIAL_RESNET56),
+    official.load_official_pkl(str(OFFICIAL_RESNET56),
                                  shapes(create_model('resnet20')))
   assert 'unexpected keys' in str(e.value)
   assert 'BasicBlock0.3/conv1/kernel:0' in str(e.value)
@@ -71,7 +72,7 @@ def test_official_checkpoint_shape_and_missing_errors(tmp_path):
   path = tmp_path / 'bad.pkl'
   path.write_bytes(pickle.dumps(raw))
   with pytest.raises(checkpoint.CheckpointError) as e:
-    checkpoint.load_official_pkl(str(path), ref)
+    official.load_official_pkl(str(path), ref)
   message = str(e.value)
   assert 'conv/kernel:0: checkpoint (3, 3, 3, 8) vs model (3, 3, 3, 16)' in message
   # Running statistics were not written: every BN's mean and var is missing.
@@ -80,7 +81,7 @@ def test_official_checkpoint_shape_and_missing_errors(tmp_path):
 
 def test_missing_checkpoint_file():
   with pytest.raises(FileNotFoundError, match='nope.pkl'):
-    checkpoint.load_official_pkl('nope.pkl', {})
+    official.load_official_pkl('nope.pkl', {})
 
 
 def test_own_checkpoint_round_trip(tmp_path):
@@ -235,7 +236,7 @@ def test_a_malicious_pickle_runs_nothing(tmp_path):
   model = create_model('resnet20')
   with pytest.raises(checkpoint.CheckpointError,
                      match='refusing to load posix.system'):
-    checkpoint.load_official_pkl(str(path), shapes(model))
+    official.load_official_pkl(str(path), shapes(model))
   assert not marker.exists()
 
 
@@ -249,5 +250,5 @@ def test_damaged_pickles_are_named(tmp_path, content, match):
   path = tmp_path / 'weights.pkl'
   path.write_bytes(content)
   with pytest.raises(checkpoint.CheckpointError, match=match) as e:
-    checkpoint.load_official_pkl(str(path), shapes(create_model('resnet20')))
+    official.load_official_pkl(str(path), shapes(create_model('resnet20')))
   assert str(path) in str(e.value)

@@ -32,12 +32,11 @@ def test_cli_evaluate_writes_summary(tmp_path):
   # The accuracy, recomputed here from the model's logits.
   import jax
   import numpy as np
-  from ekg_jax.files import checkpoint
-  from ekg_jax.data import datasets
+  from ekg_jax.files import official
   from ekg_jax.config import REFERENCE_MEAN, REFERENCE_STD
   from ekg_jax.models import create_model
   model = create_model('resnet56')
-  variables = checkpoint.load_official_pkl(
+  variables = official.load_official_pkl(
       str(OFFICIAL_RESNET56),
       jax.eval_shape(model.init, jax.random.key(0),
                      jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)))

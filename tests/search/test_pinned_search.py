@@ -18,7 +18,7 @@ import numpy as np
 
 from conftest import OFFICIAL_RESNET56, TFDS_DIR, needs_cifar10, needs_official
 import pytest
-from ekg_jax.files import checkpoint
+from ekg_jax.files import official
 from ekg_jax.supernet import gates
 from ekg_jax.run import phases
 from ekg_jax import search
@@ -64,7 +64,7 @@ def trajectory() -> dict:
   table = gates.layer_table(model, (32, 32, 3))
   reference = jax.eval_shape(model.init, jax.random.key(0),
                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
-  variables = checkpoint.load_official_pkl(str(OFFICIAL_RESNET56), reference)
+  variables = official.load_official_pkl(str(OFFICIAL_RESNET56), reference)
   warm = phases.class_subset(config, config.data.warmup_per_class,
                                from_end=False)
   variables = warmup.warmup(model, variables, warm, config.data.mean,

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from ekg_jax.files import checkpoint as ckpt_lib
+from ekg_jax.files import official
 from ekg_jax import config as config_lib
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.training import evaluation
@@ -91,7 +92,7 @@ def init_variables(config, model, workdir: str) -> Any:
     return init()
   reference = jax.eval_shape(init)
   if path.endswith('.pkl'):
-    return ckpt_lib.load_official_pkl(path, reference)
+    return official.load_official_pkl(path, reference)
   with finished_result(path == pretrained and 'pretrain'):
     saved = ckpt_lib.read_model_config(path)
     if saved['name'] != config.model.name:
