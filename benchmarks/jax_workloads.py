@@ -23,6 +23,7 @@ from ekg_jax.data import datasets
 from ekg_jax.training import distill
 from ekg_jax.supernet import flops, gates
 from ekg_jax.knowledge import memory_bank
+from ekg_jax.training import optimizers
 from ekg_jax.training import steps as train_lib
 from ekg_jax.supernet import ops
 from ekg_jax import search
@@ -71,7 +72,7 @@ class Train:
     section = 'finetune' if kind == 'finetune' else 'pretrain'
     config = default_config()  # the CIFAR recipes, as the pipeline runs them
     self.config = distill.StepConfig.from_config(config, section)
-    tx = train_lib.make_optimizer(config[section], 100)
+    tx = optimizers.make_optimizer(config[section], 100)
     self.state = train_lib.TrainState.create(init(self.model), tx)
     self.runner = train_lib.StepRunner(
         train_lib.make_step(self.model, tx, self.config), program)

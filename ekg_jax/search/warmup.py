@@ -2,7 +2,7 @@
 
 One pass over a small fixed train subset, no augmentation, BN in training
 mode (running statistics updated), the reference's one optimizer
-(`train.sgd_nesterov`: Nesterov SGD, weight decay added to the gradient of
+(`optimizers.sgd_nesterov`: Nesterov SGD, weight decay added to the gradient of
 every trainable variable). The loss keeps the
 reference quirk: the batch's summed CE divided by `loss_divisor` (128) while
 batches hold 256 images.
@@ -19,7 +19,7 @@ import optax
 from ekg_jax import rules
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.supernet import model as model_lib
-from ekg_jax.training import losses, steps
+from ekg_jax.training import losses, optimizers
 
 
 def check_model(table, model_name: str) -> None:
@@ -41,8 +41,8 @@ def warmup(model, variables: Any, split: data_lib.Split, mean, std,
         f'search.warmup=True: the warm-up pass refreshes BatchNorm '
         f'statistics, and {type(model).__name__} has none; set '
         'search.warmup=False')
-  tx = steps.sgd_nesterov(config.learning_rate, config.momentum,
-                          config.weight_decay)
+  tx = optimizers.sgd_nesterov(config.learning_rate, config.momentum,
+                               config.weight_decay)
   params, stats = variables['params'], variables['batch_stats']
   opt_state = tx.init(params)
 

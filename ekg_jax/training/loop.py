@@ -26,10 +26,10 @@ from ekg_jax.training import evaluation
 from ekg_jax.training import feeds
 from ekg_jax.training import metrics as metrics_lib
 from ekg_jax.training.distill import StepConfig
+from ekg_jax.training.optimizers import lr_schedule, make_optimizer
 from ekg_jax.training.options import InputOptions, TrainOptions
 from ekg_jax.training.steps import (DATA_AXIS, TrainState, data_mesh,
-                                    data_parallel, lr_schedule, make_optimizer,
-                                    make_step, steps_per_epoch)
+                                    data_parallel, make_step, steps_per_epoch)
 
 
 class NonFiniteError(FloatingPointError):

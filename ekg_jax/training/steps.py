@@ -25,12 +25,7 @@ from jax.sharding import PartitionSpec as P
 from ekg_jax.runtime import backend
 from ekg_jax.training import distill
 from ekg_jax.training.distill import StepConfig, augmented_views, views_logits
-from ekg_jax.training.options import PROGRAMS  # noqa: F401  (re-exported)
 from ekg_jax.runtime.distributed import DATA_AXIS
-# The optimizer and schedule registries live in optimizers.py; these names
-# stay importable from here (loop.py, warm-up, benchmarks and tests use them).
-from ekg_jax.training.optimizers import (  # noqa: F401
-    lr_schedule, make_optimizer, sgd_nesterov)
 
 
 @flax.struct.dataclass

@@ -23,7 +23,7 @@ sys.path[:0] = [__file__.rsplit('/', 2)[0], __file__.rsplit('/', 1)[0]]
 from small import random_split, tiny_config, tiny_model  # noqa: E402
 
 from ekg_jax.data import datasets as data_lib  # noqa: E402
-from ekg_jax.training import distill, steps  # noqa: E402
+from ekg_jax.training import distill, optimizers, steps  # noqa: E402
 from ekg_jax.training import losses  # noqa: E402
 
 DEVICES = 4
@@ -82,7 +82,7 @@ def main():
   model, variables = tiny_model()
   config = tiny_config(knowledge='ensemble', batch_size=BATCH)
   sc = distill.StepConfig.from_config(config)
-  tx = steps.make_optimizer(config.finetune, 10)
+  tx = optimizers.make_optimizer(config.finetune, 10)
   split = random_split(BATCH, 11)
   bank = jnp.asarray(np.random.default_rng(12).normal(size=(BATCH, 3, 10)),
                      jnp.float32)

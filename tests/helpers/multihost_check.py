@@ -27,6 +27,7 @@ from small import random_split, tiny_config  # noqa: E402
 
 from ekg_jax.training import distill, loop
 from ekg_jax.run.phases.common import trainer_records  # noqa: E402
+from ekg_jax.training import optimizers
 from ekg_jax.training import steps as steps_lib
 from ekg_jax.runtime import distributed  # noqa: E402
 from ekg_jax.supernet import gates as gates_lib  # noqa: E402
@@ -57,7 +58,7 @@ def steps(model, variables, out):
   config = tiny_config(knowledge='ensemble', batch_size=BATCH,
                        sync_batch_norm=True)
   sc = distill.StepConfig.from_config(config)
-  tx = steps_lib.make_optimizer(config.finetune, 10)
+  tx = optimizers.make_optimizer(config.finetune, 10)
   step = jax.jit(steps_lib.data_parallel(steps_lib.make_step(
       model.clone(bn_axis_name=steps_lib.DATA_AXIS), tx, sc,
       steps_lib.DATA_AXIS),

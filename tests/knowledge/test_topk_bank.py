@@ -12,6 +12,7 @@ from ekg_jax.files import checkpoint
 from ekg_jax.training import distill, losses
 from ekg_jax.knowledge import memory_bank, topk
 from ekg_jax.run import validate
+from ekg_jax.training import optimizers
 from ekg_jax.training import steps as train_lib
 from ekg_jax.run import workdir
 from ekg_jax.run.phases import PHASES
@@ -183,7 +184,7 @@ def test_step_runner_with_a_full_top_k_bank_equals_the_dense_one():
   model, variables = tiny_model()
   c = tiny_config()
   sc = distill.StepConfig.from_config(c)
-  tx = train_lib.make_optimizer(c.finetune, 10)
+  tx = optimizers.make_optimizer(c.finetune, 10)
   split = random_split(16, 4)
   z = _logits((16, 3, 10), 5)
   indices = np.arange(16, dtype=np.int32).reshape(2, 8)

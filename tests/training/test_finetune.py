@@ -18,6 +18,7 @@ from small import random_split, tiny_config, tiny_model
 from ekg_jax.data import datasets as data_lib
 from ekg_jax.files import checkpoint
 from ekg_jax.training import distill, loop
+from ekg_jax.training import optimizers
 from ekg_jax.training import steps as train_lib
 from ekg_jax.training import losses
 from ekg_jax.run.phases.common import trainer_records
@@ -42,13 +43,13 @@ def test_distillation_target_uses_teachers_closer_than_the_student():
 def test_learning_rate_steps_down_at_the_configured_fractions():
   c = tiny_config(epochs=10)
   # The reference pipeline's recipe: 0.01, x0.2 at 30/60/80% of the steps.
-  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=5)
+  schedule = optimizers.lr_schedule(c.finetune, steps_per_epoch=5)
   lr = [float(schedule(s)) for s in (0, 14, 15, 29, 30, 39, 40, 49)]
   np.testing.assert_allclose(
       lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
   # One epoch keeps the shape (step-granular points).
   c = tiny_config(epochs=1)
-  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=10)
+  schedule = optimizers.lr_schedule(c.finetune, steps_per_epoch=10)
   lr = [float(schedule(s)) for s in (0, 2, 3, 5, 6, 7, 8, 9)]
   np.testing.assert_allclose(
       lr, [.01, .01, .002, .002, 4e-4, 4e-4, 8e-5, 8e-5], rtol=1e-5)
@@ -58,8 +59,8 @@ def test_optimizer_is_keras_nesterov_sgd_with_decay_in_the_gradient():
   """Keras: v = m * v - lr * (g + wd * w); w += m * v - lr * (g + wd * w);
   the velocity carries lr-scaled steps across a rate change."""
   c = tiny_config(epochs=1)
-  tx = train_lib.make_optimizer(c.finetune, steps_per_epoch=10)
-  schedule = train_lib.lr_schedule(c.finetune, steps_per_epoch=10)
+  tx = optimizers.make_optimizer(c.finetune, steps_per_epoch=10)
+  schedule = optimizers.lr_schedule(c.finetune, steps_per_epoch=10)
   rng = np.random.default_rng(0)
   w = np.asarray(rng.normal(size=3), np.float64)
   params, state = jnp.asarray(w, jnp.float32), tx.init(jnp.zeros(3))
@@ -83,7 +84,7 @@ def test_step_loss_is_the_mean_over_views_of_ce_plus_kd(knowledge, num_views):
   model, variables = tiny_model()
   c = tiny_config(knowledge=knowledge, views=num_views)
   sc = distill.StepConfig.from_config(c)
-  tx = train_lib.make_optimizer(c.finetune, 10)
+  tx = optimizers.make_optimizer(c.finetune, 10)
   split = random_split(8, 1)
   bank = jnp.asarray(np.random.default_rng(2).normal(size=(8, 3, 10)),
                      jnp.float32)
@@ -122,7 +123,7 @@ def test_step_runner_equals_plain_steps(program):
   model, variables = tiny_model()
   c = tiny_config()
   sc = distill.StepConfig.from_config(c)
-  tx = train_lib.make_optimizer(c.finetune, 10)
+  tx = optimizers.make_optimizer(c.finetune, 10)
   split = random_split(24, 4)
   bank = np.random.default_rng(5).normal(size=(24, 3, 10)).astype(np.float32)
   key = jax.random.key(6)
@@ -203,7 +204,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
   # The kept checkpoint is finite ...
   model, variables = tiny_model()
   template = train_lib.TrainState.create(
-      variables, train_lib.make_optimizer(bad.finetune, 4))
+      variables, optimizers.make_optimizer(bad.finetune, 4))
   restored, _ = checkpoint.TrainCheckpoints(
       str(tmp_path / 'checkpoints')).restore(template)
   assert int(restored.step) == 4
@@ -222,7 +223,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
   model, variables = tiny_model()
   c = tiny_config(knowledge='none')
   sc = distill.StepConfig.from_config(c)
-  tx = train_lib.make_optimizer(c.finetune, 10)
+  tx = optimizers.make_optimizer(c.finetune, 10)
   split = random_split(8, 1)
   keys = jax.random.split(jax.random.key(3), 8)
   state = train_lib.TrainState.create(variables, tx)

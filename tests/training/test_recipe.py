@@ -68,9 +68,6 @@ def test_default_recipe_is_the_chain_it_always_was(section):
                (optimizers.make_optimizer(r, spe), tx))
   for k in want:
     np.testing.assert_array_equal(got[k], want[k])
-  # steps.py still offers the names the loop and the warm-up import.
-  assert train_lib.make_optimizer is optimizers.make_optimizer
-  assert train_lib.sgd_nesterov is optimizers.sgd_nesterov
 
 
 def test_warmup_then_cosine():
