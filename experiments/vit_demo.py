@@ -36,17 +36,15 @@ itself resumes a phase that was stopped half-way):
    knowledge, but with two views per image like the EKG arm (the evidence
    study's Torch-Pruning arms do the same), so the two arms differ in the
    network and the knowledge only (`workdirs/vit_demo/uniform_l1`).
-4. `speedup`: dense vs each slimmed network, latency of the exported forward
-   (uint8 images -> logits) on XLA:CPU (`deploy.export.forward`, jitted with
-   the toolkit's CPU flags) and ONNX Runtime (`deploy.export_onnx.to_onnx`),
-   at batch 1 and 128: one worker process per path, the paths taking turns,
-   REPEATS alternating repetitions of median-of-`calls` timings
-   (benchmarks/speedup.py's timing and benchmarks/workers.py's plumbing).
-   Dense: the pretrained weights; slimmed: the fine-tuned export.
-5. `report` (always): experiments/results/vit_demo/summary.json, table.md
-   (dense / EKG / uniform-L1 rows: test accuracy, FLOPs, parameters,
-   speed-ups) and kept.png (heads and MLP units kept per block, both arms),
-   with the command (repository-relative) and the date.
+4. `speedup` (vit_latency.py): dense vs each slimmed network, latency of
+   the exported forward (uint8 images -> logits) on XLA:CPU and ONNX
+   Runtime at batch 1 and 128, the paths taking turns over alternating
+   repetitions. Dense: the pretrained weights; slimmed: the fine-tuned
+   export.
+5. `report` (always, vit_report.py): experiments/results/vit_demo/
+   summary.json, table.md (dense / EKG / uniform-L1 rows: test accuracy,
+   FLOPs, parameters, speed-ups) and kept.png (heads and MLP units kept per
+   block, both arms), with the command (repository-relative) and the date.
 
 `--commit` commits the results folder at the end (git add + commit).
 
@@ -75,27 +73,22 @@ about 3 x 100,000 / 100 s = 50 min each, so about 4 hours in all.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = os.path.join(REPO, 'benchmarks')
+# experiments/, beside this file: stage 4 and stage 5.
+from vit_latency import measure_speedup
+from vit_report import ARMS, REPO, TARGET, git, now, read_json, report, table
+
 CONFIG = 'configs/vit_cifar.py'
-TARGET = 0.5
 # See the docstring: ~2 h of pretraining at the measured speed.
 PRETRAIN_EPOCHS = 12
 FINETUNE_EPOCHS = 3
-ARMS = ('ekg', 'uniform_l1')
 # The uniform arm's head ratio (stage 3): 2 of 3 heads, 1 of the tiny's 2.
 UNIFORM_HEADS = 0.5
-LABELS = {'dense': 'dense', 'ekg': 'EKG', 'uniform_l1': 'uniform L1'}
-SIDES = ('xla', 'onnxruntime')
-ONNX_MODULES = ('jax2onnx', 'onnx', 'onnxruntime')
 FULL = dict(batches=[1, 128], repeats=5, calls={1: 20, 128: 3})
 # The smoke run: the tiny ViT of tests/models/test_vit.py on a CIFAR-10 slice.
 TINY_ARCHITECTURE = 'depth=2,embed_dim=32,num_heads=2,mlp_ratio=2'
@@ -115,10 +108,6 @@ def rel(path: str) -> str:
   path = os.path.abspath(path)
   inside = os.path.commonpath([path, REPO]) == REPO
   return os.path.relpath(path, REPO) if inside else path
-
-
-def log(message: str) -> None:
-  print(f'{time.strftime("%H:%M:%S")} {message}', flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -157,11 +146,11 @@ def stage_runs(workdir: str, tiny: bool) -> dict:
 
 
 def read_summary(workdir: str) -> dict:
-  try:
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
+  return read_json(os.path.join(workdir, 'summary.json'))
+
+
+def log(message: str) -> None:
+  print(f'{time.strftime("%H:%M:%S")} {message}', flush=True)
 
 
 def cli(workdir: str, overrides: list[str]) -> list[str]:
@@ -185,261 +174,8 @@ def run_stage(name: str, workdir: str, overrides: list[str],
     sys.exit(f'{name} failed (exit {result.returncode}); the same command '
              'resumes it')
   record[name] = {'command': shown, 'seconds': round(time.time() - start, 1),
-                  'finished': _now()}
+                  'finished': now()}
   log(f'{name}: done in {time.time() - start:.0f} s')
-
-
-def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).strftime(
-      '%Y-%m-%d %H:%M UTC')
-
-
-# ---------------------------------------------------------------------------
-# Stage 4: latency, dense vs slimmed (worker processes).
-
-
-def _networks(nets: dict):
-  """{name: (model, variables, network.json)}: 'dense' from the pretrained
-  checkpoint at the export's architecture, the arms from their exports."""
-  import jax
-  import jax.numpy as jnp
-  from ekg_jax.deploy import export
-  from ekg_jax.files import checkpoint
-  out = {}
-  for name, spec in nets.items():
-    model, variables = export.load(spec['export'])
-    with open(os.path.join(spec['export'], export.NETWORK)) as f:
-      network = json.load(f)
-    if spec.get('checkpoint'):  # the dense network, pretrained weights
-      model = model.clone(widths=())
-      reference = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(
-          (1, *network['input_shape']), jnp.float32))
-      variables = checkpoint.load_model_variables(spec['checkpoint'],
-                                                  reference)
-    out[name] = (model, variables, network)
-  return out
-
-
-def _build_xla(nets):
-  import jax
-  from ekg_jax.deploy import export
-  runs = {}
-  for name, (model, variables, network) in _networks(nets).items():
-    fn = jax.jit(export.forward(model, variables, network['mean'],
-                                network['std']))
-    runs[name] = lambda x, fn=fn: jax.block_until_ready(fn(x))
-  return runs
-
-
-def _build_onnxruntime(nets):
-  import tempfile
-  import onnxruntime as ort
-  from ekg_jax.deploy import export_onnx
-  runs = {}
-  for name, (model, variables, network) in _networks(nets).items():
-    path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
-    export_onnx.to_onnx(model, variables, path, network['input_shape'],
-                        network['mean'], network['std'])
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    runs[name] = lambda x, s=session: s.run(['logits'], {'images': x})
-  return runs
-
-
-def worker(side: str) -> None:
-  """Answers `build` and `time` requests on stdin, one JSON line each."""
-  import numpy as np
-  sys.path.insert(0, BENCHMARKS)
-  from speedup import _time
-  if side == 'xla':
-    from ekg_jax.runtime import xla_config
-    xla_config.set_fast_cpu_flags()
-  runs, inputs = {}, {}
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request['cmd'] == 'build':
-      start = time.perf_counter()
-      runs = globals()[f'_build_{side}'](request['nets'])
-      reply = {'build_s': time.perf_counter() - start}
-    else:
-      b = request['batch']
-      x = inputs.setdefault(b, np.random.default_rng(0).integers(
-          0, 256, (b, 32, 32, 3), np.uint8))
-      reply = {'seconds': _time(lambda: runs[request['net']](x),
-                                request['calls'])}
-    print(json.dumps(reply), flush=True)
-
-
-def measure_speedup(nets: dict, o: dict) -> dict:
-  """Latency per path, batch and network; speed-ups per repetition."""
-  import importlib.util
-  sys.path.insert(0, BENCHMARKS)
-  from workers import Worker, in_turn, settle, stats
-  onnx = all(importlib.util.find_spec(m) for m in ONNX_MODULES)
-  sides = [s for s in SIDES if s != 'onnxruntime' or onnx]
-  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
-      [REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p])}
-  workers = {s: Worker(s, [sys.executable, os.path.abspath(__file__),
-                           f'--worker={s}'], env=env) for s in sides}
-  out = {'sides': sides, 'missing': sorted(set(SIDES) - set(sides)),
-         'options': {**o, 'calls': {str(k): v for k, v in o['calls'].items()}},
-         'build_s': {}, 'latency': {}}
-  for side, w in workers.items():
-    out['build_s'][side] = round(w('build', nets=nets)['build_s'], 1)
-    log(f'speedup: {side} built in {out["build_s"][side]} s')
-  times = {}
-  for rep in range(o['repeats']):
-    for side, w in in_turn(workers, rep):
-      for b in o['batches']:
-        for net in nets:
-          t = w('time', net=net, batch=b, calls=o['calls'][b])['seconds']
-          times.setdefault((side, b, net), []).append(t)
-      settle()
-    log(f'speedup: repetition {rep + 1}/{o["repeats"]} done')
-  for w in workers.values():
-    w.close()
-  for (side, b, net), t in times.items():
-    entry = out['latency'].setdefault(side, {}).setdefault(str(b), {})
-    entry[net] = stats(t)
-    if net != 'dense':
-      dense = times[(side, b, 'dense')]
-      entry[f'{net}_speedup'] = stats([d / s for d, s in zip(dense, t)])
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Stage 5: the report.
-
-
-def arm_rows(workdir: str) -> dict:
-  """Network -> its accuracy, FLOPs, parameters, kept widths."""
-  ekg = read_summary(os.path.join(workdir, 'ekg'))
-  rows = {'dense': {'test_accuracy': ekg['base']['test_accuracy'],
-                    'flops': ekg['base']['flops'],
-                    'params': ekg['base']['params'], 'flops_rate': 1.0}}
-  for arm in ARMS:
-    s = read_summary(os.path.join(workdir, arm))
-    rows[arm] = {'test_accuracy': s['final']['test_accuracy'],
-                 'flops': s['final']['flops'], 'params': s['final']['params'],
-                 'flops_rate': s['search']['flops_rate'],
-                 'search_steps': s['search']['steps'],
-                 'kept': s['search']['kept_channels'],
-                 'knowledge': s['finetune']['knowledge'],
-                 'views': s['finetune']['views']}
-  return rows
-
-
-def architecture(workdir: str) -> dict:
-  with open(os.path.join(workdir, 'ekg', 'export', 'network.json')) as f:
-    a = json.load(f)['attributes']
-  return {k: a[k] for k in ('depth', 'embed_dim', 'num_heads', 'mlp_ratio',
-                            'patch_size', 'pool')}
-
-
-def per_block(kept: dict, arch: dict) -> tuple[list, list]:
-  """(heads kept, MLP units kept) per block (an unpruned gate is whole)."""
-  heads = [kept.get(f'block{i}/heads', arch['num_heads'])
-           for i in range(arch['depth'])]
-  mlp = [kept.get(f'block{i}/mlp', arch['embed_dim'] * arch['mlp_ratio'])
-         for i in range(arch['depth'])]
-  return heads, mlp
-
-
-def figure(path: str, rows: dict, arch: dict) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  import numpy as np
-  blocks = np.arange(arch['depth'])
-  full = (arch['num_heads'], arch['embed_dim'] * arch['mlp_ratio'])
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for k, (ax, what) in enumerate(zip(axes, ('attention heads',
-                                            'MLP hidden units'))):
-    for j, arm in enumerate(ARMS):
-      kept = per_block(rows[arm]['kept'], arch)[k]
-      ax.bar(blocks + (j - 0.5) * 0.38, kept, 0.38,
-             label=f"{LABELS[arm]} (FLOPs rate {rows[arm]['flops_rate']:.3f})")
-    ax.axhline(full[k], color='k', lw=0.8, ls='--', label='dense')
-    ax.set_xticks(blocks, [f'block{i}' for i in blocks])
-    ax.set_title(f'{what} kept')
-    ax.set_ylim(0, full[k] * 1.25)
-    if k == 0:
-      ax.set_yticks(range(full[0] + 1))
-  fig.legend(*axes[1].get_legend_handles_labels(), loc='lower center',
-             ncol=3, fontsize=8, frameon=False)
-  fig.suptitle(f"ViT (depth {arch['depth']}, width {arch['embed_dim']}) on "
-               f'CIFAR-10, FLOPs target {TARGET}')
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def table(result: dict) -> str:
-  rows, speed = result['networks'], result['speedup']
-  batches = speed['options']['batches']
-  cols = [(side, b) for side in speed['sides'] for b in batches]
-  lines = [
-      f"{result['command']}, {result['date']}, {result['machine']}. "
-      f"Test accuracy on {result['test_images']:,} CIFAR-10 test images; "
-      'FLOPs: multiply-accumulates of one image; speed-up: dense latency / '
-      'slimmed latency of the exported forward (uint8 images -> logits), '
-      f"median of {speed['options']['repeats']} alternating repetitions; "
-      "the dense row gives the dense network's latency instead.",
-      '',
-      '| network | test acc. % | FLOPs | FLOPs rate | params | ' + ' | '.join(
-          f'{"XLA" if s == "xla" else "ONNX Runtime"}, batch {b}'
-          for s, b in cols) + ' |',
-      '|---|---|---|---|---|' + '---|' * len(cols)]
-  for net, r in rows.items():
-    cells = [f"{r['test_accuracy']:.2f}", f"{r['flops']:,}",
-             f"{r['flops_rate']:.3f}", f"{r['params']:,}"]
-    for side, b in cols:
-      e = speed['latency'][side][str(b)]
-      cells.append(f"{e['dense']['median'] * 1e3:.2f} ms" if net == 'dense'
-                   else f"{e[f'{net}_speedup']['median']:.2f}x")
-    lines.append(f'| {LABELS[net]} | ' + ' | '.join(cells) + ' |')
-  if speed['missing']:
-    lines += ['', f"Not measured (missing modules): "
-              f"{', '.join(speed['missing'])}."]
-  return '\n'.join(lines) + '\n'
-
-
-def report(workdir: str, out: str, command: str, stages: dict) -> dict:
-  ekg = read_summary(os.path.join(workdir, 'ekg'))
-  rows = arm_rows(workdir)
-  arch = architecture(workdir)
-  with open(os.path.join(workdir, 'speedup.json')) as f:
-    speed = json.load(f)
-  result = {
-      'command': command, 'date': _now(),
-      'machine': f'{platform.processor() or platform.machine()}, '
-                 f'{os.cpu_count()} cores',
-      'commit': _git('rev-parse', 'HEAD'),
-      'architecture': arch, 'target_flops_rate': TARGET,
-      'pretrain': {k: ekg['pretrain'][k] for k in
-                   ('test_accuracy', 'epochs', 'seconds', 'images_per_second')},
-      'test_images': ekg['base']['test_images'],
-      'networks': rows,
-      'per_block': {arm: dict(zip(('heads', 'mlp'),
-                                  per_block(rows[arm]['kept'], arch)))
-                    for arm in ARMS},
-      'phase_seconds': {arm: {k: v['seconds'] for k, v in
-                              read_summary(os.path.join(workdir, arm)).items()
-                              if isinstance(v, dict) and 'seconds' in v}
-                        for arm in ARMS},
-      'stages': stages, 'speedup': speed}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'summary.json'), 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out, 'table.md'), 'w') as f:
-    f.write(table(result))
-  figure(os.path.join(out, 'kept.png'), rows, arch)
-  return result
-
-
-def _git(*args) -> str:
-  r = subprocess.run(['git', *args], cwd=REPO, capture_output=True,
-                     text=True)
-  return r.stdout.strip()
 
 
 # ---------------------------------------------------------------------------
@@ -456,10 +192,7 @@ def main(argv=None):
   parser.add_argument('--status', action='store_true')
   parser.add_argument('--commit', action='store_true',
                       help='git add + commit the results folder at the end')
-  parser.add_argument('--worker', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.worker:
-    return worker(args.worker)
   workdir = os.path.abspath(args.workdir or os.path.join(
       REPO, 'workdirs', 'vit_demo_tiny' if args.tiny else 'vit_demo'))
   out = os.path.abspath(args.out or (
@@ -467,7 +200,7 @@ def main(argv=None):
       os.path.join(REPO, 'experiments', 'results', 'vit_demo')))
   command = ' '.join(['python', 'experiments/vit_demo.py'] + [
       a for a in (argv if argv is not None else sys.argv[1:])
-      if a != '--commit'] )
+      if a != '--commit'])
   runs = stage_runs(workdir, args.tiny)
   if args.status:
     for name, (w, _, key) in runs.items():
@@ -476,7 +209,7 @@ def main(argv=None):
     return
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, 'stages.json')
-  stages = read_summary_file(record_path)
+  stages = read_json(record_path)
   for name, (w, overrides, key) in runs.items():
     run_stage(name, w, overrides, key, stages)
     with open(record_path, 'w') as f:
@@ -491,31 +224,23 @@ def main(argv=None):
                                                  'final')},
             **{arm: {'export': os.path.join(workdir, arm, 'export')}
                for arm in ARMS}}
-    speed = measure_speedup(nets, TINY if args.tiny else FULL)
+    speed = measure_speedup(nets, TINY if args.tiny else FULL, log)
     with open(speed_path, 'w') as f:
       json.dump(speed, f, indent=1)
     stages['speedup'] = {'seconds': round(time.time() - start, 1),
-                         'finished': _now()}
+                         'finished': now()}
     with open(record_path, 'w') as f:
       json.dump(stages, f, indent=1)
   result = report(workdir, out, command, stages)
   print(table(result))
   log(f'report: {rel(out)}/summary.json, table.md, kept.png')
   if args.commit:
-    _git('add', rel(out))
+    git('add', rel(out))
     r = subprocess.run(['git', 'commit', '-m', f'ViT demonstration results: '
                         f'`{command}` ({result["date"]})', '--', rel(out)],
                        cwd=REPO)
     if r.returncode:
       sys.exit('git commit failed')
-
-
-def read_summary_file(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
 
 
 if __name__ == '__main__':
