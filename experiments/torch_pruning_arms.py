@@ -24,8 +24,8 @@ One command, from the repository root in the main virtualenv (`make tp-arms`):
 
 runs three steps: `export` (main venv: the official weights as flat arrays,
 the validation images, normalised as the model expects, and our network's
-logits on them), `prune` (.venv-torch, `make torch-venv`: this file run
-there, once per arm) and `write` (main venv: maps the pruned layers' kept
+logits on them), `prune` (experiments/tp_prune.py, run in .venv-torch,
+`make torch-venv`, once per arm) and `write` (main venv: maps the pruned layers' kept
 channels onto ekg_jax's gates, fails loudly on anything ekg_jax cannot
 represent, writes the files and counts FLOPs and parameters with ekg_jax's
 own `flops.count_flops`). Intermediate files go to workdirs/tp_arms/.
@@ -36,27 +36,27 @@ channel's (scale, offset, mean, variance) and each pruned kernel slice is
 found among the originals (exactly one match required), and the pruned
 network is checked to equal the original sliced at those indices.
 
-Only NumPy and the standard library at module level: the torch virtualenv
-has no JAX and the main one no torch; the index mapping below is tested in
-the main one (tests/project/test_torch_pruning_arms.py).
+Only NumPy and the standard library at module level: the torch side
+imports the index mapping from here, the torch virtualenv has no JAX and
+the main one no torch; the mapping is tested in the main one
+(tests/project/test_torch_pruning_arms.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(REPO, 'experiments', 'results', 'evidence')
 WORK = os.path.join(REPO, 'workdirs', 'tp_arms')
 OFFICIAL = os.path.join(REPO, '..', 'shared', 'pretrained',
@@ -186,210 +186,6 @@ def export(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Step 2 (.venv-torch): Torch-Pruning.
-
-
-def _torch_layers(model):
-  """(ekg_jax layer path, conv or linear, the BN after it or None)."""
-  out = [('conv', model.conv, model.bn)]
-  for name, block in zip(model.names, model.blocks):
-    for i in (1, 2, 3):
-      if hasattr(block, f'conv{i}'):
-        out.append((f'{name}/conv{i}', getattr(block, f'conv{i}'),
-                    getattr(block, f'bn{i}')))
-  out.append(('fc', model.fc, None))
-  return out
-
-
-def _macs(model, torch) -> int:
-  """ekg_jax's FLOPs convention on a torch network: conv and fc
-  multiply-accumulates of one image, no BN (flops.py)."""
-  total = []
-
-  def hook(module, inputs, output):
-    if isinstance(module, torch.nn.Conv2d):
-      kh, kw = module.kernel_size
-      total.append(output[0].numel() * kh * kw * module.in_channels
-                   // module.groups)
-    else:
-      total.append(module.in_features * module.out_features)
-  handles = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-  with torch.no_grad():
-    model(torch.zeros(1, 3, 32, 32))
-  for h in handles:
-    h.remove()
-  return int(sum(total))
-
-
-def _kept_layers(original: dict, model, torch) -> dict:
-  """Each layer's kept original input/output channels, read off the pruned
-  tensors, and a check that the pruned network is the original sliced."""
-  def arr(t):
-    return t.detach().cpu().numpy()
-
-  def bn_stats(state, prefix):  # one row per channel
-    return np.stack([state[f'{prefix}.{k}'] for k in
-                     ('weight', 'bias', 'running_mean', 'running_var')], 1)
-
-  names = {m: n for n, m in model.named_modules()}
-  pruned = {k: arr(v) for k, v in model.state_dict().items()}
-  layers = {}
-  for path, layer, bn in _torch_layers(model):
-    w_name = f'{names[layer]}.weight'
-    w0, w = original[w_name], pruned[w_name]
-    if bn is None:  # fc: Torch-Pruning is told to leave its outputs alone
-      if w.shape[0] != w0.shape[0]:
-        raise ValueError(f'{path}: outputs pruned ({w.shape[0]} of '
-                         f'{w0.shape[0]})')
-      out = list(range(w0.shape[0]))
-    else:
-      b = names[bn]
-      out = match_indices(bn_stats(original, b), bn_stats(pruned, b), 0)
-      head, _, conv_name = path.rpartition('/')  # .../convK -> .../bnK
-      bn_path = (f'{head}/' if head else '') + conv_name.replace('conv', 'bn')
-      layers[bn_path] = {'in': out, 'out': out}
-    inp = match_indices(w0[out], w, 1)
-    if not np.array_equal(w0[out][:, inp], w):
-      raise ValueError(f'{path}: pruned kernel is not the original sliced')
-    if bn is None and not np.array_equal(
-        original[f'{names[layer]}.bias'][out], pruned[f'{names[layer]}.bias']):
-      raise ValueError(f'{path}: pruned bias is not the original sliced')
-    layers[path] = {'in': inp, 'out': out}
-  return layers
-
-
-def _importance(arm: str, tp):
-  if arm == 'tp_magnitude':
-    return tp.importance.GroupMagnitudeImportance(p=2), (
-        'tp.importance.GroupMagnitudeImportance(p=2)')
-  if arm == 'tp_taylor':
-    return tp.importance.GroupTaylorImportance(), (
-        'tp.importance.GroupTaylorImportance()')
-  raise ValueError(f'unknown arm {arm!r}; choose from {ARMS}')
-
-
-def prune(arm: str, inputs: str, out_path: str, steps: int, target: float,
-          threads: int) -> dict:
-  """Torch-Pruning's MetaPruner, global, `steps` iterative steps of ratio
-  1/steps each, stepped until the network's conv + fc MACs are at most
-  `target` of the dense network's; writes the kept channels per layer."""
-  import torch
-  import torch.nn.functional as F
-  import torch_pruning as tp
-  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
-  from torch_reference import CifarResNet
-
-  torch.manual_seed(0)
-  torch.set_num_threads(threads)
-  start = time.time()
-  data = np.load(inputs)
-  flat = {k: data[k] for k in data.files
-          if k.startswith(('params/', 'batch_stats/'))}
-  model = CifarResNet(56)
-  model.load_jax(flat)
-  model.eval()
-  images = torch.from_numpy(data['images']).permute(0, 3, 1, 2).contiguous()
-  labels = torch.from_numpy(data['labels']).long()
-
-  def val_ce():
-    with torch.no_grad():
-      logits = model(images)
-    return logits, float(F.cross_entropy(logits, labels))
-
-  logits, ce_dense = val_ce()
-  ours = data['logits']
-  diff = float(np.abs(logits.numpy() - ours).max())
-  if diff > 1e-4 * max(1.0, float(np.abs(ours).max())):
-    raise ValueError(f'the torch network is not ours: logits differ by '
-                     f'{diff}')
-  original = {k: v.detach().cpu().numpy().copy()
-              for k, v in model.state_dict().items()}
-  example = torch.zeros(1, 3, 32, 32)
-  tp_macs0, tp_params0 = tp.utils.count_ops_and_params(model, example)
-  dense = _macs(model, torch)
-  importance, importance_call = _importance(arm, tp)
-  pruner_args = dict(global_pruning=True, pruning_ratio=1.0,
-                     iterative_steps=steps, ignored_layers=[model.fc])
-  pruner = tp.pruner.MetaPruner(model, example, importance=importance,
-                                **pruner_args)
-  taylor = isinstance(importance, tp.importance.GroupTaylorImportance)
-  rates, gradients, size = [], 0, None
-
-  def numel():
-    return sum(p.numel() for p in model.parameters())
-  while True:
-    if taylor and numel() != size:
-      # Gradients of the current network before each step (the importance
-      # reads weight.grad): mean CE over the validation images, BN in eval
-      # mode (running statistics), as the search evaluates. Recomputed only
-      # when the last step changed the network: a step that pruned nothing
-      # leaves the network, and so its gradients, as they were.
-      model.zero_grad(set_to_none=True)
-      F.cross_entropy(model(images), labels).backward()
-      gradients, size = gradients + 1, numel()
-    pruner.step()
-    rates.append(_macs(model, torch) / dense)
-    print(f'{arm} step {pruner.current_step}: rate {rates[-1]:.4f} '
-          f'({time.time() - start:.0f} s)', file=sys.stderr, flush=True)
-    if rates[-1] <= target or pruner.current_step >= steps:
-      break
-  model.zero_grad(set_to_none=True)
-  _, ce_pruned = val_ce()
-  tp_macs1, tp_params1 = tp.utils.count_ops_and_params(model, example)
-  layers = _kept_layers(original, model, torch)
-  result = {
-      'arm': arm,
-      # The 1.6.1 wheel still says 1.6.0 in tp.__version__: both recorded.
-      'torch_pruning': importlib.metadata.version('torch-pruning'),
-      'torch_pruning_module_version': tp.__version__,
-      'torch': torch.__version__.split('+')[0],
-      'python': platform.python_version(),
-      'importance': importance_call,
-      'importance_attributes': {
-          k: (v if isinstance(v, (int, float, str, bool, type(None)))
-              else [getattr(t, '__name__', str(t)) for t in v])
-          for k, v in vars(importance).items()},
-      'pruner': 'tp.pruner.MetaPruner(model, example_inputs, '
-                'importance=importance, ' + ', '.join(
-                    f'{k}={v!r}' for k, v in pruner_args.items()
-                    if k != 'ignored_layers') + ', ignored_layers=[model.fc])',
-      'pruner_class': f'{type(pruner).__module__}.{type(pruner).__name__}',
-      'example_inputs': 'torch.zeros(1, 3, 32, 32)',
-      'stopping': f'pruner.step() until the conv + fc MACs (ekg_jax\'s '
-                  f'count, no BN) are at most {target} of the dense '
-                  'network\'s (Torch-Pruning\'s benchmarks/main.py '
-                  'progressive pruning, with our FLOPs count)',
-      'steps_taken': pruner.current_step,
-      'rate_after_each_step': [round(r, 6) for r in rates],
-      'gradients': ({
-          'images': int(len(labels)),
-          'loss': 'F.cross_entropy(model(images), labels) (mean), '
-                  'model.eval()',
-          'when': 'model.zero_grad(); loss.backward() before every '
-                  'pruner.step() whose network differs from the one the '
-                  'last gradients were computed on (a step that prunes '
-                  'nothing changes nothing)',
-          'gradient_computations': gradients} if taylor else None),
-      'torch_macs': {'dense': int(tp_macs0), 'pruned': int(tp_macs1),
-                     'counter': 'tp.utils.count_ops_and_params(model, '
-                                'torch.zeros(1, 3, 32, 32)) (counts BN too)'},
-      'torch_params': {'dense': int(tp_params0), 'pruned': int(tp_params1)},
-      'conv_fc_macs': {'dense': dense, 'pruned': _macs(model, torch)},
-      'val_ce': {'dense': round(ce_dense, 6), 'pruned': round(ce_pruned, 6),
-                 'what': 'torch eval CE on the validation images, before '
-                         'and after pruning (no fine-tuning)'},
-      'dense_logits_max_abs_diff_vs_jax': diff,
-      'threads': threads,
-      'seconds': round(time.time() - start, 1),
-      'layers': layers,
-  }
-  with open(out_path, 'w') as f:
-    json.dump(result, f)
-  return result
-
-
-# ---------------------------------------------------------------------------
 # Step 3 (main venv): the kept-channels file and ekg_jax's counts.
 
 
@@ -443,8 +239,6 @@ def write(arm: str, pruned: dict, subset: dict, command: str,
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('step', nargs='?', default='all',
-                      choices=('all', 'prune'))
   parser.add_argument('--arms', default=','.join(ARMS))
   parser.add_argument('--steps', type=int, default=ITERATIVE_STEPS)
   parser.add_argument('--target', type=float, default=TARGET)
@@ -456,21 +250,16 @@ def main(argv=None):
                       'files go beside it')
   parser.add_argument('--results', default=RESULTS,
                       help='<results>/<arm>/kept_channels.json, pruning.json')
-  parser.add_argument('--out', default='', help='prune: its JSON')
   args = parser.parse_args(argv)
   arms = args.arms.split(',')
-  if args.step == 'prune':
-    (arm,) = arms
-    prune(arm, args.inputs, args.out, args.steps, args.target, args.threads)
-    return
   command = ' '.join(['python', 'experiments/torch_pruning_arms.py',
                       *(argv if argv is not None else sys.argv[1:])])
   subset = export(args.inputs)
   print(f'exported {subset}', flush=True)
   for arm in arms:
     out = os.path.join(os.path.dirname(args.inputs), f'{arm}.json')
-    subprocess.run([TORCH_PYTHON, os.path.abspath(__file__), 'prune',
-                    f'--arms={arm}', f'--inputs={args.inputs}',
+    subprocess.run([TORCH_PYTHON, os.path.join(HERE, 'tp_prune.py'), arm,
+                    f'--inputs={args.inputs}',
                     f'--out={out}', f'--steps={args.steps}',
                     f'--target={args.target}', f'--threads={args.threads}'],
                    check=True)
