@@ -82,7 +82,7 @@ def test_authors_tf_reads_both_sides_step_lines():
   the authors' pruning.py and ekg_jax print them): step times, and the
   choices it compares (their gate index, width and loss in ekg_jax's terms)."""
   sys.path.insert(0, str(REPO / 'benchmarks'))
-  import authors_tf
+  import authors_tf_sides as sides
   widths = ['1.0'] * 30
   widths[29] = '0.8'
   tf_lines = ['# of layers to evaluated is 19/30 (63.33)',
@@ -93,7 +93,7 @@ def test_authors_tf_reads_both_sides_step_lines():
   jax_line = ('I1126 07:50:51.314669 140469395725184 search.py:668] search '
               'step 2: stage2/block8 -> 52 channels | FLOPs rate 0.9860 | val '
               'loss 0.3362 acc 0.909 objective 0.4516 | 19 candidates | 10.1s')
-  tf, jax = authors_tf.Reader('tf'), authors_tf.Reader('jax')
+  tf, jax = sides.Reader('tf'), sides.Reader('jax')
   for t, line in enumerate(tf_lines):
     tf.feed(line, float(t))
   jax.feed(jax_line, 7.0)
@@ -103,27 +103,27 @@ def test_authors_tf_reads_both_sides_step_lines():
   assert jax.done() == [{'gate': 'stage2/block8', 'kept': 52,
                          'val_loss': 0.3362, 'candidates': 19}]
   # Their fine search's widths print as np.float64(0.2) under NumPy 2.
-  tf = authors_tf.Reader('tf')
+  tf = sides.Reader('tf')
   for t, line in enumerate([tf_lines[0], 'Step: 77',
                             '[1.0, np.float64(0.2), 0.0] 1', tf_lines[4]]):
     tf.feed(line, float(t))
   assert tf.done()[0]['gate'] == 'stage0/block0'
   assert tf.done()[0]['kept'] == 4  # 0.2 of 16 channels: rank < 3.2
-  assert authors_tf.tf_kept(0.8, 16) == 13  # their mask: rank < 12.8
-  assert authors_tf.GATES[0] == ('stage0', 16)
-  assert authors_tf.GATES[10] == ('stage1', 32)
+  assert sides.tf_kept(0.8, 16) == 13  # their mask: rank < 12.8
+  assert sides.GATES[0] == ('stage0', 16)
+  assert sides.GATES[10] == ('stage1', 32)
 
 
 def test_authors_tf_records_no_folder_of_this_machine():
   """Results files name paths inside the repository relative to it, and
   others by their last part only (issue 27, item 6)."""
   sys.path.insert(0, str(REPO / 'benchmarks'))
-  import authors_tf
-  assert authors_tf.portable(f'--out-dir={REPO}/workdirs/x') == \
+  import authors_tf_sides as sides
+  assert sides.portable(f'--out-dir={REPO}/workdirs/x') == \
       '--out-dir=workdirs/x'
-  assert authors_tf.portable('--tf-python=/opt/tf/.venv-tf/bin/python') == \
+  assert sides.portable('--tf-python=/opt/tf/.venv-tf/bin/python') == \
       '--tf-python=<elsewhere>/python'
-  assert authors_tf.portable('--steps=10') == '--steps=10'
+  assert sides.portable('--steps=10') == '--steps=10'
   for result in (REPO / 'benchmarks' / 'results').glob('authors-tf-*.json'):
     recorded = json.loads(result.read_text())
     for command in recorded.get('commands', [recorded.get('command')]):
@@ -131,12 +131,25 @@ def test_authors_tf_records_no_folder_of_this_machine():
     assert not recorded['authors'].startswith('/'), result
 
 
+def test_authors_tf_tables_are_what_their_results_make():
+  """Each committed authors-tf table is what `authors_tf_report.markdown`
+  makes of the committed results beside it, byte for byte."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import authors_tf_report as authors_report
+  found = sorted((REPO / 'benchmarks' / 'results').glob('authors-tf-*.json'))
+  assert found
+  for result in found:
+    table = result.with_suffix('.md').read_text()
+    assert authors_report.markdown(json.loads(result.read_text())) == table
+
+
 def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
   """--steps=all: each side is read until the line that ends its search
   (the sides may end at different step counts), the fidelity counts the
   steps on which they agreed, and the table and figure say so."""
   sys.path.insert(0, str(REPO / 'benchmarks'))
-  import authors_tf
+  import authors_tf_sides as sides
+  import authors_tf_report as authors_report
   line = ('search step {}: stage0/block{} -> 8 channels | FLOPs rate 0.9 | '
           'val loss 0.3{} acc 0.9 objective 0.4 | 19 candidates | 1.0s')
   def fake_jax(gates):  # prints its steps, its end, then would hang
@@ -144,7 +157,7 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
     return [sys.executable, '-c', 'import time; print("warm-up: 10 images"); '
             + ''.join(f'print({p!r}); time.sleep(0.05); ' for p in printed)
             + 'print("search: 0.45"); time.sleep(60)']
-  runs = [authors_tf.run_side('jax', fake_jax(g), dict(os.environ), REPO,
+  runs = [sides.run_side('jax', fake_jax(g), dict(os.environ), REPO,
                               None, str(tmp_path / f'{i}.log'), 30)
           for i, g in enumerate([[1, 2, 3], [1, 5]])]
   assert [r['steps'] for r in runs] == [3, 2]
@@ -152,7 +165,7 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
   assert all(r['e2e_s'] < 30 for r in runs)  # killed at its end line
   # The second stands in for the authors' side: agree on step 1 only.
   reps = [{'jax': runs[0], 'tf': runs[1]}]
-  fidelity = authors_tf.fidelity(reps)
+  fidelity = authors_report.fidelity(reps)
   assert fidelity['agreeing_steps'] == [1]
   assert fidelity['max_abs_val_loss_diff'] == 0.0
   results = {'commands': ['python benchmarks/authors_tf.py --steps=all'],
@@ -160,15 +173,15 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
              'versions': {'tensorflow': '-', 'tf_keras': '-', 'jax': '-'},
              'authors': 'x', 'options': {'steps': 'all', 'reps': 1,
                                          'target': 0.45},
-             'summary': authors_tf.summarize(
+             'summary': authors_report.summarize(
                  [{**r, 'tf': {**r['tf'], 'data_done': 1.0,
                                'warmup_done': 1.0}} for r in reps]),
              'fidelity': fidelity, 'runs': reps}
-  table = authors_tf.markdown(results)
+  table = authors_report.markdown(results)
   assert 'whole searches to FLOPs rate 0.45' in table
   assert '| search steps to the target | 2 (2-2) | 3 (3-3) |' in table
   assert 'for the first 1 steps' in table
-  authors_tf.figure(results, str(tmp_path / 'all.png'))
+  authors_report.figure(results, str(tmp_path / 'all.png'))
   assert (tmp_path / 'all.png').stat().st_size > 1000
 
   # --append: a later session adds repetitions to the same file only.
@@ -180,13 +193,13 @@ def test_authors_tf_whole_searches_end_at_each_sides_own_end(tmp_path):
            'machine': results['machine'], 'versions': results['versions'],
            'authors': 'x', 'weights_sha256': 'w',
            'options': {'steps': 'all', 'target': 0.45}}
-  runs, commands = authors_tf.appended(str(path), later, parser)
+  runs, commands = authors_report.appended(str(path), later, parser)
   assert runs == json.loads(path.read_text())['runs']
   assert commands == results['commands'] + later['commands']
   for changed in ({'versions': {'jax': 'other'}}, {'authors': 'y'},
                   {'machine': {'cpu': 'other', 'cpus': 2}}):
     with pytest.raises(SystemExit):
-      authors_tf.appended(str(path), {**later, **changed}, parser)
+      authors_report.appended(str(path), {**later, **changed}, parser)
 
 
 @pytest.mark.slow  # ~30 s: compiles a search of its own
