@@ -127,7 +127,7 @@ def test_arms_without_a_search_and_arms_waiting_for_their_masks(study):
   # Before Torch-Pruning has written its kept-channels file.
   tp = dataclasses.replace(study.BY_NAME['tp_taylor'],
                            masks='experiments/results/evidence/none/kept.json')
-  assert tp.waiting_for() == tp.masks
+  assert study.waiting_for(tp) == tp.masks
   study.run_arm(tp, commit=False)
   assert study.pieces == []
 
