@@ -15,12 +15,12 @@ with an empty cache folder (cold). Each is timed from launch to the arrival
 of its first --steps step lines, then killed; with --steps=all each side
 runs its whole search to the target (the two may end at different step
 counts) and is timed to the line that ends it. Per side: per-step = median
-time between steps 2..N; start-up = launch to step 1 less one per-step
-time; end to end = launch to step N (the search's end with --steps=all). Ratios TF / ekg_jax per repetition,
-then median (min-max). The sides' choices at each step are compared
-(`fidelity`). How and why: benchmarks/README.md. The sides (their code,
-the commands, reading the lines): authors_tf_sides.py; the results file,
-table and figure: authors_tf_report.py.
+time between steps 2..N; start-up = launch to step 1 less one per-step time;
+end to end = launch to step N (the search's end with --steps=all). Ratios TF
+/ ekg_jax per repetition, then median (min-max). The sides' choices at each
+step are compared (`fidelity`). How and why: benchmarks/README.md. The sides
+(their code, the commands, reading the lines): authors_tf_sides.py; the
+results file, table and figure: authors_tf_report.py.
 
 Writes `<out-dir>/authors-tf-<machine>.json` (every time and choice, the
 options, versions, the command) and `.md` (`authors-tf-<machine>-all.*` for

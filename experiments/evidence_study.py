@@ -1,14 +1,15 @@
 """The evidence study: the paper's feasibility and ablation tables rerun.
 
-Every arm (evidence_arms.py: what each one runs) is a normal CLI run (`python -m ekg_jax.main`) of the official
-ResNet-56 on the shared CIFAR-10 in its own workdir under
-`workdirs/evidence/<arm>`, in pieces: search + landscape, then the memory
-bank when the arm distils, then fine-tuning. After each piece the arm's
-results are copied to `experiments/results/evidence/<arm>/` and committed, so
-the study survives being stopped anywhere and resumes from a fresh clone:
-finished pieces are read back from the committed files (a committed search
-state seeds a new workdir, so a search never runs twice), unfinished ones
-resume from their workdir or start again.
+Every arm (evidence_arms.py: what each one runs) is a normal CLI run
+(`python -m ekg_jax.main`) of the official ResNet-56 on the shared CIFAR-10
+in its own workdir under `workdirs/evidence/<arm>`, in pieces: search +
+landscape, then the memory bank when the arm distils, then fine-tuning.
+After each piece the arm's results are copied to
+`experiments/results/evidence/<arm>/` and committed, so the study survives
+being stopped anywhere and resumes from a fresh clone: finished pieces are
+read back from the committed files (a committed search state seeds a new
+workdir, so a search never runs twice), unfinished ones resume from their
+workdir or start again.
 
 Arms that differ from another only in their fine-tuning knowledge (`base`)
 start from a copy of that arm's search, landscape and memory bank (when it

@@ -24,9 +24,9 @@ One command, from the repository root in the main virtualenv (`make tp-arms`):
 
 runs three steps: `export` (main venv: the official weights as flat arrays,
 the validation images, normalised as the model expects, and our network's
-logits on them), `prune` (experiments/tp_prune.py, run in .venv-torch,
-`make torch-venv`, once per arm) and `write` (main venv: maps the pruned layers' kept
-channels onto ekg_jax's gates, fails loudly on anything ekg_jax cannot
+logits on them), `prune` (experiments/tp_prune.py, run in .venv-torch, `make
+torch-venv`, once per arm) and `write` (main venv: maps the pruned layers'
+kept channels onto ekg_jax's gates, fails loudly on anything ekg_jax cannot
 represent, writes the files and counts FLOPs and parameters with ekg_jax's
 own `flops.count_flops`). Intermediate files go to workdirs/tp_arms/.
 

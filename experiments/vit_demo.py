@@ -205,7 +205,8 @@ def main(argv=None):
   if args.status:
     for name, (w, _, key) in runs.items():
       print(f'{name}: {"done" if key in read_summary(w) else "to do"}')
-    print(f"speedup: {'done' if os.path.exists(os.path.join(workdir, 'speedup.json')) else 'to do'}")
+    measured = os.path.exists(os.path.join(workdir, 'speedup.json'))
+    print(f"speedup: {'done' if measured else 'to do'}")
     return
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, 'stages.json')

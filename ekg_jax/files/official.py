@@ -24,7 +24,6 @@ _TF_NAMES = {
 }
 
 
-
 class _ArraysOnly(pickle.Unpickler):
   """Unpickles dicts, lists, scalars and NumPy arrays, nothing else.
 

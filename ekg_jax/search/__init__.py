@@ -32,7 +32,7 @@ __all__ = [
     'ALLOCATIONS', 'Batches', 'EVALUATIONS', 'Evaluator', 'HistoryEntry',
     'MARKINGS', 'PrunableModel', 'STRATEGIES', 'SearchConfig', 'SearchError',
     'SearchProblem', 'SearchState', 'candidate_rate', 'done',
-    'history_entry', 'init_state', 'kept_count', 'kept_from_rates', 'load_state', 'mark_candidates', 'otsu_threshold',
-    'per_channel_cost', 'prune', 'reference_cost', 'resolve_evaluation',
-    'run_search', 'save_state', 'search_step', 'step_size',
-    'uniform_allocation']
+    'history_entry', 'init_state', 'kept_count', 'kept_from_rates',
+    'load_state', 'mark_candidates', 'otsu_threshold', 'per_channel_cost',
+    'prune', 'reference_cost', 'resolve_evaluation', 'run_search',
+    'save_state', 'search_step', 'step_size', 'uniform_allocation']

@@ -2,10 +2,10 @@
 
 One pass over a small fixed train subset, no augmentation, BN in training
 mode (running statistics updated), the reference's one optimizer
-(`optimizers.sgd_nesterov`: Nesterov SGD, weight decay added to the gradient of
-every trainable variable). The loss keeps the
-reference quirk: the batch's summed CE divided by `loss_divisor` (128) while
-batches hold 256 images.
+(`optimizers.sgd_nesterov`: Nesterov SGD, weight decay added to the
+gradient of every trainable variable). The loss keeps the reference
+quirk: the batch's summed CE divided by `loss_divisor` (128) while batches
+hold 256 images.
 """
 
 from __future__ import annotations
