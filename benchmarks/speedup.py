@@ -241,7 +241,7 @@ def sides(wanted) -> dict:
 
 
 def measure(o: dict, log) -> dict:
-  from workers import Worker, in_turn, settle, stats
+  from workers import Worker, latencies, stats, time_in_turns
   nets = {n: k for n, k in widths(o['depth']).items() if n in o['nets']}
   workers = {side: Worker(side, [python, os.path.abspath(__file__),
                                  f'--worker={side}'])
@@ -254,36 +254,25 @@ def measure(o: dict, log) -> dict:
     out.setdefault('build_s', {})[side] = reply['build_s']
     out['macs'] = reply['macs'] or out.get('macs')
     log(f'{side}: built in {reply["build_s"]:.1f} s')
-  times = {}
-  for rep in range(o['repeats']):
-    for side, w in in_turn(workers, rep):
-      for b in o['batches']:
-        for net in nets:
-          t = w('time', net=net, batch=b, calls=o['calls'][b])['seconds']
-          times.setdefault((side, b, net), []).append(t)
-        layouts = ('NHWC', 'NCHW') if side.startswith('xla') else (None,)
-        for k in o['narrow'] if b == o['batches'][-1] else ():
-          for layout in layouts:
-            t = w('narrow', k=k, batch=o['narrow_batch'], calls=2,
-                  layout=layout)['seconds']
-            name = side + ('_nchw' if layout == 'NCHW' else '')
-            times.setdefault((name, 'narrow', k), []).append(t)
-      settle()
-    log(f'repetition {rep + 1}/{o["repeats"]} done')
-  for w in workers.values():
-    w.close()
-  for (side, b, net), t in times.items():
-    if b == 'narrow':
-      out['narrow'].setdefault(side, {})[str(net)] = stats(t)
-      continue
-    entry = out['latency'].setdefault(side, {}).setdefault(str(b), {})
-    entry[net] = stats(t)
-    if net != 'dense':
-      dense = times[(side, b, 'dense')]
-      speedups = [d / s for d, s in zip(dense, t)]
-      ideal = out['macs']['dense'] / out['macs'][net]
-      entry[f'{net}_speedup'] = stats(speedups)
-      entry[f'{net}_of_ideal'] = statistics.median(speedups) / ideal
+  narrow = {}
+
+  def time_narrow(side, w, b):
+    """The narrow-convolution pairs, in the side's turn after its last
+    batch."""
+    layouts = ('NHWC', 'NCHW') if side.startswith('xla') else (None,)
+    for k in o['narrow'] if b == o['batches'][-1] else ():
+      for layout in layouts:
+        t = w('narrow', k=k, batch=o['narrow_batch'], calls=2,
+              layout=layout)['seconds']
+        name = side + ('_nchw' if layout == 'NCHW' else '')
+        narrow.setdefault((name, k), []).append(t)
+
+  times = time_in_turns(workers, o, nets, log, also=time_narrow)
+  m = out['macs']
+  out['latency'] = latencies(times, {n: m['dense'] / m[n] for n in nets
+                                     if n != 'dense'})
+  for (name, k), t in narrow.items():
+    out['narrow'].setdefault(name, {})[str(k)] = stats(t)
   return out
 
 

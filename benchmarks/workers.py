@@ -1,6 +1,8 @@
 """The benchmark drivers' plumbing: worker processes spoken to one JSON line
-at a time, the order sides take turns in, and the statistics of repeated
-timings (used by `run.py`, `speedup.py`, `authors_tf.py`, `device_check.py`).
+at a time, the order sides take turns in, the timing loop over networks and
+batches, and the statistics of repeated timings (used by `run.py`,
+`speedup.py`, `authors_tf.py`, `device_check.py` and the ViT demo's
+`experiments/vit_latency.py`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,46 @@ def in_turn(workers: dict, rep: int) -> list:
   return items if rep % 2 == 0 else items[::-1]
 
 
+def time_in_turns(workers: dict, o: dict, nets, log, also=None) -> dict:
+  """{(side, batch, network): seconds per repetition}: `o['repeats']`
+  repetitions, the sides taking turns (`in_turn`), each timing every network
+  at each of `o['batches']` (`o['calls'][batch]` calls a timing); after each
+  batch, `also(side, worker, batch)` may time more in the side's turn. The
+  workers are closed at the end."""
+  times = {}
+  for rep in range(o['repeats']):
+    for side, w in in_turn(workers, rep):
+      for b in o['batches']:
+        for net in nets:
+          t = w('time', net=net, batch=b, calls=o['calls'][b])['seconds']
+          times.setdefault((side, b, net), []).append(t)
+        if also:
+          also(side, w, b)
+      settle()
+    log(f'repetition {rep + 1}/{o["repeats"]} done')
+  for w in workers.values():
+    w.close()
+  return times
+
+
+def latencies(times: dict, ideal: Optional[dict] = None) -> dict:
+  """`time_in_turns`' times as {side: {batch: {network: stats,
+  network_speedup: dense time / its time, per repetition}}}; with `ideal`
+  ({network: dense MACs / its MACs}) also network_of_ideal, the median
+  speed-up over the ideal one."""
+  out = {}
+  for (side, b, net), t in times.items():
+    entry = out.setdefault(side, {}).setdefault(str(b), {})
+    entry[net] = stats(t)
+    if net != 'dense':
+      entry[f'{net}_speedup'] = ratio_stats(times, (side, b, net),
+                                            (side, b, 'dense'))
+      if ideal:
+        entry[f'{net}_of_ideal'] = (entry[f'{net}_speedup']['median'] /
+                                    ideal[net])
+  return out
+
+
 def share_compilations(prefix: str) -> None:
   """Smoke runs only: every JAX process started from here on keeps its
   compiled programs in one persistent cache, so the same train step, built
@@ -100,6 +142,6 @@ def slimmed_widths(depth: int) -> dict:
           if '/block' not in g or int(g.rsplit('block', 1)[1]) < blocks}
 
 
-def ratio_stats(times: dict, a: str, b: str) -> dict:
+def ratio_stats(times: dict, a, b) -> dict:
   """Speed of a over b (time_b / time_a), per repetition."""
   return stats([tb / ta for ta, tb in zip(times[a], times[b])])

@@ -95,7 +95,7 @@ def measure_speedup(nets: dict, o: dict, log) -> dict:
   `log(line)` reports progress."""
   import importlib.util
   sys.path.insert(0, BENCHMARKS)
-  from workers import Worker, in_turn, settle, stats
+  from workers import Worker, latencies, time_in_turns
   onnx = all(importlib.util.find_spec(m) for m in ONNX_MODULES)
   sides = [s for s in SIDES if s != 'onnxruntime' or onnx]
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
@@ -108,23 +108,8 @@ def measure_speedup(nets: dict, o: dict, log) -> dict:
   for side, w in workers.items():
     out['build_s'][side] = round(w('build', nets=nets)['build_s'], 1)
     log(f'speedup: {side} built in {out["build_s"][side]} s')
-  times = {}
-  for rep in range(o['repeats']):
-    for side, w in in_turn(workers, rep):
-      for b in o['batches']:
-        for net in nets:
-          t = w('time', net=net, batch=b, calls=o['calls'][b])['seconds']
-          times.setdefault((side, b, net), []).append(t)
-      settle()
-    log(f'speedup: repetition {rep + 1}/{o["repeats"]} done')
-  for w in workers.values():
-    w.close()
-  for (side, b, net), t in times.items():
-    entry = out['latency'].setdefault(side, {}).setdefault(str(b), {})
-    entry[net] = stats(t)
-    if net != 'dense':
-      dense = times[(side, b, 'dense')]
-      entry[f'{net}_speedup'] = stats([d / s for d, s in zip(dense, t)])
+  out['latency'] = latencies(time_in_turns(
+      workers, o, nets, lambda line: log(f'speedup: {line}')))
   return out
 
 

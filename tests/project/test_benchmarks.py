@@ -77,6 +77,46 @@ def test_speedup_benchmark_runs_every_path(tmp_path):
   assert 'Narrow convolutions' in (tmp_path / 'speedup-smoke.md').read_text()
 
 
+def test_sides_take_turns_and_speedups_are_per_repetition(monkeypatch):
+  """benchmarks/workers.py's timing loop (speedup.py and the ViT demo's
+  latency stage): sides alternate their order, `also` times in a side's
+  turn after each batch, and a speed-up is dense / network per repetition."""
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import workers
+  monkeypatch.setattr(workers, 'settle', lambda seconds=1.0: None)
+  order = []
+
+  class Fake:  # repetition r times dense at 2 (r + 1) x, the other at r + 1
+    def __init__(self, side, scale):
+      self.side, self.scale, self.closed = side, scale, False
+
+    def __call__(self, cmd, net, batch, calls):
+      rep = sum(1 for o in order if o[0] == self.side) // 4  # 2 x 2 a turn
+      order.append((self.side, batch, net))
+      factor = 2 if net == 'dense' else 1
+      return {'seconds': self.scale * (rep + 1) * factor * batch}
+
+    def close(self):
+      self.closed = True
+
+  fakes = {'a': Fake('a', 1.0), 'b': Fake('b', 3.0)}
+  also = []
+  o = {'repeats': 2, 'batches': [1, 4], 'calls': {1: 1, 4: 1}}
+  times = workers.time_in_turns(fakes, o, ['dense', 'slim'], lambda _: None,
+                                also=lambda side, w, b: also.append((side, b)))
+  assert [c[0] for c in order[::4]] == ['a', 'b', 'b', 'a']
+  assert also == [('a', 1), ('a', 4), ('b', 1), ('b', 4),
+                  ('b', 1), ('b', 4), ('a', 1), ('a', 4)]
+  assert all(f.closed for f in fakes.values())
+  assert times[('b', 4, 'slim')] == [12.0, 24.0]
+  table = workers.latencies(times, {'slim': 4.0})
+  assert table['b']['4']['dense']['median'] == 36.0
+  assert table['b']['4']['slim_speedup'] == {'median': 2.0, 'min': 2.0,
+                                             'max': 2.0, 'n': 2}
+  assert table['a']['1']['slim_of_ideal'] == 0.5
+  assert 'slim_of_ideal' not in workers.latencies(times)['a']['1']
+
+
 def test_authors_tf_reads_both_sides_step_lines():
   """benchmarks/authors_tf.py's reading of each side's output (the lines as
   the authors' pruning.py and ekg_jax print them): step times, and the
