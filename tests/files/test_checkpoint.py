@@ -25,7 +25,7 @@ def shapes(model):
 def test_official_resnet56_loads_every_variable():
   model = create_model('resnet56')
   variables = official.load_official_pkl(str(OFFICIAL_RESNET56),
-                                           shapes(model))
+                                         shapes(model))
   ref = shapes(model)
   assert jax.tree_util.tree_structure(variables) == \
       jax.tree_util.tree_structure(ref)
@@ -42,7 +42,7 @@ def test_official_resnet56_loads_every_variable():
 def test_official_resnet56_is_accurate_on_cifar10_subset():
   model = create_model('resnet56')
   variables = official.load_official_pkl(str(OFFICIAL_RESNET56),
-                                           shapes(model))
+                                         shapes(model))
   split = datasets.load_split('cifar10', 'test[:500]', TFDS_DIR)
   acc = evaluation.accuracy(model, variables, split, REFERENCE_MEAN,
                             REFERENCE_STD, batch_size=250, progress=False)
@@ -53,7 +53,7 @@ def test_official_resnet56_is_accurate_on_cifar10_subset():
 def test_official_checkpoint_for_another_architecture():
   with pytest.raises(checkpoint.CheckpointError) as e:
     official.load_official_pkl(str(OFFICIAL_RESNET56),
-                                 shapes(create_model('resnet20')))
+                               shapes(create_model('resnet20')))
   assert 'unexpected keys' in str(e.value)
   assert 'BasicBlock0.3/conv1/kernel:0' in str(e.value)
 
