@@ -4,10 +4,11 @@ Reads `results/evidence/<arm>/summary.json` (what `evidence_study.py`
 commits; `<arm>_seed<k>` is `<arm>` fine-tuned with seed k) and writes, into
 `experiments/README.md` (between the `evidence-tables` markers): the poster's
 two tables with the paper's numbers beside ours, each arm's accuracy as mean
-and standard deviation over its seeds, every comparison the paper makes with
-its Welch t-interval and Holm-corrected p-value (`evidence_stats.py`), the
-baselines a user would pick instead, a table of every arm with every measure,
-the code commits behind the numbers and the exact commands; and the
+and standard deviation over its seeds, every comparison the paper makes
+(`evidence_claims.py` lists them) with its Welch t-interval and
+Holm-corrected p-value (`evidence_stats.py`), the baselines a user would
+pick instead, a table of every arm with every measure, the code commits
+behind the numbers and the exact commands; and the
 feasibility figure (landscape measure against accuracy, arm means) to
 `results/evidence/landscape_vs_accuracy.png`. Arms not finished yet read
 "not run yet"; nothing else is left out.
@@ -24,6 +25,9 @@ import sys
 
 import evidence_figure as figure  # experiments/, beside this file
 import evidence_stats as st
+from evidence_claims import (ABLATION, ARM_ORDER, COMPARISONS,
+                             FEASIBILITY_NAMES, LANDSCAPE_NETS,
+                             PAPER_FEASIBILITY)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results', 'evidence')
@@ -31,50 +35,6 @@ README = os.path.join(HERE, 'README.md')
 FIGURE = os.path.join(RESULTS, 'landscape_vs_accuracy.png')
 MARKERS = ('<!-- evidence-tables:start -->', '<!-- evidence-tables:end -->')
 
-# Seed poster (ResNet-56, CIFAR-10): ../shared/docs/seed_poster.txt lines
-# 85-106. Feasibility columns: validation loss, condition number, accuracy.
-PAPER_FEASIBILITY = {'l1': (0.1569, 0.4078, 93.57),
-                     'fpgm': (0.1066, 0.1461, 93.57),
-                     'gbn': (0.0710, 0.0414, 93.70),
-                     'ekg': (0.0713, 0.0211, 93.85)}
-FEASIBILITY_NAMES = {'l1': 'L1', 'fpgm': 'FPGM', 'gbn': 'GBN', 'ekg': 'EKG'}
-# (search teacher, fine-tune teacher, arm, paper accuracy +- spread).
-ABLATION = [('none', 'none', 'teacher_none', '93.78 (+-0.07)'),
-            ('single', 'none', 'teacher_single', '93.54 (+-0.09)'),
-            ('ensemble', 'none', 'ekg', '93.85 (+-0.10)'),
-            ('ensemble', 'none, two views (control)', 'ekg_2view', '-'),
-            ('ensemble', 'single', 'ekg_ft_single', '94.02 (+-0.08)'),
-            ('ensemble', 'ensemble', 'ekg_ft_ensemble', '94.09 (+-0.07)')]
-# Every arm of the study (seeds aside), in the order the tables list them.
-ARM_ORDER = ['ekg', 'l1', 'fpgm', 'gbn', 'teacher_none', 'teacher_single',
-             'ekg_ft_single', 'ekg_ft_ensemble', 'ekg_2view', 'dense',
-             'tp_magnitude', 'tp_taylor', 'l1_uniform', 'per_channel',
-             'ekg_rerun']
-# The comparisons each table makes: (table, what, arm a, arm b, claim). The
-# claim is the paper's: a's accuracy above b's ('>'), or none ('').
-COMPARISONS = [
-    ('feasibility', 'EKG vs FPGM scores', 'ekg', 'fpgm', '>'),
-    ('feasibility', 'EKG vs GBN scores', 'ekg', 'gbn', '>'),
-    ('feasibility', 'EKG vs L1 scores', 'ekg', 'l1', '>'),
-    ('ablation', 'search teacher: ensemble vs none', 'ekg', 'teacher_none',
-     '>'),
-    ('ablation', 'search teacher: ensemble vs single', 'ekg',
-     'teacher_single', '>'),
-    ('ablation', 'ensemble knowledge vs the two-view control',
-     'ekg_ft_ensemble', 'ekg_2view', '>'),
-    ('ablation', 'single-teacher knowledge vs the two-view control',
-     'ekg_ft_single', 'ekg_2view', '>'),
-    ('ablation', 'ensemble vs single-teacher knowledge', 'ekg_ft_ensemble',
-     'ekg_ft_single', '>'),
-    ('baselines', 'EKG network vs the dense network (two views each)',
-     'ekg_2view', 'dense', ''),
-    ('baselines', 'EKG vs Torch-Pruning, magnitude (two views each)',
-     'ekg_2view', 'tp_magnitude', '>'),
-    ('baselines', 'EKG vs Torch-Pruning, Taylor (two views each)',
-     'ekg_2view', 'tp_taylor', '>'),
-]
-LANDSCAPE_NETS = ['ekg', 'fpgm', 'gbn', 'l1', 'teacher_none',
-                  'teacher_single']
 SEED = re.compile(r'^(?P<arm>.+)_seed(?P<seed>[0-9]+)$')
 MISSING = 'not run yet'
 
@@ -315,7 +275,8 @@ def main(quiet: bool = False):
       MARKERS[0],
       '_Made by `python experiments/evidence_report.py` from '
       '`results/evidence/*/summary.json` (runs dated '
-      f"{', '.join(dates) or 'none yet'})._",
+      f"{', '.join(dates) or 'none yet'}; the paper's numbers and the "
+      'comparisons it makes: `experiments/evidence_claims.py`)._',
       '**Feasibility** (poster: "Comparison of potential loss vs '
       'validation loss and condition number"; every search with the '
       'ensemble teacher, fine-tuned without knowledge). Each cell: ours '
