@@ -59,9 +59,13 @@ def one_view_no_knowledge(summary: dict) -> bool:
 
 
 def plotted_arms(arms: dict, order, accuracy) -> list[str]:
+  """One point per searched network: an arm built on another's search
+  (`study.base`, e.g. `ekg_rerun`) is the same network again, and a second
+  point for it would count that network twice in the correlations."""
   return sorted(a for a in order
                 if 'landscape' in arms[a] and accuracy(arms, a)
-                and one_view_no_knowledge(arms[a]))
+                and one_view_no_knowledge(arms[a])
+                and not arms[a].get('study', {}).get('base'))
 
 
 def correlations(arms: dict, plotted: list, accuracy) -> str:
@@ -113,7 +117,8 @@ def plot(arms: dict, plotted: list, accuracy, path: str) -> None:
         ax.errorbar(x.mean, spread.mean,
                     xerr=x.std if x.n > 1 else 0,
                     yerr=spread.std if spread.n > 1 else 0,
-                    fmt='o', capsize=3)
+                    fmt='o', capsize=3,
+                    color=f'C{plotted.index(name) % 10}')  # same in rows
         ax.annotate(f'{name} (n={spread.n})', (x.mean, spread.mean),
                     textcoords='offset points', xytext=(4, 4), fontsize=8)
       ax.set_xlabel(label)

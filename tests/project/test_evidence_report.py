@@ -125,6 +125,13 @@ def test_rank_correlations_of_the_landscape_with_accuracy():
   assert ('search CE -1.00 (p 0.33), condition -1.00 (p 0.33), lambda_max '
           'n/a') in line
   assert figure.correlations(arms, ['ekg', 'l1'], module.accuracy) == ''
+  # A rerun of the `ekg` network's fine-tuning is that network again: one
+  # point, not a second search.
+  rerun = _summary(0.61, 0.05, 88.2)
+  rerun['study']['base'] = 'ekg'
+  plotted = figure.plotted_arms({**arms, 'ekg_rerun': rerun},
+                                [*arms, 'ekg_rerun'], module.accuracy)
+  assert plotted == ['ekg', 'gbn', 'l1', 'l1_uniform']
 
 
 def test_welch_interval_and_holm_correction():
