@@ -254,6 +254,10 @@ def main(argv=None):
   arms = args.arms.split(',')
   command = ' '.join(['python', 'experiments/torch_pruning_arms.py',
                       *(argv if argv is not None else sys.argv[1:])])
+  # The study's data (evidence_study.code_env): the shared CIFAR-10 copy
+  # unless TFDS_DATA_DIR names another.
+  os.environ.setdefault('TFDS_DATA_DIR',
+                        os.path.join(REPO, '..', 'shared', 'tfds'))
   subset = export(args.inputs)
   print(f'exported {subset}', flush=True)
   for arm in arms:
