@@ -166,6 +166,10 @@ def verdict(d, claim: str, adjusted: float) -> str:
   return 'holds' if d.diff > 0 else 'reversed'
 
 
+def _p(p: float) -> str:
+  return f'{p:.3f}' if p >= 0.001 else '< 0.001'
+
+
 def comparisons_table(arms: dict, table: str) -> str:
   """The table's comparisons: difference of means (a - b), its Welch
   95% interval, p-value, Holm-corrected over the table, and the verdict on
@@ -188,7 +192,7 @@ def comparisons_table(arms: dict, table: str) -> str:
     p_holm = next(adjusted)
     lines.append(f'| {what} (`{a}` vs `{b}`) | {paper} | {n} | '
                  f'{d.diff:+.2f} | [{d.low:+.2f}, {d.high:+.2f}] | '
-                 f'{d.p:.3f} | {p_holm:.3f} | {verdict(d, claim, p_holm)} |')
+                 f'{_p(d.p)} | {_p(p_holm)} | {verdict(d, claim, p_holm)} |')
   return '\n'.join(lines)
 
 
@@ -209,7 +213,11 @@ def arms_table(arms: dict) -> str:
            '/ bank / fine-tune (seed 0) |', '|---' * (len(columns) + 4) + '|']
   for arm in ARM_ORDER:
     s = arms[arm]
-    cells = [_get(s, phase, key, fmt=fmt) for _, phase, key, fmt in columns]
+    # A finished arm without a phase never runs it (the dense network and
+    # the Torch-Pruning arms have no search): '-', not "not run yet".
+    cells = [_get(s, phase, key, fmt=fmt)
+             if phase in s or 'final' not in s else '-'
+             for _, phase, key, fmt in columns]
     by_seed = ', '.join(f"{seed}: {r['final']['test_accuracy']:.2f}"
                         for seed, r in seeds(arms, arm).items()) or MISSING
     seconds = ' / '.join(

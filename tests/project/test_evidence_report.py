@@ -41,6 +41,10 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
                                                    'ensemble'),
                        'ekg': _summary(0.61, 0.0618, 87.0),
                        'ekg_seed2': _summary(0.61, 0.0618, 88.0),
+                       # No search: its own masks (the dense network).
+                       'dense': {k: v for k, v in _summary(
+                           0, 0, 89.4).items() if k not in (
+                               'search', 'landscape')},
                        # Two landscape repeats of the ekg network.
                        'ekg_landscape_converged': {'landscape': {
                            'condition': 0.05, 'lambda_max': 280.0,
@@ -74,6 +78,9 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   assert ('| `l1` | a none arm | 0.4490 | 600,000 | 0.6934 | 300.0 | 0.0758 | '
           '7000 | 75.00 | 0: 87.23, 1: 87.63 | 720 / 600 / - / 1800 |') in text
   assert '| `per_channel` | not run yet |' in text
+  # A finished arm without a search never runs one: '-', not "not run yet".
+  assert ('| `dense` | a none arm | ' + '- | ' * 7
+          + '0: 89.40 | - / - / - / 1800 |') in text
   assert '# l1: finetune\npython -m ekg_jax.main --k=none\n' in text
   # EKG (seeds 0, 2) vs L1 (0, 1): Welch's test as scipy computes it; the
   # only tested comparison of its table, so Holm leaves its p as it is.
@@ -136,7 +143,9 @@ def test_rank_correlations_of_the_landscape_with_accuracy():
 
 def test_welch_interval_and_holm_correction():
   from scipy import stats
+  module = _module()
   _, st = _stats()
+  assert (module._p(0.0123), module._p(0.0004)) == ('0.012', '< 0.001')
   a, b = st.Spread((87.1, 87.5, 87.4)), st.Spread((88.1, 87.9, 88.3, 88.0))
   d = st.welch(a, b)
   ref = stats.ttest_ind(a.values, b.values, equal_var=False)
