@@ -92,7 +92,7 @@ def _hours(summary: dict, phases) -> str:
   """Seconds of the phases' own records (a reused search counts for every
   arm that shares it), in hours."""
   if not any(p in summary for p in phases):
-    return MISSING
+    return '-' if 'final' in summary else MISSING  # finished: never runs
   return f"{sum(summary.get(p, {}).get('seconds', 0) for p in phases) / 3600:.2f}"
 
 
@@ -292,7 +292,8 @@ def main(quiet: bool = False):
           arms, 'feasibility'),
       '**Ablation** (poster: "Ablation study", ResNet-56 CIFAR-10 column; '
       'the two-view control is ours: the views knowledge comes with, no '
-      'knowledge).', ablation_table(arms),
+      'knowledge; the poster\'s baseline is the unpruned network, ours the '
+      'official one fine-tuned with the same recipe).', ablation_table(arms),
       comparisons_table(arms, 'ablation'),
       '**Baselines**: the dense network and what a user would pick instead '
       '(Torch-Pruning at the same FLOPs rate, its kept channels carried '

@@ -74,6 +74,9 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   # ensemble / ensemble row: accuracy (one seed) and search / fine-tune hours.
   assert ('| `ekg_ft_ensemble` | 94.09 (+-0.07) | 88.16 (n=1) | 0.20 / 0.50 |'
           in text)
+  # The poster's baseline row: the unpruned network, which never searches.
+  assert ('| - (unpruned) | none, two views | `dense` | 93.84 | 89.40 (n=1) | '
+          '- / 0.50 |') in text
   # Every arm's row: its measures, accuracy by seed, each phase's seconds.
   assert ('| `l1` | a none arm | 0.4490 | 600,000 | 0.6934 | 300.0 | 0.0758 | '
           '7000 | 75.00 | 0: 87.23, 1: 87.63 | 720 / 600 / - / 1800 |') in text
