@@ -49,6 +49,10 @@ COMPARISONS = [
      'ekg_2view', 'tp_magnitude', '>'),
     ('baselines', 'EKG vs Torch-Pruning, Taylor (two views each)',
      'ekg_2view', 'tp_taylor', '>'),
+    ('variants', 'greedy search vs uniform allocation, L1 scores', 'l1',
+     'l1_uniform', ''),
+    ('variants', 'per-channel vs the reference marking, ensemble knowledge',
+     'per_channel', 'ekg_ft_ensemble', ''),
 ]
 LANDSCAPE_NETS = ['ekg', 'fpgm', 'gbn', 'l1', 'teacher_none',
                   'teacher_single']

@@ -310,7 +310,12 @@ def main(quiet: bool = False):
       'per-batch BN; "after": one epoch of fine-tuning; a `-` phase did not '
       'run for the arm, and an arm built on another shows the seconds of '
       'the pieces it copied; seconds include the pauses and shared cores '
-      'of the run log above).', arms_table(arms), reproducibility(arms),
+      'of the run log above).', arms_table(arms),
+      '**Variants** (ours, not in the poster): the greedy search against a '
+      'uniform allocation of the same L1 scores (both fine-tuned '
+      'without knowledge), and the per-channel marking cost '
+      'against the reference marking (both with ensemble knowledge).',
+      comparisons_table(arms, 'variants'), reproducibility(arms),
       '**Landscape with error bars**: each network of the feasibility '
       'table and the search-teacher ablation measured again with Lanczos '
       'run until lambda_min settles (at most 150 steps; stopped when it '

@@ -91,6 +91,9 @@ def test_tables_and_figure_from_summaries(tmp_path, monkeypatch):
   assert ('| 2/2 | +0.07 | ' in text and
           f'| {p:.3f} | {p:.3f} | not resolved (seeds detect about' in text)
   assert '| EKG vs FPGM scores (`ekg` vs `fpgm`) | a > b | 2/0 | needs 2 ' in text
+  # Our own variants have their own table, with no claim of the paper's.
+  assert ('| greedy search vs uniform allocation, L1 scores (`l1` vs '
+          '`l1_uniform`) | no claim | 2/0 | needs 2 seeds each') in text
   # The landscape over its repeats: mean +- sample std (n).
   assert ('| `ekg` | 290.0 +- 14.1 (n=2) | -17.50 +- 4.95 (n=2) | 0.0600 +- '
           '0.0141 (n=2) | 7000 +- 141 (n=2) | 61, 58 |') in text
